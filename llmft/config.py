@@ -1,0 +1,214 @@
+"""One config schema for every pipeline, validated on load.
+
+YAML file plus repeatable `dotted.key=value` overrides. Unknown keys are an error that lists the
+valid ones; type errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A config problem, with a one-line message meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = Field(EMBEDDED_MODEL, description="hub id, local directory, or the embedded default")
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Section):
+    source: str = "data/products.jsonl"
+    format: Literal["auto", "prompt_response"] = "auto"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    system_prompt: str | None = None
+    max_rows: int | None = Field(None, ge=1, description="use only the first N rows (smoke runs)")
+    split_seed: int = 0
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    max_train_rows: int | None = Field(300, ge=1)
+
+
+class ValidationConfig(_Section):
+    min_rows: int = Field(8, ge=1)
+    max_duplicate_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    min_prompt_chars: int = Field(3, ge=1)
+    max_prompt_chars: int = Field(4000, ge=1)
+    min_response_chars: int = Field(1, ge=1)
+    max_response_chars: int = Field(4000, ge=1)
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainConfig(_Section):
+    method: Literal["lora"] = "lora"
+    max_steps: int = Field(60, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_seq_length: int = Field(384, ge=16)
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    lora: LoraConfig = LoraConfig()
+
+
+class EvalConfig(_Section):
+    max_samples: int | None = Field(48, ge=1, description="cap on test rows scored; null = all")
+    max_new_tokens: int = Field(72, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("product-attribute-extractor", pattern=r"^[A-Za-z0-9][\w.\-]*$")
+
+
+class PromotionConfig(_Section):
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrackingConfig(_Section):
+    experiment_name: str = "llm-finetune"
+
+
+class DeployConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(5055, ge=1, le=65535)
+    startup_timeout_s: int = Field(180, ge=5)
+    smoke_max_tokens: int = Field(48, ge=1)
+
+
+class Config(_Section):
+    task: Literal["extraction"] = "extraction"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> Config:
+        if self.data.validation_fraction + self.data.test_fraction >= 0.9:
+            raise ValueError("data.validation_fraction + data.test_fraction must be < 0.9")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, used for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def valid_keys() -> list[str]:
+    return sorted(Config().flat())
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in valid_keys():
+        raise ConfigError(f"--set {key}: unknown config key; valid keys: {', '.join(valid_keys())}")
+    # YAML parsing gives ints, floats, bools, null and lists the way users write them in the file.
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _line_of(path: Path, dotted: list[str]) -> int | None:
+    """Line of a (possibly nested) key in a YAML file, for error messages."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in dotted:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (or defaults when path is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    file_path: Path | None = None
+    if path is not None:
+        file_path = Path(path)
+        where = str(file_path)
+        if not file_path.is_file():
+            raise ConfigError(f"{file_path}: config file not found")
+        try:
+            loaded = yaml.safe_load(file_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f", line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{file_path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file_path}: top level must be a mapping of sections")
+        raw = loaded or {}
+    from_override: set[str] = set()
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+        from_override.add(".".join(parts))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(loc) or "(root)"
+        if err["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1])
+            choices = [k for k in valid_keys() if not section or k.startswith(section + ".")]
+            msg = f"unknown key; valid keys: {', '.join(choices)}"
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})"
+        if field in from_override:
+            raise ConfigError(f"--set {field}: {msg}") from None
+        line = _line_of(file_path, loc) if file_path else None
+        at = f"{where}, line {line}" if line else where
+        raise ConfigError(f"{at}: field {field}: {msg}") from None

@@ -1,0 +1,69 @@
+"""Score a model on the held-out test split: batched greedy generation plus teacher-forced loss.
+
+Generation is left-padded and batched over length-sorted prompts (order restored afterwards);
+eval loss is the mean cross-entropy over response tokens, the same tokens training learns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from llmft import extraction
+from llmft.chat_format import IGNORE_INDEX, PadToLongest, encode_example, render_prompt
+from llmft.ingest import Record
+
+log = logging.getLogger(__name__)
+
+
+def generate(model: Any, tokenizer: Any, prompt_texts: list[str], max_new_tokens: int,
+             batch_size: int, desc: str = "generate") -> list[str]:
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompt_texts)), key=lambda i: len(prompt_texts[i]))
+    outputs: list[str] = [""] * len(prompt_texts)
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([prompt_texts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(idx, texts, strict=True):
+                outputs[i] = text.strip()
+    return outputs
+
+
+def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int) -> float:
+    import torch
+
+    collate = PadToLongest(tokenizer.pad_token_id)
+    total_loss, total_tokens = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start:start + batch_size])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            shift_labels = batch["labels"][:, 1:].reshape(-1)
+            total_loss += float(torch.nn.functional.cross_entropy(
+                shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            total_tokens += int((shift_labels != IGNORE_INDEX).sum())
+    return total_loss / total_tokens if total_tokens else math.nan
+
+
+def evaluate_model(model: Any, tokenizer: Any, system: str | None, test: list[Record],
+                   max_new_tokens: int, batch_size: int, desc: str) -> tuple[dict[str, float], list[str]]:
+    """Task metrics and eval loss for one model on the test records; returns (metrics, outputs)."""
+    prompts = [render_prompt(tokenizer, system, r["prompt"]) for r in test]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
+    metrics = extraction.score(outputs, [r["response"] for r in test])
+    examples = [encode_example(tokenizer, system, r["prompt"], r["response"]) for r in test]
+    metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
+    return metrics, outputs
