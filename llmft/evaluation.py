@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
-from llmft import extraction
 from llmft.chat_format import IGNORE_INDEX, PadToLongest, encode_example, render_prompt
 from llmft.ingest import Record
 
@@ -59,11 +59,12 @@ def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], 
 
 
 def evaluate_model(model: Any, tokenizer: Any, system: str | None, test: list[Record],
+                   scorer: Callable[[list[str], list[str]], dict[str, float]],
                    max_new_tokens: int, batch_size: int, desc: str) -> tuple[dict[str, float], list[str]]:
     """Task metrics and eval loss for one model on the test records; returns (metrics, outputs)."""
     prompts = [render_prompt(tokenizer, system, r["prompt"]) for r in test]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
-    metrics = extraction.score(outputs, [r["response"] for r in test])
+    metrics = scorer(outputs, [r["response"] for r in test])
     examples = [encode_example(tokenizer, system, r["prompt"], r["response"]) for r in test]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
     return metrics, outputs

@@ -148,3 +148,10 @@ def train_lora(base_path: str, train_examples: list[dict[str, list[int]]],
 
 def count_label_tokens(examples: list[dict[str, list[int]]]) -> int:
     return sum(sum(1 for t in ex["labels"] if t != IGNORE_INDEX) for ex in examples)
+
+
+def load_merged(base_path: str, adapter_dir: str):
+    """Base model in full precision with the LoRA adapter merged in (never into a 4-bit base)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_causal_lm(base_path), adapter_dir).merge_and_unload()

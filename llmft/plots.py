@@ -1,0 +1,45 @@
+"""Figures logged to MLflow: what people would rather see than read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def loss_curve(history: list[dict[str, float]], validation_loss: float | None) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    if points:
+        ax.plot(*zip(*points, strict=True), label="train loss")
+    if validation_loss is not None and points:
+        ax.scatter([points[-1][0]], [validation_loss], color="C1", label="validation loss", zorder=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (response tokens)")
+    ax.set_title("Fine-tuning loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def metric_comparison(metrics: dict[str, dict[str, float]], names: list[str]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(len(metrics), 1)
+    for i, (model, values) in enumerate(metrics.items()):
+        xs = [j + i * width for j in range(len(names))]
+        ax.bar(xs, [values.get(n, 0.0) for n in names], width=width, label=model)
+    ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(names))], names)
+    ax.set_ylim(0, 1)
+    ax.set_title("Test split: base vs fine-tuned")
+    ax.legend()
+    fig.tight_layout()
+    return fig

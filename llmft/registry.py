@@ -1,0 +1,93 @@
+"""MLflow model registry: log the merged model, register a version with lineage tags, promote.
+
+The LoRA adapter is merged into the full-precision base before logging, so the registered model
+is self-contained and loads offline with `mlflow.pyfunc.load_model`. If anything fails after the
+version was created, the version is deleted: the registry never holds a half-registered model.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+# what the served model needs at inference; pinned to the versions that trained it
+_SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "accelerate")
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    model_uri: str
+    run_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def serving_requirements() -> list[str]:
+    reqs = []
+    for pkg in _SERVING_PACKAGES:
+        try:
+            version = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{pkg}=={version.split('+')[0]}")
+    return reqs
+
+
+def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str]) -> RegisteredVersion:
+    """Log model+tokenizer as an `llm/v1/chat` transformers model and register a new version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name="model",
+        task="llm/v1/chat",
+        # mlflow's own requirement inference imports torchvision, which is not installed
+        pip_requirements=serving_requirements(),
+        registered_model_name=name,
+        await_registration_for=60,
+    )
+    version = str(info.registered_model_version)
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
+    except Exception:
+        log.error("tagging %s v%s failed; deleting the version so nothing is half-registered", name, version)
+        client.delete_model_version(name, version)
+        raise
+    run = mlflow.active_run()
+    return RegisteredVersion(name=name, version=version, model_uri=f"models:/{name}/{version}",
+                             run_id=run.info.run_id if run else None)
+
+
+def current_alias_version(name: str, alias: str = CHAMPION) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def decide_promotion(candidate: float, base: float, min_delta: float) -> tuple[bool, str]:
+    """The foundation gate: the candidate must beat the base model by at least min_delta."""
+    if candidate > base and candidate - base >= min_delta:
+        return True, f"candidate {candidate:.4f} beats base {base:.4f} (delta {candidate - base:+.4f} >= {min_delta})"
+    return False, f"candidate {candidate:.4f} does not beat base {base:.4f} by {min_delta} (delta {candidate - base:+.4f})"
+
+
+def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)

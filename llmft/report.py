@@ -1,0 +1,70 @@
+"""Run summaries (JSON for scripts) and the closing table (for people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _load(run: Any, step_name: str, output: str) -> Any:
+    return run.steps[step_name].outputs[output][0].load()
+
+
+def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+    evaluation = _load(run, "evaluate", "evaluation")
+    registered = _load(run, "register", "registered_model")
+    promotion = _load(run, "promote", "promotion")
+    rows = {name: len(_load(run, "split_tokenize", f"{name}_split")) for name in ("train", "validation", "test")}
+    training = _load(run, "finetune", "training")
+    return {
+        "pipeline": "finetune",
+        "zenml_run_id": str(run.id),
+        "mlflow_run_id": evaluation["mlflow_run_id"],
+        "tracking_uri": tracking_uri,
+        "primary_metric": evaluation["primary_metric"],
+        "metrics": evaluation["metrics"],
+        "eval_samples": evaluation["samples"],
+        "registered_model": {"name": registered["name"], "version": registered["version"],
+                             "uri": registered["model_uri"]},
+        "promoted": bool(promotion["promoted"]),
+        "promotion_reason": promotion["reason"],
+        "champion_version": promotion["champion"],
+        "dataset": {"fingerprint": _load(run, "ingest", "dataset_fingerprint"), "rows": rows},
+        "train": {k: training[k] for k in ("steps", "first_loss", "last_loss", "validation_loss",
+                                           "tokens_per_second", "wall_seconds")},
+        "wall_seconds": round(wall_seconds, 1),
+    }
+
+
+def deploy_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+    dep = _load(run, "serve_champion", "deployment")
+    return {"pipeline": "deploy", "zenml_run_id": str(run.id), "tracking_uri": tracking_uri,
+            **dep, "wall_seconds": round(wall_seconds, 1)}
+
+
+def write_summary(summary: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
+    base, tuned = summary["metrics"]["base"], summary["metrics"]["finetuned"]
+    primary = summary["primary_metric"]
+    lines = ["", f"{'metric':<18}{'base':>10}{'fine-tuned':>12}{'delta':>10}", "-" * 50]
+    for name in base:
+        mark = " *" if name == primary else ""
+        lines.append(f"{name + mark:<18}{base[name]:>10.4f}{tuned[name]:>12.4f}{tuned[name] - base[name]:>+10.4f}")
+    reg = summary["registered_model"]
+    rows = summary["dataset"]["rows"]
+    lines += [
+        "-" * 50,
+        f"* primary metric; {summary['eval_samples']} test samples; "
+        f"rows train/validation/test = {rows['train']}/{rows['validation']}/{rows['test']}",
+        f"registered: {reg['name']} version {reg['version']}",
+        f"promotion: {'PROMOTED to @champion' if summary['promoted'] else 'not promoted'} ({summary['promotion_reason']})",
+        f"wall time: {summary['wall_seconds']:.0f} s",
+        f"MLflow UI: {ui_command}   (then open http://127.0.0.1:5000)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""ZenML pipelines; each reads like its DAG."""

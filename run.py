@@ -1,0 +1,109 @@
+"""Front door: `python run.py --pipeline finetune` (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from llmft.config import ConfigError, load_config
+
+PIPELINES = ("finetune", "deploy")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="LLM fine-tuning pipelines on ZenML + MLflow")
+    parser.add_argument("--pipeline", choices=PIPELINES, default="finetune")
+    parser.add_argument("--config", default="configs/finetune.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.max_steps=10 (repeatable)")
+    parser.add_argument("--summary", help="write a JSON run summary to this path")
+    parser.add_argument("--stop", action="store_true", help="with --pipeline deploy: stop the server")
+    parser.add_argument("--ui", action="store_true", help="open the MLflow UI on the project's store")
+    return parser.parse_args(argv)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _run_pipeline(name: str, config: dict[str, Any], experiment: str) -> Any:
+    from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
+        MLFlowExperimentTrackerSettings,
+    )
+
+    if name == "finetune":
+        from pipelines.finetune import finetune_pipeline as pipe
+    else:
+        from pipelines.deploy import deploy_pipeline as pipe
+    settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=experiment)}
+    return pipe.with_options(settings=settings)(config=config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from llmft.stack import configure_environment
+
+    configure_environment()  # before zenml is imported anywhere
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("llmft").addHandler(handler)  # zenml configures its own loggers
+    logging.getLogger("llmft").setLevel(logging.INFO)
+    from llmft import locations, report, serving
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.ui:
+        cmd = locations.ui_command()
+        print(cmd)
+        if cmd.startswith("mlflow "):
+            os.execvp(sys.executable, [sys.executable, "-m", *cmd.split()])
+        return 0
+
+    if args.pipeline == "deploy" and args.stop:
+        stopped = serving.stop()
+        print(f"stopped server pid {stopped.pid} ({stopped.endpoint})" if stopped else "no server running")
+        report.write_summary({"pipeline": "deploy", "stopped": bool(stopped)}, args.summary)
+        return 0
+
+    from llmft.stack import ensure_experiment, ensure_stack
+
+    started = time.perf_counter()
+    uri = ensure_stack()
+    ensure_experiment(cfg.tracking.experiment_name)
+    try:
+        run = _run_pipeline(args.pipeline, cfg.model_dump(mode="json"), cfg.tracking.experiment_name)
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user; ZenML logged the details
+        cause = _root_cause(exc)
+        print(f"error: {args.pipeline} pipeline failed: {type(cause).__name__}: {cause}".splitlines()[0],
+              file=sys.stderr)
+        return 1
+
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(run.id)
+    wall = time.perf_counter() - started
+    if args.pipeline == "finetune":
+        summary = report.finetune_summary(run, uri, wall)
+        print(report.finetune_table(summary, locations.ui_command()))
+    else:
+        summary = report.deploy_summary(run, uri, wall)
+        print(f"\nserving {summary['model_uri']} (version {summary['model_version']}) at {summary['endpoint']}")
+        print(f"smoke response: {summary['smoke_response']}")
+        print(f"try: {summary['curl']}")
+        print("stop: python run.py --pipeline deploy --stop")
+    report.write_summary(summary, args.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ZenML steps: thin typed wrappers over the plain functions in `llmft`."""
