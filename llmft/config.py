@@ -12,10 +12,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llmft.errors import UserFacingError
+
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A config problem, with a one-line message meant for the user."""
 
 

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmft.errors import UserFacingError
+
 Record = dict[str, str]
 
 
-class DataError(ValueError):
+class DataError(UserFacingError, ValueError):
     """Bad input data; the message names the file, line and field."""
 
 
@@ -106,7 +108,7 @@ def _read_hub(source: str, pc: str, rc: str) -> list[Record]:
     name, _, split = source.partition(":")
     try:
         ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as exc:  # noqa: BLE001 - offline, unknown id, auth: one clear line either way
+    except Exception as exc:
         raise DataError(f"data.source={source}: not a local file and the hub dataset could not be "
                         f"loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return [_pick(dict(row), f"{source}, row {i + 1}", pc, rc) for i, row in enumerate(ds)]

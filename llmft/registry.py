@@ -82,9 +82,10 @@ def current_alias_version(name: str, alias: str = CHAMPION) -> str | None:
 
 def decide_promotion(candidate: float, base: float, min_delta: float) -> tuple[bool, str]:
     """The foundation gate: the candidate must beat the base model by at least min_delta."""
-    if candidate > base and candidate - base >= min_delta:
-        return True, f"candidate {candidate:.4f} beats base {base:.4f} (delta {candidate - base:+.4f} >= {min_delta})"
-    return False, f"candidate {candidate:.4f} does not beat base {base:.4f} by {min_delta} (delta {candidate - base:+.4f})"
+    delta = candidate - base
+    if candidate > base and delta >= min_delta:
+        return True, f"candidate {candidate:.4f} beats base {base:.4f} (delta {delta:+.4f} >= {min_delta})"
+    return False, f"candidate {candidate:.4f} does not beat base {base:.4f} by {min_delta} (delta {delta:+.4f})"
 
 
 def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:

@@ -55,15 +55,17 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
     lines = ["", f"{'metric':<18}{'base':>10}{'fine-tuned':>12}{'delta':>10}", "-" * 50]
     for name in base:
         mark = " *" if name == primary else ""
-        lines.append(f"{name + mark:<18}{base[name]:>10.4f}{tuned[name]:>12.4f}{tuned[name] - base[name]:>+10.4f}")
+        delta = tuned[name] - base[name]
+        lines.append(f"{name + mark:<18}{base[name]:>10.4f}{tuned[name]:>12.4f}{delta:>+10.4f}")
     reg = summary["registered_model"]
     rows = summary["dataset"]["rows"]
+    decision = "PROMOTED to @champion" if summary["promoted"] else "not promoted"
     lines += [
         "-" * 50,
         f"* primary metric; {summary['eval_samples']} test samples; "
         f"rows train/validation/test = {rows['train']}/{rows['validation']}/{rows['test']}",
         f"registered: {reg['name']} version {reg['version']}",
-        f"promotion: {'PROMOTED to @champion' if summary['promoted'] else 'not promoted'} ({summary['promotion_reason']})",
+        f"promotion: {decision} ({summary['promotion_reason']})",
         f"wall time: {summary['wall_seconds']:.0f} s",
         f"MLflow UI: {ui_command}   (then open http://127.0.0.1:5000)",
     ]

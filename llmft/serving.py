@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmft.errors import UserFacingError
 from llmft.locations import project_home
 
 
-class ServingError(RuntimeError):
+class ServingError(UserFacingError, RuntimeError):
     """The server could not be started or did not answer correctly."""
 
 
@@ -92,7 +93,8 @@ def _wait_healthy(dep: Deployment, proc: subprocess.Popen, timeout_s: float) -> 
 
 
 def smoke_request(dep: Deployment, messages: list[dict[str, str]], max_tokens: int) -> str:
-    status, body = post_json(dep.endpoint, {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0})
+    # no temperature: the saved generation config is greedy, and MLflow rejects temperature=0
+    status, body = post_json(dep.endpoint, {"messages": messages, "max_tokens": max_tokens})
     if status != 200:
         raise ServingError(f"smoke request got HTTP {status}: {str(body)[:200]}")
     completion = body[0] if isinstance(body, list) else body

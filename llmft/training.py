@@ -56,7 +56,7 @@ def _metrics_callback(counter: _TokenCounter, log_to_mlflow: bool):
             self.history: list[dict[str, float]] = []
             self._t0 = time.perf_counter()
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             metrics = {k: float(v) for k, v in (logs or {}).items()
                        if isinstance(v, (int, float)) and math.isfinite(float(v))}
             elapsed = time.perf_counter() - self._t0

@@ -6,15 +6,17 @@ offending rows, so the pipeline stops before training and nothing gets registere
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmft.config import ValidationConfig
+from llmft.errors import UserFacingError
 from llmft.ingest import Record
 
 
-class DataGateError(ValueError):
+class DataGateError(UserFacingError, ValueError):
     """The data failed the validation gate."""
 
 
@@ -30,7 +32,8 @@ class GateReport:
     def verdict(self) -> str:
         failed = [c for c in self.checks if not c["success"]]
         if not failed:
-            return f"data gate passed: {self.rows} rows, {len(self.checks)} checks, duplicate fraction {self.duplicate_fraction:.3f}"
+            return (f"data gate passed: {self.rows} rows, {len(self.checks)} checks, "
+                    f"duplicate fraction {self.duplicate_fraction:.3f}")
         parts = []
         for c in failed:
             rows = c.get("rows") or []
@@ -60,6 +63,7 @@ def _build_suite(gx: Any, cfg: ValidationConfig) -> Any:
 def run_gate(records: list[Record], cfg: ValidationConfig) -> GateReport:
     """Run the suite; returns the report (never raises for bad data: see `enforce`)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries the verdict
     import great_expectations as gx
     import pandas as pd
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from zenml import pipeline
+from zenml.enums import ExecutionMode
 
 from steps.data import ingest, split_tokenize, validate
 from steps.model import evaluate, finetune, promote, register
 
 
-@pipeline(name="finetune", enable_cache=False)
+@pipeline(name="finetune", enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def finetune_pipeline(config: dict[str, Any]) -> None:
     records, fingerprint = ingest(config)
     gate = validate(records, config)

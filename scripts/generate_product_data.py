@@ -155,8 +155,7 @@ def _render_listing(rng: random.Random, product: str, attrs: dict[str, object]) 
         if color:
             bits.append(f"Comes in {color}.")
         if "material" in parts:
-            bits.append(f"It is {parts['material']}." if not parts["material"].startswith("made")
-                        else f"It is {parts['material']}.")
+            bits.append(f"It is {parts['material']}.")
         if "size" in parts:
             bits.append(f"{parts['size']}.")
         if "price" in parts:

@@ -11,7 +11,7 @@ from zenml import log_metadata, step
 from llmft.base_model import load_tokenizer, resolve_base_model
 from llmft.chat_format import check_labels, encode_example
 from llmft.config import Config
-from llmft.ingest import fingerprint, read_records
+from llmft.ingest import DataError, fingerprint, read_records
 from llmft.splitting import split_records
 from llmft.stack import TRACKER_NAME
 from llmft.tasks import system_prompt
@@ -54,7 +54,7 @@ def split_tokenize(records: pd.DataFrame, dataset_fingerprint: str, data_gate_re
     splits = split_records(records.to_dict(orient="records"), cfg.data.split_seed,
                            cfg.data.validation_fraction, cfg.data.test_fraction, cfg.data.max_train_rows)
     if not splits["train"] or not splits["test"]:
-        raise ValueError(f"{cfg.data.source}: split left {len(splits['train'])} train and "
+        raise DataError(f"{cfg.data.source}: split left {len(splits['train'])} train and "
                          f"{len(splits['test'])} test rows; need at least one of each")
     tokenizer = load_tokenizer(resolve_base_model(cfg.model.base))
     system = system_prompt(cfg)
@@ -67,7 +67,7 @@ def split_tokenize(records: pd.DataFrame, dataset_fingerprint: str, data_gate_re
                 rows.append({**rec, **ex})
         frames.append(pd.DataFrame(rows, columns=["prompt", "response", "input_ids", "labels"]))
     if frames[0].empty:
-        raise ValueError(f"{cfg.data.source}: every training row is longer than train.max_seq_length="
+        raise DataError(f"{cfg.data.source}: every training row is longer than train.max_seq_length="
                          f"{cfg.train.max_seq_length} tokens")
     check_labels({"labels": list(frames[0]["labels"].iloc[0])}, tokenizer.eos_token_id)
     return frames[0], frames[1], frames[2]

@@ -43,7 +43,8 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, dataset_
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)
-def evaluate(adapter: Path, test_split: pd.DataFrame, config: dict[str, Any]) -> Annotated[dict[str, Any], "evaluation"]:
+def evaluate(adapter: Path, test_split: pd.DataFrame,
+             config: dict[str, Any]) -> Annotated[dict[str, Any], "evaluation"]:
     """Base and fine-tuned model, same instruction, same test rows."""
     cfg = Config.model_validate(config)
     base = resolve_base_model(cfg.model.base)
@@ -52,9 +53,10 @@ def evaluate(adapter: Path, test_split: pd.DataFrame, config: dict[str, Any]) ->
     system, score = system_prompt(cfg), scorer(cfg)
     results: dict[str, dict[str, float]] = {}
     outputs: dict[str, list[str]] = {}
-    for label, model in (("base", lambda: load_causal_lm(base)), ("finetuned", lambda: load_merged(base, str(adapter)))):
+    loaders = {"base": lambda: load_causal_lm(base), "finetuned": lambda: load_merged(base, str(adapter))}
+    for label, load in loaders.items():  # one model in memory at a time
         results[label], outputs[label] = evaluate_model(
-            model(), tokenizer, system, test, score, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc=f"eval {label}")
+            load(), tokenizer, system, test, score, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc=f"eval {label}")
         mlflow.log_metrics({f"{label}/{k}": v for k, v in results[label].items()})
     mlflow.log_table({"prompt": [r["prompt"] for r in test], "reference": [r["response"] for r in test],
                       "base_output": outputs["base"], "finetuned_output": outputs["finetuned"]},

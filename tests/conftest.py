@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests use the real stack with tiny settings: a temporary project folder
+(ZenML config, MLflow sqlite store and artifacts) per test session, the real embedded model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def project_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llmft-home")
+
+
+@pytest.fixture(scope="session")
+def run_env(project_home: Path) -> dict[str, str]:
+    """Environment for subprocess runs of run.py: isolated ZenML and MLflow state, offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
+    env.update({
+        "LLMFT_HOME": str(project_home),
+        "ZENML_CONFIG_PATH": str(project_home / "zenml"),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+@pytest.fixture(scope="session")
+def base_model_path() -> str:
+    from llmft.base_model import resolve_base_model
+    from llmft.config import EMBEDDED_MODEL
+
+    return resolve_base_model(EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model_path: str):
+    from llmft.base_model import load_tokenizer
+
+    return load_tokenizer(base_model_path)
+
+
+def python() -> str:
+    return sys.executable

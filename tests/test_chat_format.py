@@ -1,0 +1,43 @@
+import pytest
+
+from llmft.chat_format import IGNORE_INDEX, MaskingError, PadToLongest, check_labels, encode_example, render_prompt
+from llmft.extraction import INSTRUCTION
+
+
+def test_prompt_masked_response_and_eos_labelled(tokenizer):
+    response = '{"brand": "Lumora", "price": 9.99}'
+    ex = encode_example(tokenizer, INSTRUCTION, "Lumora mug $9.99", response)
+    prompt_ids = tokenizer(render_prompt(tokenizer, INSTRUCTION, "Lumora mug $9.99"),
+                           add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    assert ex["input_ids"][:n] == prompt_ids
+    assert ex["labels"][:n] == [IGNORE_INDEX] * n
+    labelled = ex["labels"][n:]
+    assert IGNORE_INDEX not in labelled
+    assert labelled[-1] == tokenizer.eos_token_id  # the model learns to stop
+    assert tokenizer.decode(labelled[:-1]) == response
+    check_labels(ex, tokenizer.eos_token_id)
+
+
+def test_training_prompt_is_the_generation_prompt(tokenizer):
+    text = render_prompt(tokenizer, "sys", "hello")
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>system\nsys<|im_end|>" in text
+
+
+def test_check_labels_rejects_all_masked_and_missing_eos():
+    with pytest.raises(MaskingError, match="every label is -100"):
+        check_labels({"input_ids": [1, 2], "labels": [IGNORE_INDEX, IGNORE_INDEX]}, 2)
+    with pytest.raises(MaskingError, match="EOS"):
+        check_labels({"input_ids": [1, 5], "labels": [IGNORE_INDEX, 5]}, 2)
+
+
+def test_collator_pads_by_position_not_by_token_id():
+    # pad id equals the EOS id here, as in SmolLM2: the real EOS label must survive padding
+    batch = PadToLongest(pad_token_id=2)([
+        {"input_ids": [7, 8, 2], "labels": [IGNORE_INDEX, 8, 2]},
+        {"input_ids": [7, 2], "labels": [IGNORE_INDEX, 2]},
+    ])
+    assert batch["input_ids"].tolist() == [[7, 8, 2], [7, 2, 2]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 8, 2], [IGNORE_INDEX, 2, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]

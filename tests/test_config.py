@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from llmft.config import ConfigError, load_config, valid_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_file_loads_and_has_contract_keys():
+    cfg = load_config(ROOT / "configs" / "finetune.yaml")
+    flat = cfg.flat()
+    for key in ("task", "model.base", "data.source", "data.format", "train.method", "train.max_steps",
+                "train.learning_rate", "eval.max_samples", "registry.model_name"):
+        assert key in flat
+    assert cfg.train.method == "lora"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.max_steps=7", "train.learning_rate=2e-4", "eval.max_samples=null"])
+    assert cfg.train.max_steps == 7
+    assert cfg.train.learning_rate == pytest.approx(2e-4)
+    assert cfg.eval.max_samples is None
+
+
+def test_unknown_override_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.max_stepz=3"])
+    assert "train.max_stepz" in str(err.value)
+    assert "train.max_steps" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_bad_value_in_file_names_file_line_and_field(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: extraction\ntrain:\n  batch_size: 4\n  max_steps: -3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "line 4" in msg and "train.max_steps" in msg
+
+
+def test_unknown_key_in_file(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"line 2.*train\.lr.*unknown key.*train\.learning_rate"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_steps: [1\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_bad_override_value_names_the_override():
+    with pytest.raises(ConfigError, match=r"--set train.method"):
+        load_config(None, ["train.method=sgd"])
+    with pytest.raises(ConfigError, match=r"expected dotted\.key=value"):
+        load_config(None, ["train.max_steps"])
+
+
+def test_valid_keys_are_dotted():
+    assert "train.lora.r" in valid_keys()
