@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.ui:
-        cmd = locations.ui_command()
-        print(cmd)
-        if cmd.startswith("mlflow "):
-            os.execvp(sys.executable, [sys.executable, "-m", *cmd.split()])
+        uri = locations.tracking_uri()
+        print(locations.ui_command(uri))
+        ui = locations.ui_args(uri)
+        if ui:
+            os.execvp(sys.executable, [sys.executable, "-m", *ui])
         return 0
 
     if args.pipeline == "deploy" and args.stop:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - _STARTED
     if args.pipeline == "finetune":
         summary = report.finetune_summary(run, uri, wall)
-        print(report.finetune_table(summary, locations.ui_command()))
+        print(report.finetune_table(summary, locations.ui_command(uri)))
     else:
         summary = report.deploy_summary(run, uri, wall)
         print(f"\nserving {summary['model_uri']} (version {summary['model_version']}) at {summary['endpoint']}")

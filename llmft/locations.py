@@ -9,6 +9,7 @@ when none is set, and the deploy server's pid/log. Converted model weights are c
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 
@@ -39,9 +40,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
 
 
-def ui_command() -> str:
-    uri = tracking_uri()
-    if uri.startswith("sqlite:"):
-        return (f"mlflow ui --backend-store-uri {uri} --default-artifact-root "
-                f"{local_artifact_root()} --port 5000")
-    return f"open {uri} in a browser"
+def ui_args(uri: str) -> list[str] | None:
+    """`mlflow ui` arguments for a local store; None when the URI is a server (open it instead)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    return ["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", local_artifact_root(),
+            "--port", "5000"]
+
+
+def ui_command(uri: str) -> str:
+    args = ui_args(uri)
+    return shlex.join(args) if args else f"open {uri} in a browser"

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+UI_URL = "http://127.0.0.1:5000"
+
 
 def _load(run: Any, step_name: str, output: str) -> Any:
     return run.steps[step_name].outputs[output][0].load()
@@ -67,6 +69,6 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         f"registered: {reg['name']} version {reg['version']}",
         f"promotion: {decision} ({summary['promotion_reason']})",
         f"wall time: {summary['wall_seconds']:.0f} s",
-        f"MLflow UI: {ui_command}   (then open http://127.0.0.1:5000)",
+        f"MLflow UI: {ui_command}" + (f"   (then open {UI_URL})" if ui_command.startswith("mlflow") else ""),
     ]
     return "\n".join(lines)

@@ -74,3 +74,22 @@ def test_fingerprint_tracks_content_not_order_of_keys():
     assert fingerprint(ROWS) == fingerprint([dict(reversed(list(r.items()))) for r in ROWS])
     changed = [*ROWS[:-1], {**ROWS[-1], "response": "other"}]
     assert fingerprint(changed) != fingerprint(ROWS)
+
+
+def test_shipped_dataset_is_reproduced_by_its_generator(tmp_path: Path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "products.jsonl"
+    subprocess.run([sys.executable, str(root / "scripts" / "generate_product_data.py"), "--out", str(out)],
+                   check=True, capture_output=True)
+    assert out.read_bytes() == (root / "data" / "products.jsonl").read_bytes()
+
+
+def test_hub_id_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"data.source=someorg/no-such-dataset: not a local file") as err:
+        read_records("someorg/no-such-dataset")
+    assert "\n" not in str(err.value)
