@@ -9,11 +9,11 @@ import sys
 import time
 from typing import Any
 
-from llmft.config import ConfigError, load_config
+from llmft.config import Config, ConfigError, load_config
 
 _STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
 
-PIPELINES = ("finetune", "deploy")
+PIPELINES = ("finetune", "data", "deploy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,17 +45,24 @@ def _failure_line(pipeline_name: str, exc: BaseException) -> str:
     return f"{pipeline_name} pipeline failed: {type(exc).__name__}: {exc}"
 
 
-def _run_pipeline(name: str, config: dict[str, Any], experiment: str) -> Any:
+def _run_pipeline(name: str, cfg: Config) -> Any:
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,
     )
 
+    settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=cfg.tracking.experiment_name)}
     if name == "finetune":
-        from pipelines.finetune import finetune_pipeline as pipe
-    else:
-        from pipelines.deploy import deploy_pipeline as pipe
-    settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=experiment)}
-    return pipe.with_options(settings=settings)(config=config)
+        from pipelines.finetune import finetune_pipeline
+
+        return finetune_pipeline.with_options(settings=settings)(
+            config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
+    if name == "data":
+        from pipelines.data import data_pipeline
+
+        return data_pipeline.with_options(settings=settings)(data_config=cfg.data_view())
+    from pipelines.deploy import deploy_pipeline
+
+    return deploy_pipeline.with_options(settings=settings)(config=cfg.model_dump(mode="json"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = ensure_stack()
     ensure_experiment(cfg.tracking.experiment_name)
     try:
-        run = _run_pipeline(args.pipeline, cfg.model_dump(mode="json"), cfg.tracking.experiment_name)
+        run = _run_pipeline(args.pipeline, cfg)
     except Exception as exc:
         print("error: " + (_failure_line(args.pipeline, exc).splitlines() or [""])[0], file=sys.stderr)
         return 1
@@ -108,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pipeline == "finetune":
         summary = report.finetune_summary(run, uri, wall)
         print(report.finetune_table(summary, locations.ui_command(uri)))
+    elif args.pipeline == "data":
+        summary = report.data_summary(run, uri, wall)
+        print(report.data_table(summary))
     else:
         summary = report.deploy_summary(run, uri, wall)
         print(f"\nserving {summary['model_uri']} (version {summary['model_version']}) at {summary['endpoint']}")

@@ -1,8 +1,9 @@
-"""Chat-template encoding with loss on response tokens only.
+"""Chat-template encoding with loss on assistant turns only.
 
-The same `build_messages` feeds training, evaluation and serving, so the template never drifts.
-Prompt tokens are labelled -100; the response and its closing EOS token are labelled, so the
-model learns to stop. Padding is masked by position, never by token id (pad == eos here).
+The same rendering feeds training, evaluation and serving, so the template never drifts. Every
+assistant turn is labelled up to and including its EOS token, so the model learns to stop; system
+and user turns are labelled -100. Padding is masked by position, never by token id (pad == eos
+for SmolLM2).
 """
 
 from __future__ import annotations
@@ -18,34 +19,61 @@ class MaskingError(UserFacingError, ValueError):
     """Label masking would train on nothing, or never on EOS."""
 
 
+def with_system(system: str | None, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Prepend the task's system prompt unless the conversation brings its own."""
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return list(messages)
+
+
 def build_messages(system: str | None, prompt: str, response: str | None = None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": prompt})
+    messages = [{"role": "user", "content": prompt}]
     if response is not None:
         messages.append({"role": "assistant", "content": response})
-    return messages
+    return with_system(system, messages)
+
+
+def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt exactly as training saw it before an assistant turn."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_prompt(tokenizer: Any, system: str | None, prompt: str) -> str:
-    """The generation prompt exactly as training saw it (ends where the response begins)."""
-    return tokenizer.apply_chat_template(build_messages(system, prompt), tokenize=False,
-                                         add_generation_prompt=True)
+    return render_generation_prompt(tokenizer, build_messages(system, prompt))
+
+
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> dict[str, list[int]]:
+    """Token ids and labels for a conversation; every assistant turn (with its EOS) is labelled."""
+    eos_id, eos_text = tokenizer.eos_token_id, tokenizer.eos_token
+    ids: list[int] = []
+    labels: list[int] = []
+    consumed = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt_text = render_generation_prompt(tokenizer, messages[:i])
+        full_text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not prompt_text.startswith(consumed) or not full_text.startswith(prompt_text):
+            raise MaskingError("the chat template renders earlier turns differently as the conversation grows")
+        completion = full_text[len(prompt_text):]
+        cut = completion.find(eos_text) if eos_text else -1
+        completion = completion[: cut + len(eos_text)] if cut >= 0 else completion
+        context_ids = tokenizer(prompt_text[len(consumed):], add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not completion_ids or completion_ids[-1] != eos_id:
+            completion_ids = [*completion_ids, eos_id]
+        ids += context_ids + completion_ids
+        labels += [IGNORE_INDEX] * len(context_ids) + completion_ids
+        consumed = prompt_text + completion
+    return {"input_ids": ids, "labels": labels}
 
 
 def encode_example(tokenizer: Any, system: str | None, prompt: str, response: str) -> dict[str, list[int]]:
-    prompt_text = render_prompt(tokenizer, system, prompt)
-    full_text = tokenizer.apply_chat_template(build_messages(system, prompt, response), tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise MaskingError("chat template renders the prompt differently with and without the response")
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if eos in completion_ids:  # stop at the turn's EOS: what follows it is template whitespace
-        completion_ids = completion_ids[: completion_ids.index(eos) + 1]
-    else:
-        completion_ids = [*completion_ids, eos]
-    return {"input_ids": prompt_ids + completion_ids,
-            "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
+    return encode_messages(tokenizer, build_messages(system, prompt, response))
+
+
+def truncate(example: dict[str, list[int]], max_length: int) -> dict[str, list[int]]:
+    return {"input_ids": example["input_ids"][:max_length], "labels": example["labels"][:max_length]}
 
 
 def check_labels(example: dict[str, list[int]], eos_token_id: int) -> None:

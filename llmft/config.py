@@ -31,22 +31,44 @@ class ModelConfig(_Section):
     trust_remote_code: bool = False
 
 
+class ColumnsConfig(_Section):
+    """Rename the fields each shape reads, e.g. `data.columns.prompt=listing`."""
+
+    prompt: str | None = None
+    response: str | None = None
+    completion: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    messages: str | None = None
+    conversations: str | None = None
+    text: str | None = None
+    label: str | None = None
+
+
 class DataConfig(_Section):
     source: str = "data/products.jsonl"
-    format: Literal["auto", "prompt_response"] = "auto"
-    prompt_column: str = "prompt"
-    response_column: str = "response"
+    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "text_label"] = "auto"
+    columns: ColumnsConfig = ColumnsConfig()
     system_prompt: str | None = None
+    labels: list[str] | None = Field(None, description="classification: the allowed label set")
     max_rows: int | None = Field(None, ge=1, description="use only the first N rows (smoke runs)")
     split_seed: int = 0
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    min_test_rows: int = Field(1, ge=1)
     max_train_rows: int | None = Field(300, ge=1)
 
 
 class ValidationConfig(_Section):
     min_rows: int = Field(8, ge=1)
-    max_duplicate_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_duplicate_fraction: float = Field(0.05, ge=0.0, le=1.0, description="before duplicates are removed")
+    max_rejected_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    length_policy: Literal["drop", "truncate", "fail"] = "drop"
+    pii_action: Literal["fail", "redact", "warn"] = "redact"
+    min_class_fraction: float = Field(0.05, ge=0.0, le=1.0, description="classification: rarest label share")
     min_prompt_chars: int = Field(3, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
     min_response_chars: int = Field(1, ge=1)
@@ -117,6 +139,12 @@ class Config(_Section):
         if self.data.validation_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.validation_fraction + data.test_fraction must be < 0.9")
         return self
+
+    def data_view(self) -> dict[str, Any]:
+        """Only what the data steps depend on: their cache survives changes to training settings."""
+        return {"task": self.task, "model": self.model.model_dump(mode="json"),
+                "data": self.data.model_dump(mode="json"), "validation": self.validation.model_dump(mode="json"),
+                "train": {"max_seq_length": self.train.max_seq_length}}
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, used for MLflow params."""

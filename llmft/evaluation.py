@@ -6,13 +6,13 @@ eval loss is the mean cross-entropy over response tokens, the same tokens traini
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
-from llmft.chat_format import IGNORE_INDEX, PadToLongest, encode_example, render_prompt
-from llmft.ingest import Record
+from llmft.chat_format import IGNORE_INDEX, PadToLongest, render_generation_prompt, with_system
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,18 @@ def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], 
     return total_loss / total_tokens if total_tokens else math.nan
 
 
-def evaluate_model(model: Any, tokenizer: Any, system: str | None, test: list[Record],
+def evaluate_model(model: Any, tokenizer: Any, system: str | None, test: list[dict[str, Any]],
                    scorer: Callable[[list[str], list[str]], dict[str, float]],
                    max_new_tokens: int, batch_size: int, desc: str) -> tuple[dict[str, float], list[str]]:
-    """Task metrics and eval loss for one model on the test records; returns (metrics, outputs)."""
-    prompts = [render_prompt(tokenizer, system, r["prompt"]) for r in test]
+    """Task metrics and eval loss for one model on tokenized test rows; returns (metrics, outputs).
+
+    Each row has `messages` (JSON, ending with the reference assistant turn) and the `input_ids` /
+    `labels` training used; the generation prompt is everything before the reference turn.
+    """
+    prompts = [render_generation_prompt(tokenizer, with_system(system, json.loads(r["messages"])[:-1]))
+               for r in test]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
     metrics = scorer(outputs, [r["response"] for r in test])
-    examples = [encode_example(tokenizer, system, r["prompt"], r["response"]) for r in test]
+    examples = [{"input_ids": list(map(int, r["input_ids"])), "labels": list(map(int, r["labels"]))} for r in test]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
     return metrics, outputs

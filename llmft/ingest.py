@@ -1,7 +1,9 @@
-"""Read the user's data into prompt/response records and fingerprint it.
+"""Read the user's data into raw rows that remember where they came from.
 
-Local JSONL, JSON, CSV and Parquet files are read here with line-accurate errors; anything that is
-not a local path is treated as a hub dataset id (`org/name` or `org/name:split`) for online users.
+Local JSONL, JSON (array, or object of lists), CSV/TSV (quoted fields may hold newlines), Parquet,
+or a directory of such files; anything else that is not a local path is a hub dataset id
+(`org/name`, `org/name:split` or `org/name/subset:split`) for online users. Parse errors name the
+file and line; a non-UTF-8 byte is an error naming its line.
 """
 
 from __future__ import annotations
@@ -9,131 +11,175 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmft.errors import UserFacingError
-
-Record = dict[str, str]
 
 
 class DataError(UserFacingError, ValueError):
     """Bad input data; the message names the file, line and field."""
 
 
-def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (dict, list)):  # structured answers (e.g. gold JSON) are kept as JSON text
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+@dataclass
+class RawRow:
+    where: str  # "file, line N" (or "record N", "row N")
+    data: dict[str, Any]
 
 
-def _pick(row: dict[str, Any], where: str, prompt_col: str, response_col: str) -> Record:
-    missing = [c for c in (prompt_col, response_col) if c not in row]
-    if missing:
-        raise DataError(f"{where}: missing field {missing[0]!r} (fields present: {', '.join(map(str, row)) or 'none'})")
-    prompt, response = _as_text(row[prompt_col]), _as_text(row[response_col])
-    # empty or null values are kept and judged by the validation gate, which counts them
-    return {"prompt": prompt or "", "response": response or ""}
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}, line {lineno}: not valid UTF-8 (byte {exc.start} of the line)") from None
 
 
-def _read_jsonl(path: Path, pc: str, rc: str) -> list[Record]:
-    records = []
+def _read_jsonl(path: Path) -> list[RawRow]:
+    rows = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}, line {lineno}: not valid UTF-8 (byte {exc.start})") from None
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}, line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            records.append(_pick(row, f"{path}, line {lineno}", pc, rc))
-    return records
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(RawRow(f"{path}, line {lineno}", obj))
+    return rows
 
 
-def _read_json(path: Path, pc: str, rc: str) -> list[Record]:
+def _utf8_text(path: Path) -> str:
+    data = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8") from None
+
+
+def _read_json(path: Path) -> list[RawRow]:
+    try:
+        data = json.loads(_utf8_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):  # columns of lists
-        n = len(next(iter(data.values()), []))
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        n = max(len(v) for v in data.values())
         data = [{k: v[i] if i < len(v) else None for k, v in data.items()} for i in range(n)]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects or an object of lists")
-    out = []
-    for i, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, record {i + 1}: expected a JSON object")
-        out.append(_pick(row, f"{path}, record {i + 1}", pc, rc))
-    return out
+    rows = []
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, record {i}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(RawRow(f"{path}, record {i}", obj))
+    return rows
 
 
-def _read_csv(path: Path, pc: str, rc: str) -> list[Record]:
+def _read_csv(path: Path) -> list[RawRow]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    text = _utf8_text(path)
+    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
+    rows = []
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            return [_pick(row, f"{path}, line {reader.line_num}", pc, rc) for row in reader]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+        start = 2  # line where the next record starts (header is line 1)
+        for row in reader:
+            if None in row:  # more fields than header columns
+                raise DataError(f"{path}, line {start}: {len(row) - 1 + len(row[None])} fields, header has "
+                                f"{len(reader.fieldnames or [])}")
+            rows.append(RawRow(f"{path}, line {start}", dict(row)))
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from None
+        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+    return rows
 
 
-def _read_parquet(path: Path, pc: str, rc: str) -> list[Record]:
+def _read_parquet(path: Path) -> list[RawRow]:
     import pandas as pd
 
-    frame = pd.read_parquet(path)
-    return [_pick(row, f"{path}, row {i + 1}", pc, rc)
-            for i, row in enumerate(frame.to_dict(orient="records"))]
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+    return [RawRow(f"{path}, row {i}", {k: _plain(v) for k, v in obj.items()})
+            for i, obj in enumerate(frame.to_dict(orient="records"), start=1)]
 
 
-_READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-            ".tsv": _read_csv, ".parquet": _read_parquet}
+def _plain(value: Any) -> Any:
+    """numpy arrays / scalars from Parquet to plain Python, so shapes see lists and strings."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
-def _read_hub(source: str, pc: str, rc: str) -> list[Record]:
+READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+           ".tsv": _read_csv, ".parquet": _read_parquet}
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        if path.suffix.lower() not in READERS:
+            raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(READERS)}")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS)
+    if not files:
+        raise DataError(f"{path}: directory holds no data files ({', '.join(READERS)})")
+    return files
+
+
+def _hub_rows(source: str) -> list[RawRow]:
     import datasets
 
     name, _, split = source.partition(":")
+    parts = name.split("/")
+    subset = parts[2] if len(parts) == 3 else None
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
+        ds = datasets.load_dataset("/".join(parts[:2]), subset, split=split or "train")
     except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"data.source={source}: not a local file and the hub dataset could not be "
-                        f"loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    return [_pick(dict(row), f"{source}, row {i + 1}", pc, rc) for i, row in enumerate(ds)]
+                        f"loaded ({type(exc).__name__}: {detail})") from None
+    return [RawRow(f"{source}, row {i}", dict(obj)) for i, obj in enumerate(ds, start=1)]
 
 
-def read_records(source: str, prompt_column: str = "prompt", response_column: str = "response") -> list[Record]:
+def is_local(source: str) -> bool:
     path = Path(source).expanduser()
-    if path.is_file():
-        reader = _READERS.get(path.suffix.lower())
-        if reader is None:
-            raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_READERS)}")
-        records = reader(path, prompt_column, response_column)
-    elif path.suffix.lower() in _READERS or source.startswith((".", "/")):
-        raise DataError(f"{path}: data file not found")
+    return path.exists() or path.suffix.lower() in READERS or source.startswith((".", "/", "~"))
+
+
+def read_rows(source: str) -> list[RawRow]:
+    path = Path(source).expanduser()
+    if is_local(source):
+        if not path.exists():
+            raise DataError(f"{path}: data file not found")
+        rows = [row for file in _files(path) for row in READERS[file.suffix.lower()](file)]
     else:
-        records = _read_hub(source, prompt_column, response_column)
-    if not records:
+        rows = _hub_rows(source)
+    if not rows:
         raise DataError(f"{source}: no records (empty file)")
-    return records
+    return rows
 
 
-def fingerprint(records: list[Record]) -> str:
-    """Content hash of the records, independent of file name, format and mtime."""
+def source_fingerprint(source: str) -> str:
+    """Hash of the data's bytes (local) or records (hub): the cache key of every data step."""
     digest = hashlib.sha256()
-    for rec in records:
-        digest.update(json.dumps([rec["prompt"], rec["response"]], ensure_ascii=False).encode())
-        digest.update(b"\n")
+    if is_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: data file not found")
+        for file in _files(path):
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+            with file.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    else:
+        for row in _hub_rows(source):
+            digest.update(json.dumps(row.data, sort_keys=True, default=str).encode() + b"\n")
     return digest.hexdigest()[:16]

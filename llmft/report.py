@@ -13,11 +13,16 @@ def _load(run: Any, step_name: str, output: str) -> Any:
     return run.steps[step_name].outputs[output][0].load()
 
 
+def cached_steps(run: Any) -> list[str]:
+    return sorted(name for name, step in run.steps.items() if str(step.status.value) == "cached")
+
+
 def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
     evaluation = _load(run, "evaluate", "evaluation")
     registered = _load(run, "register", "registered_model")
     promotion = _load(run, "promote", "promotion")
-    rows = {name: len(_load(run, "split_tokenize", f"{name}_split")) for name in ("train", "validation", "test")}
+    dataset = _load(run, "export_dataset", "dataset")
+    dataset.pop("mlflow_run_id", None)  # the same run as evaluation's
     training = _load(run, "finetune", "training")
     return {
         "pipeline": "finetune",
@@ -32,11 +37,30 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "promoted": bool(promotion["promoted"]),
         "promotion_reason": promotion["reason"],
         "champion_version": promotion["champion"],
-        "dataset": {"fingerprint": _load(run, "ingest", "dataset_fingerprint"), "rows": rows},
+        "dataset": dataset,
+        "cached_steps": cached_steps(run),
         "train": {k: training[k] for k in ("steps", "first_loss", "last_loss", "validation_loss",
                                            "tokens_per_second", "wall_seconds")},
         "wall_seconds": round(wall_seconds, 1),
     }
+
+
+def data_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+    dataset = _load(run, "export_dataset", "dataset")
+    return {"pipeline": "data", "zenml_run_id": str(run.id), "mlflow_run_id": dataset.pop("mlflow_run_id"),
+            "tracking_uri": tracking_uri, "dataset": dataset, "cached_steps": cached_steps(run),
+            "wall_seconds": round(wall_seconds, 1)}
+
+
+def data_table(summary: dict[str, Any]) -> str:
+    dataset, cached = summary["dataset"], summary["cached_steps"]
+    rows = dataset["rows"]
+    lines = ["", dataset["verdict"],
+             f"rows in {dataset['rows_in']} -> train {rows['train']} / validation {rows['validation']} / "
+             f"test {rows['test']}; duplicates removed {dataset['duplicates_removed']}; rejected {dataset['rejected']}",
+             f"fingerprint {dataset['fingerprint']}; files in {dataset['export_dir']}",
+             f"served from cache: {', '.join(cached) if cached else 'nothing'}"]
+    return "\n".join(lines)
 
 
 def deploy_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:

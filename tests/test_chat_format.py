@@ -41,3 +41,24 @@ def test_collator_pads_by_position_not_by_token_id():
     assert batch["input_ids"].tolist() == [[7, 8, 2], [7, 2, 2]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 8, 2], [IGNORE_INDEX, 2, IGNORE_INDEX]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_multi_turn_labels_every_assistant_turn_and_masks_the_rest(tokenizer):
+    from llmft.chat_format import encode_messages
+
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello there"}, {"role": "user", "content": "bye"},
+                {"role": "assistant", "content": "goodbye"}]
+    ex = encode_messages(tokenizer, messages)
+    full = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert ex["input_ids"] == full[: len(ex["input_ids"])]  # same tokens as rendering the whole chat
+    spans, current = [], []
+    for tok, lab in zip(ex["input_ids"], ex["labels"], strict=True):
+        if lab != IGNORE_INDEX:
+            assert lab == tok
+            current.append(tok)
+        elif current:
+            spans.append(current)
+            current = []
+    spans.append(current)
+    assert [tokenizer.decode(s) for s in spans] == ["hello there<|im_end|>", "goodbye<|im_end|>"]

@@ -53,6 +53,8 @@ def test_finetune_summary_contract(finetune_summary: dict):
         assert m["eval_loss"] > 0
     assert set(s["dataset"]["rows"]) == {"train", "validation", "test"}
     assert len(s["dataset"]["fingerprint"]) == 16
+    assert s["dataset"]["rows_in"] == 200 and s["dataset"]["duplicates_removed"] == 0
+    assert Path(s["dataset"]["export_dir"], "train.jsonl").is_file()
     # a real model really trained: loss fell and the held-out loss improved over the base model
     assert s["train"]["last_loss"] < s["train"]["first_loss"]
     assert s["metrics"]["finetuned"]["eval_loss"] < s["metrics"]["base"]["eval_loss"]
@@ -126,16 +128,79 @@ def test_deploy_serves_champion_then_stops(finetune_summary: dict, run_env: dict
 def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: dict, run_env: dict[str, str],
                                                                tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
-    rows = [{"prompt": f"item {i}", "response": "{}"} for i in range(10)] + [{"prompt": "  ", "response": "{}"}]
+    rows = [{"prompt": f"item {i}", "response": "{}"} for i in range(10)] + [{"prompt": "  ", "response": "{}"}] * 5
     bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", f"data.source={bad}")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: finetune pipeline failed at step 'validate': DataGateError:"), last
-    assert "rows 11" in last
+    assert "rejected (empty: 5)" in last and "is_rejected" in last and "bad.jsonl, line 11: empty user turn" in last
+    assert "Traceback" not in proc.stderr
+    report_dir = Path(last.split("(report: ")[1].split(")")[0])
+    rejected = [json.loads(line) for line in (report_dir / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 5 and rejected[0]["reason"] == "empty user turn"
+    assert (report_dir / "data_docs" / "index.html").is_file()
     name = finetune_summary["registered_model"]["name"]
     versions = _mlflow_client(run_env).search_model_versions(f"name='{name}'")
     assert [str(v.version) for v in versions] == ["1"]
+
+
+def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_path: Path):
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{2 * i}"}]} for i in range(30)]
+    rows += [rows[0], {"messages": [{"role": "user", "content": "WHAT is 1 plus 1?"},
+                                    {"role": "assistant", "content": "2"}]}]  # exact + normalised duplicates
+    rows += [{"messages": [{"role": "user", "content": "email me: ann@example.com"},
+                           {"role": "assistant", "content": "ok"}]}]
+    rows += [{"messages": [{"role": "user", "content": "no answer"}]}]  # rejected: does not end with assistant
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = ["--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=1",
+            "--set", "validation.max_duplicate_fraction=0.1"]
+    first = tmp_path / "first.json"
+    proc = run_py(run_env, *args, "--summary", str(first), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(first.read_text())
+    d = s["dataset"]
+    assert (d["rows_in"], d["duplicates_removed"], d["rejected"]) == (34, 2, 1)
+    assert d["rejected_by_reason"] == {"shape": 1} and d["pii"] == {"email": 1}
+    assert sum(d["rows"].values()) == 31
+    export = Path(d["export_dir"])
+    for name in ("train", "validation", "test", "rejected"):
+        assert (export / f"{name}.jsonl").is_file()
+    exported = [json.loads(line) for name in ("train", "validation", "test")
+                for line in (export / f"{name}.jsonl").read_text().splitlines()]
+    assert any("[EMAIL]" in r["messages"][0]["content"] for r in exported)
+    assert "ann@example.com" not in "".join((export / f).read_text() for f in ("train.jsonl", "test.jsonl",
+                                                                               "validation.jsonl", "rejected.jsonl"))
+    rejected = [json.loads(line) for line in (export / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(r["kind"] for r in rejected) == ["duplicate", "duplicate", "shape"]
+    client = _mlflow_client(run_env)
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.inputs.dataset_inputs[0].dataset.digest == d["fingerprint"]
+    assert "plots/token_lengths.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+
+    again = tmp_path / "again.json"
+    assert run_py(run_env, *args, "--summary", str(again), timeout=300).returncode == 0
+    s2 = json.loads(again.read_text())
+    assert {"ingest", "validate", "split_tokenize"} <= set(s2["cached_steps"])
+    assert s2["dataset"]["fingerprint"] == d["fingerprint"] and s2["dataset"]["rows"] == d["rows"]
+
+    with data.open("a") as fh:  # a changed file must never be served from the cache
+        fh.write(json.dumps({"messages": [{"role": "user", "content": "What is 100 plus 100?"},
+                                          {"role": "assistant", "content": "200"}]}) + "\n")
+    changed = tmp_path / "changed.json"
+    assert run_py(run_env, *args, "--summary", str(changed), timeout=300).returncode == 0
+    s3 = json.loads(changed.read_text())
+    assert s3["dataset"]["fingerprint"] != d["fingerprint"]
+    assert not {"ingest", "validate", "split_tokenize"} & set(s3["cached_steps"])
+    assert sum(s3["dataset"]["rows"].values()) == 32
+    for name in ("train", "validation", "test"):  # appending never moves an existing record
+        before = {json.dumps(r) for r in map(json.loads, (export / f"{name}.jsonl").read_text().splitlines())}
+        after_dir = Path(s3["dataset"]["export_dir"])
+        after = {json.dumps(r) for r in map(json.loads, (after_dir / f"{name}.jsonl").read_text().splitlines())}
+        assert {json.dumps({k: v for k, v in json.loads(r).items() if k != "where"}) for r in before} <= \
+               {json.dumps({k: v for k, v in json.loads(r).items() if k != "where"}) for r in after}
 
 
 def test_malformed_line_is_named(run_env: dict[str, str], tmp_path: Path):
