@@ -57,7 +57,8 @@ def data_table(summary: dict[str, Any]) -> str:
     rows = dataset["rows"]
     lines = ["", dataset["verdict"],
              f"rows in {dataset['rows_in']} -> train {rows['train']} / validation {rows['validation']} / "
-             f"test {rows['test']}; duplicates removed {dataset['duplicates_removed']}; rejected {dataset['rejected']}",
+             f"test {rows['test']} (+{dataset['unused']} unused, data.max_train_rows); "
+             f"duplicates removed {dataset['duplicates_removed']}; rejected {dataset['rejected']}",
              f"fingerprint {dataset['fingerprint']}; files in {dataset['export_dir']}",
              f"served from cache: {', '.join(cached) if cached else 'nothing'}"]
     return "\n".join(lines)

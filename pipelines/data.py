@@ -16,7 +16,7 @@ def prepare_data(data_config: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
     examples, shape_rejections = ingest(fingerprint, data_config)
     clean, rejected, report, docs = validate(examples, shape_rejections, data_config)
     train, validation, test = split_tokenize(clean, fingerprint, data_config)
-    dataset = export_dataset(train, validation, test, rejected, report, docs, fingerprint, data_config)
+    dataset = export_dataset(clean, train, validation, test, rejected, report, docs, fingerprint, data_config)
     return fingerprint, train, validation, test, dataset
 
 

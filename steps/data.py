@@ -140,9 +140,10 @@ def split_tokenize(clean_examples: pd.DataFrame, dataset_fingerprint: str, data_
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)
-def export_dataset(train_split: pd.DataFrame, validation_split: pd.DataFrame, test_split: pd.DataFrame,
-                   rejected_rows: pd.DataFrame, data_gate_report: dict[str, Any], data_docs: Path,
-                   dataset_fingerprint: str, data_config: dict[str, Any]) -> Annotated[dict[str, Any], "dataset"]:
+def export_dataset(clean_examples: pd.DataFrame, train_split: pd.DataFrame, validation_split: pd.DataFrame,
+                   test_split: pd.DataFrame, rejected_rows: pd.DataFrame, data_gate_report: dict[str, Any],
+                   data_docs: Path, dataset_fingerprint: str,
+                   data_config: dict[str, Any]) -> Annotated[dict[str, Any], "dataset"]:
     """This run's dataset as files, and its lineage in MLflow (input dataset, gate result, plots)."""
     cfg = Config.model_validate(data_config)
     out = export_dir(get_step_context().pipeline_run.name)
@@ -157,6 +158,8 @@ def export_dataset(train_split: pd.DataFrame, validation_split: pd.DataFrame, te
                "rows_in": data_gate_report["rows_in"], "duplicates_removed": data_gate_report["duplicates_removed"],
                "rejected": data_gate_report["rejected"], "rejected_by_reason": data_gate_report["rejected_by_reason"],
                "pii": data_gate_report["pii"], "rows": {k: len(v) for k, v in splits.items()},
+               # kept by the gate but left out of training by data.max_train_rows (or emptied by truncation)
+               "unused": len(clean_examples) - sum(len(v) for v in splits.values()),
                "export_dir": str(out), "verdict": data_gate_report["verdict"]}
     train_df = train_split[["prompt", "response", "label"]]
     mlflow.log_input(mlflow.data.from_pandas(train_df, source=cfg.data.source, name=f"train-{dataset_fingerprint}",

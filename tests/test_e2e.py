@@ -164,7 +164,7 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
     d = s["dataset"]
     assert (d["rows_in"], d["duplicates_removed"], d["rejected"]) == (34, 2, 1)
     assert d["rejected_by_reason"] == {"shape": 1} and d["pii"] == {"email": 1}
-    assert sum(d["rows"].values()) == 31
+    assert sum(d["rows"].values()) == 31 and d["unused"] == 0
     export = Path(d["export_dir"])
     for name in ("train", "validation", "test", "rejected"):
         assert (export / f"{name}.jsonl").is_file()
