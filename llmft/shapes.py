@@ -57,7 +57,7 @@ class Rejection:
     where: str
     reason: str
     data: dict[str, Any]
-    kind: str = "shape"  # shape, empty, length, too_long, unknown_label, pii, duplicate
+    kind: str = "shape"  # shape, bad_label, empty, length, too_long, unknown_label, pii, duplicate
 
 
 def _col(cfg: DataConfig, name: str) -> str:
@@ -97,7 +97,9 @@ def _require(data: dict[str, Any], cfg: DataConfig, name: str) -> Any:
 
 
 class _RowProblem(Exception):
-    pass
+    def __init__(self, reason: str, kind: str = "shape"):
+        super().__init__(reason)
+        self.kind = kind
 
 
 def _chat_messages(turns: Any, role_key: str, content_key: str, roles: dict[str, str] | None) -> list[dict[str, str]]:
@@ -142,10 +144,11 @@ def to_example(row: RawRow, cfg: DataConfig) -> Example | Rejection:
         else:
             text, label = _require(row.data, cfg, "text"), _require(row.data, cfg, "label")
             if isinstance(label, bool) or not isinstance(label, (str, int)):
-                raise _RowProblem(f"label must be a string or an integer, got {type(label).__name__} {label!r}")
+                raise _RowProblem(f"label must be a string or an integer, got {type(label).__name__} {label!r}",
+                                  kind="bad_label")
             return Example(row.where, shape, text=_text(text) or "", label=str(label).strip())
     except _RowProblem as problem:
-        return Rejection(row.where, str(problem), row.data)
+        return Rejection(row.where, str(problem), row.data, kind=problem.kind)
     return Example(row.where, shape, messages=messages)
 
 

@@ -52,6 +52,7 @@ def test_text_label_and_bad_label_type():
     assert one({"text": "ok", "label": 2}).label == "2"
     bad = one({"text": "ok", "label": {"x": 1}})
     assert isinstance(bad, Rejection) and "label must be a string or an integer" in bad.reason
+    assert bad.kind == "bad_label"
 
 
 def test_column_mapping():
