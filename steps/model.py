@@ -14,6 +14,7 @@ from llmft import plots, registry
 from llmft.base_model import load_causal_lm, load_tokenizer, resolve_base_model
 from llmft.config import Config
 from llmft.evaluation import evaluate_model
+from llmft.ingest import DataError
 from llmft.stack import TRACKER_NAME
 from llmft.tasks import primary_metric, scorer, system_prompt
 from llmft.training import load_merged, train_lora
@@ -28,6 +29,9 @@ def _examples(frame: pd.DataFrame) -> list[dict[str, list[int]]]:
 def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, dataset_fingerprint: str,
              config: dict[str, Any]) -> tuple[Annotated[Path, "adapter"], Annotated[dict[str, Any], "training"]]:
     cfg = Config.model_validate(config)
+    if (train_split["shape"] == "text_label").any():
+        raise DataError(f"{cfg.data.source}: text/label rows are classification data; task {cfg.task!r} trains on "
+                        "conversations (prompt/response, alpaca, chat or sharegpt)")
     mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
     mlflow.log_dict(cfg.model_dump(mode="json"), "config/resolved_config.yaml")
     mlflow.set_tags({"dataset_fingerprint": dataset_fingerprint, "base_model": cfg.model.base,

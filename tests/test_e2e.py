@@ -211,3 +211,20 @@ def test_malformed_line_is_named(run_env: dict[str, str], tmp_path: Path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: finetune pipeline failed at step 'ingest': DataError:"), last
     assert f"{bad}, line 7: malformed JSON" in last
+
+
+def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], tmp_path: Path):
+    data = tmp_path / "reviews.csv"
+    labels = ["positive", "negative", "neutral"]
+    lines = ["text,label"] + [f'"review {i}, quite {labels[i % 3]}",{labels[i % 3]}' for i in range(60)]
+    data.write_text("\n".join([*lines, '"a strange one",sarcastic']) + "\n")
+    out = tmp_path / "summary.json"
+    proc = run_py(run_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
+                  "--set", "data.labels=[positive, negative, neutral]", "--summary", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["dataset"]["rejected_by_reason"] == {"unknown_label": 1}
+    test_rows = [json.loads(line) for line in Path(s["dataset"]["export_dir"], "test.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in test_rows} == set(labels)  # stratified: every class is measured
+    client = _mlflow_client(run_env)
+    assert "plots/class_balance.png" in {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
