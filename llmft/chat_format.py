@@ -38,10 +38,6 @@ def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def render_prompt(tokenizer: Any, system: str | None, prompt: str) -> str:
-    return render_generation_prompt(tokenizer, build_messages(system, prompt))
-
-
 def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> dict[str, list[int]]:
     """Token ids and labels for a conversation; every assistant turn (with its EOS) is labelled."""
     eos_id, eos_text = tokenizer.eos_token_id, tokenizer.eos_token
@@ -66,10 +62,6 @@ def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> dict[str,
         labels += [IGNORE_INDEX] * len(context_ids) + completion_ids
         consumed = prompt_text + completion
     return {"input_ids": ids, "labels": labels}
-
-
-def encode_example(tokenizer: Any, system: str | None, prompt: str, response: str) -> dict[str, list[int]]:
-    return encode_messages(tokenizer, build_messages(system, prompt, response))
 
 
 def truncate(example: dict[str, list[int]], max_length: int) -> dict[str, list[int]]:

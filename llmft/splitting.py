@@ -57,8 +57,3 @@ def split_items(items: Sequence[T], key: Callable[[T], str], seed: int, validati
         out["train"] = out["train"][:max_train_rows]
     return out
 
-
-def split_records(records: list[dict[str, str]], seed: int, validation_fraction: float, test_fraction: float,
-                  max_train_rows: int | None = None) -> dict[str, list[dict[str, str]]]:
-    """Prompt/response dicts, split on their prompt."""
-    return split_items(records, lambda r: r["prompt"], seed, validation_fraction, test_fraction, max_train_rows)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft.base_model import load_causal_lm, load_tokenizer
-from llmft.chat_format import IGNORE_INDEX, PadToLongest, check_labels
+from llmft.chat_format import PadToLongest, check_labels
 from llmft.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,6 @@ def train_lora(base_path: str, train_examples: list[dict[str, list[int]]],
         first_loss=losses[0] if losses else float("nan"), last_loss=losses[-1] if losses else float("nan"),
         validation_loss=validation_loss, tokens_per_second=train_tokens / wall if wall > 0 else 0.0,
         wall_seconds=wall, history=callback.history)
-
-
-def count_label_tokens(examples: list[dict[str, list[int]]]) -> int:
-    return sum(sum(1 for t in ex["labels"] if t != IGNORE_INDEX) for ex in examples)
 
 
 def load_merged(base_path: str, adapter_dir: str):

@@ -1,13 +1,21 @@
 import pytest
 
-from llmft.chat_format import IGNORE_INDEX, MaskingError, PadToLongest, check_labels, encode_example, render_prompt
+from llmft.chat_format import (
+    IGNORE_INDEX,
+    MaskingError,
+    PadToLongest,
+    build_messages,
+    check_labels,
+    encode_messages,
+    render_generation_prompt,
+)
 from llmft.extraction import INSTRUCTION
 
 
 def test_prompt_masked_response_and_eos_labelled(tokenizer):
     response = '{"brand": "Lumora", "price": 9.99}'
-    ex = encode_example(tokenizer, INSTRUCTION, "Lumora mug $9.99", response)
-    prompt_ids = tokenizer(render_prompt(tokenizer, INSTRUCTION, "Lumora mug $9.99"),
+    ex = encode_messages(tokenizer, build_messages(INSTRUCTION, "Lumora mug $9.99", response))
+    prompt_ids = tokenizer(render_generation_prompt(tokenizer, build_messages(INSTRUCTION, "Lumora mug $9.99")),
                            add_special_tokens=False)["input_ids"]
     n = len(prompt_ids)
     assert ex["input_ids"][:n] == prompt_ids
@@ -20,7 +28,7 @@ def test_prompt_masked_response_and_eos_labelled(tokenizer):
 
 
 def test_training_prompt_is_the_generation_prompt(tokenizer):
-    text = render_prompt(tokenizer, "sys", "hello")
+    text = render_generation_prompt(tokenizer, build_messages("sys", "hello"))
     assert text.endswith("<|im_start|>assistant\n")
     assert "<|im_start|>system\nsys<|im_end|>" in text
 
@@ -44,8 +52,6 @@ def test_collator_pads_by_position_not_by_token_id():
 
 
 def test_multi_turn_labels_every_assistant_turn_and_masks_the_rest(tokenizer):
-    from llmft.chat_format import encode_messages
-
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "hello there"}, {"role": "user", "content": "bye"},
                 {"role": "assistant", "content": "goodbye"}]

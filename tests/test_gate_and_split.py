@@ -5,7 +5,7 @@ import pytest
 from llmft.config import load_config
 from llmft.ingest import RawRow
 from llmft.shapes import Example, to_examples
-from llmft.splitting import split_items, split_records
+from llmft.splitting import split_items
 from llmft.validation import DataGateError, enforce, run_gate
 
 
@@ -127,6 +127,10 @@ def test_classification_labels_unknown_and_balance():
 
 
 RECORDS = [{"prompt": f"Product listing {i}", "response": str(i)} for i in range(400)]
+
+
+def split_records(records, seed, validation_fraction, test_fraction, max_train_rows=None):
+    return split_items(records, lambda r: r["prompt"], seed, validation_fraction, test_fraction, max_train_rows)
 
 
 def test_split_is_deterministic_and_roughly_proportional():
