@@ -83,7 +83,7 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "dora", "qlora"] = "lora"
     max_steps: int = Field(60, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(4, ge=1)

@@ -1,7 +1,9 @@
-"""LoRA fine-tuning with the HF Trainer and PEFT, logging to the active MLflow run.
+"""Adapter fine-tuning (LoRA, DoRA, QLoRA) with the HF Trainer and PEFT, logging to MLflow.
 
-`train_lora` reads top to bottom as the procedure: load base, wrap with LoRA, check the labels,
-train on length-grouped dynamically padded batches, evaluate validation loss, save the adapter.
+`train_adapter` reads top to bottom as the procedure: check the labels, load the base (4-bit nf4
+for QLoRA), wrap it with the adapter, train on length-grouped dynamically padded batches,
+evaluate validation loss, save the adapter. Adapters are always merged into the full-precision
+base afterwards (`load_merged`), never into a 4-bit one.
 """
 
 from __future__ import annotations
@@ -74,7 +76,21 @@ def _metrics_callback(counter: _TokenCounter, log_to_mlflow: bool):
     return MetricsCallback()
 
 
-def train_lora(base_path: str, train_examples: list[dict[str, list[int]]],
+def _load_for_training(base_path: str, method: str):
+    if method != "qlora":
+        return load_causal_lm(base_path)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available()
+                                      else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quantization, dtype=torch.float32)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def train_adapter(base_path: str, train_examples: list[dict[str, list[int]]],
                validation_examples: list[dict[str, list[int]]], cfg: TrainConfig, output_dir: Path,
                log_to_mlflow: bool = True) -> TrainResult:
     import torch
@@ -88,13 +104,13 @@ def train_lora(base_path: str, train_examples: list[dict[str, list[int]]],
     if not train_examples:
         raise ValueError("no training examples")
 
-    model = load_causal_lm(base_path)
+    model = _load_for_training(base_path, cfg.method)
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM", use_dora=cfg.method == "dora"))
     trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    log.info("%s: %d trainable of %d parameters (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
 
     collator = _TokenCounter(PadToLongest(tokenizer.pad_token_id))
     callback = _metrics_callback(collator, log_to_mlflow)

@@ -17,7 +17,7 @@ from llmft.evaluation import evaluate_model
 from llmft.ingest import DataError
 from llmft.stack import TRACKER_NAME
 from llmft.tasks import primary_metric, scorer, system_prompt
-from llmft.training import load_merged, train_lora
+from llmft.training import load_merged, train_adapter
 
 
 def _examples(frame: pd.DataFrame) -> list[dict[str, list[int]]]:
@@ -39,7 +39,7 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, dataset_
     mlflow.log_params({"data.rows.train": len(train_split), "data.rows.validation": len(validation_split)})
     base = resolve_base_model(cfg.model.base)
     out = Path(tempfile.mkdtemp(prefix="llmft-train-"))
-    result = train_lora(base, _examples(train_split), _examples(validation_split), cfg.train, out)
+    result = train_adapter(base, _examples(train_split), _examples(validation_split), cfg.train, out)
     mlflow.log_figure(plots.loss_curve(result.history, result.validation_loss), "plots/loss_curve.png")
     mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second})
     summary = {k: v for k, v in result.__dict__.items() if k not in ("history", "adapter_dir")}
@@ -82,6 +82,8 @@ def register(adapter: Path, evaluation: dict[str, Any], dataset_fingerprint: str
             "primary_metric": evaluation["primary_metric"]}
     for label, values in evaluation["metrics"].items():
         tags.update({f"metric.{label}.{k}": f"{v:.4f}" for k, v in values.items()})
+    mlflow.log_artifacts(str(adapter), "adapter")  # the small adapter too, for reuse on the same base
+    tags["adapter_uri"] = f"runs:/{mlflow.active_run().info.run_id}/adapter"
     version = registry.register_model(load_merged(base, str(adapter)), load_tokenizer(base),
                                       cfg.registry.model_name, tags)
     return version.as_dict()

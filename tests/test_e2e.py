@@ -82,6 +82,9 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     assert version.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert version.tags["method"] == "lora"
     assert "metric.finetuned.field_accuracy" in version.tags
+    adapter_files = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_model.safetensors" in adapter_files
+    assert version.tags["adapter_uri"] == f"runs:/{run.info.run_id}/adapter"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
