@@ -92,9 +92,14 @@ def validate(examples: pd.DataFrame, shape_rejections: pd.DataFrame, data_config
     shape_rej = [Rejection(r["where"], r["reason"], json.loads(r["data"]), r["kind"])
                  for r in shape_rejections.to_dict(orient="records")]
     docs = Path(tempfile.mkdtemp(prefix="llmft-data-docs-"))
+    encoded: dict[str, dict[str, list[int]]] = {}  # by row location; reused by split_tokenize
+
+    def count_tokens(ex: Example) -> int:  # the gate sees rows after redaction, as training will
+        encoded[ex.where] = _encode(tokenizer, system, ex)
+        return len(encoded[ex.where]["input_ids"])
+
     result = run_gate([_example(r) for r in examples.to_dict(orient="records")], shape_rej, cfg.data,
-                      cfg.validation, lambda ex: len(_encode(tokenizer, system, ex)["input_ids"]),
-                      cfg.train.max_seq_length, docs_dir=docs)
+                      cfg.validation, count_tokens, cfg.train.max_seq_length, docs_dir=docs)
     if not result.success:  # keep the evidence for the user, then stop the run before any training
         out = export_dir(get_step_context().pipeline_run.name)
         _write_gate_files(out, _rejected_rows(result), result.ge_result, docs)
@@ -103,7 +108,8 @@ def validate(examples: pd.DataFrame, shape_rejections: pd.DataFrame, data_config
               "duplicates_removed": result.duplicates_removed, "rejected": result.rejected_count,
               "rejected_by_reason": result.rejected_by_reason, "pii": result.pii, "checks": result.checks,
               "ge_result": result.ge_result}
-    return (pd.DataFrame([e.as_row() for e in result.kept], columns=_ROW_COLUMNS),
+    return (pd.DataFrame([{**e.as_row(), **encoded[e.where]} for e in result.kept],
+                         columns=[*_ROW_COLUMNS, "input_ids", "labels"]),
             pd.DataFrame([{**r, "row_json": json.dumps(r.pop("row"), default=str)} for r in _rejected_rows(result)],
                          columns=_REJECTED_COLUMNS),
             report, docs)
@@ -123,19 +129,19 @@ def split_tokenize(clean_examples: pd.DataFrame, dataset_fingerprint: str, data_
     if len(splits["test"]) < cfg.data.min_test_rows or not splits["train"]:
         raise DataError(f"{cfg.data.source}: split gives {len(splits['train'])} train and {len(splits['test'])} "
                         f"test rows; need train > 0 and test >= data.min_test_rows={cfg.data.min_test_rows}")
-    tokenizer = load_tokenizer(resolve_base_model(cfg.model.base))
-    system = system_prompt(cfg)
     frames = []
     for name in ("train", "validation", "test"):
-        encoded = []
-        for row in splits[name]:
-            ex = truncate(_encode(tokenizer, system, _example(row)), cfg.train.max_seq_length)
+        kept = []
+        for row in splits[name]:  # token ids come from the gate, which encoded every kept row
+            ex = truncate({"input_ids": list(row["input_ids"]), "labels": list(row["labels"])},
+                          cfg.train.max_seq_length)
             if not classification and all(t == IGNORE_INDEX for t in ex["labels"]):
                 continue  # truncation left no response token: nothing to learn from this row
-            encoded.append({**row, **ex})
-        frames.append(pd.DataFrame(encoded, columns=[*_ROW_COLUMNS, "input_ids", "labels"]))
+            kept.append({**row, **ex})
+        frames.append(pd.DataFrame(kept, columns=[*_ROW_COLUMNS, "input_ids", "labels"]))
     if not classification:
-        check_labels({"labels": list(frames[0]["labels"].iloc[0])}, tokenizer.eos_token_id)
+        eos = load_tokenizer(resolve_base_model(cfg.model.base)).eos_token_id
+        check_labels({"labels": list(frames[0]["labels"].iloc[0])}, eos)
     return frames[0], frames[1], frames[2]
 
 
