@@ -149,16 +149,19 @@ def _hub_rows(source: str) -> list[RawRow]:
     return [RawRow(f"{source}, row {i}", dict(obj)) for i, obj in enumerate(ds, start=1)]
 
 
-def is_local(source: str) -> bool:
+def _local_path(source: str) -> Path | None:
+    """The path when `source` names a local file or directory (which must exist); None for a hub id."""
     path = Path(source).expanduser()
-    return path.exists() or path.suffix.lower() in READERS or source.startswith((".", "/", "~"))
+    if not (path.exists() or path.suffix.lower() in READERS or source.startswith((".", "/", "~"))):
+        return None
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    return path
 
 
 def read_rows(source: str) -> list[RawRow]:
-    path = Path(source).expanduser()
-    if is_local(source):
-        if not path.exists():
-            raise DataError(f"{path}: data file not found")
+    path = _local_path(source)
+    if path is not None:
         rows = [row for file in _files(path) for row in READERS[file.suffix.lower()](file)]
     else:
         rows = _hub_rows(source)
@@ -170,10 +173,8 @@ def read_rows(source: str) -> list[RawRow]:
 def source_fingerprint(source: str) -> str:
     """Hash of the data's bytes (local) or records (hub): the cache key of every data step."""
     digest = hashlib.sha256()
-    if is_local(source):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise DataError(f"{path}: data file not found")
+    path = _local_path(source)
+    if path is not None:
         for file in _files(path):
             digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
             with file.open("rb") as fh:

@@ -14,7 +14,7 @@ from steps.model import evaluate, finetune, promote, register
 @pipeline(name="finetune", execution_mode=ExecutionMode.FAIL_FAST)
 def finetune_pipeline(config: dict[str, Any], data_config: dict[str, Any]) -> None:
     fingerprint, train, validation, test, _ = prepare_data(data_config)
-    adapter, _ = finetune(train, validation, fingerprint, config)
+    adapter, _ = finetune(train, validation, config)
     evaluation = evaluate(adapter, test, config)
     version = register(adapter, evaluation, fingerprint, config)
     promote(version, evaluation, config)

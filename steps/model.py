@@ -26,7 +26,7 @@ def _examples(frame: pd.DataFrame) -> list[dict[str, list[int]]]:
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)
-def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, dataset_fingerprint: str,
+def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame,
              config: dict[str, Any]) -> tuple[Annotated[Path, "adapter"], Annotated[dict[str, Any], "training"]]:
     cfg = Config.model_validate(config)
     if (train_split["shape"] == "text_label").any():
@@ -34,8 +34,8 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, dataset_
                         "conversations (prompt/response, alpaca, chat or sharegpt)")
     mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
     mlflow.log_dict(cfg.model_dump(mode="json"), "config/resolved_config.yaml")
-    mlflow.set_tags({"dataset_fingerprint": dataset_fingerprint, "base_model": cfg.model.base,
-                     "method": cfg.train.method, "task": cfg.task})
+    # the dataset fingerprint tag comes from export_dataset, which logs to this same MLflow run
+    mlflow.set_tags({"base_model": cfg.model.base, "method": cfg.train.method, "task": cfg.task})
     mlflow.log_params({"data.rows.train": len(train_split), "data.rows.validation": len(validation_split)})
     base = resolve_base_model(cfg.model.base)
     out = Path(tempfile.mkdtemp(prefix="llmft-train-"))
