@@ -23,6 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.max_steps=10 (repeatable)")
     parser.add_argument("--summary", help="write a JSON run summary to this path")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="train from scratch even if a killed run with the same settings left a checkpoint")
     parser.add_argument("--stop", action="store_true", help="with --pipeline deploy: stop the server")
     parser.add_argument("--ui", action="store_true", help="open the MLflow UI on the project's store")
     return parser.parse_args(argv)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmft import locations, report, serving
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + (["train.resume=false"] if args.no_resume else []))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -77,7 +77,7 @@ def check_labels(example: dict[str, list[int]], eos_token_id: int) -> None:
 
 
 class PadToLongest:
-    """Dynamic padding to the longest sequence in the batch; labels padded with -100."""
+    """Dynamic padding to the longest sequence in the batch; labels (when present) padded with -100."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -90,7 +90,10 @@ class PadToLongest:
         for ex in batch:
             pad = width - len(ex["input_ids"])
             ids.append(list(ex["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(ex["labels"]) + [IGNORE_INDEX] * pad)
             mask.append([1] * len(ex["input_ids"]) + [0] * pad)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask)}
+            if "labels" in ex:
+                labels.append(list(ex["labels"]) + [IGNORE_INDEX] * pad)
+        out = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        if labels:
+            out["labels"] = torch.tensor(labels)
+        return out

@@ -82,19 +82,44 @@ class LoraConfig(_Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class FreezeConfig(_Section):
+    trainable_layers: int = Field(2, ge=1, description="freeze: train only the last N blocks, final norm and head")
+
+
+class PromptTuningConfig(_Section):
+    num_virtual_tokens: int = Field(16, ge=1, le=256)
+    init: Literal["text", "random"] = Field("text", description="text: start from the task's instruction tokens")
+
+
+METHODS = ("full", "lora", "dora", "qlora", "prompt_tuning", "freeze")
+
+
 class TrainConfig(_Section):
-    method: Literal["lora", "dora", "qlora"] = "lora"
+    method: Literal["full", "lora", "dora", "qlora", "prompt_tuning", "freeze"] = "lora"
     max_steps: int = Field(60, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
     max_seq_length: int = Field(384, ge=16)
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision for training (GPU)")
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
+    eval_steps: int | None = Field(20, ge=1, description="validation loss every N steps; null: only at the end")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without validation-loss improvement; best weights kept")
+    early_stopping_min_delta: float = Field(0.0, ge=0.0)
+    save_steps: int = Field(20, ge=1, description="checkpoint every N steps, for resuming a killed run")
+    resume: bool = Field(True, description="continue from this run's last checkpoint if one exists")
+    num_processes: int = Field(1, ge=1, description="data-parallel processes through accelerate")
+    fast_lora_dropout: bool = Field(True, description="same dropout distribution, cheaper random masks")
     lora: LoraConfig = LoraConfig()
+    freeze: FreezeConfig = FreezeConfig()
+    prompt_tuning: PromptTuningConfig = PromptTuningConfig()
 
 
 class EvalConfig(_Section):
@@ -123,7 +148,7 @@ class DeployConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["extraction"] = "extraction"
+    task: Literal["extraction", "classification"] = "extraction"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -138,6 +163,8 @@ class Config(_Section):
     def _fractions_leave_training_rows(self) -> Config:
         if self.data.validation_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.validation_fraction + data.test_fraction must be < 0.9")
+        if self.task == "classification" and self.train.method == "prompt_tuning":
+            raise ValueError("train.method=prompt_tuning is for generative tasks; use lora, full or freeze")
         return self
 
     def data_view(self) -> dict[str, Any]:

@@ -64,12 +64,17 @@ def evaluate_model(model: Any, tokenizer: Any, system: str | None, test: list[di
     """Task metrics and eval loss for one model on tokenized test rows; returns (metrics, outputs).
 
     Each row has `messages` (JSON, ending with the reference assistant turn) and the `input_ids` /
-    `labels` training used; the generation prompt is everything before the reference turn.
+    `labels` training used; the generation prompt is everything before the reference turn. A
+    prompt-tuned model's template starts with its baked virtual tokens: the loss sees them too.
     """
+    from llmft.methods import prompt_prefix_ids
+
     prompts = [render_generation_prompt(tokenizer, with_system(system, json.loads(r["messages"])[:-1]))
                for r in test]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
     metrics = scorer(outputs, [r["response"] for r in test])
-    examples = [{"input_ids": list(map(int, r["input_ids"])), "labels": list(map(int, r["labels"]))} for r in test]
+    prefix = prompt_prefix_ids(tokenizer)
+    examples = [{"input_ids": prefix + list(map(int, r["input_ids"])),
+                 "labels": [IGNORE_INDEX] * len(prefix) + list(map(int, r["labels"]))} for r in test]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
     return metrics, outputs

@@ -19,6 +19,13 @@ def project_home() -> Path:
     return home
 
 
+def checkpoints_root() -> Path:
+    """Training checkpoints, one folder per (settings, data) pair, removed when training finishes."""
+    path = project_home() / "checkpoints"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def model_cache() -> Path:
     root = Path(os.environ.get("LLMFT_CACHE", Path.home() / ".cache" / "llmft")).resolve()
     root.mkdir(parents=True, exist_ok=True)

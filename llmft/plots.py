@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def loss_curve(history: list[dict[str, float]], validation_loss: float | None) -> Any:
+def loss_curve(history: list[dict[str, float]]) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,10 +15,11 @@ def loss_curve(history: list[dict[str, float]], validation_loss: float | None) -
     points = [(h["step"], h["loss"]) for h in history if "loss" in h]
     if points:
         ax.plot(*zip(*points, strict=True), label="train loss")
-    if validation_loss is not None and points:
-        ax.scatter([points[-1][0]], [validation_loss], color="C1", label="validation loss", zorder=3)
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", color="C1", label="validation loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (response tokens)")
+    ax.set_ylabel("loss")
     ax.set_title("Fine-tuning loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -80,5 +81,26 @@ def class_balance(counts: dict[str, dict[str, int]]) -> Any:
     ax.set_ylabel("examples")
     ax.set_title("Class balance by split")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    peak = max((v for row in matrix for v in row), default=0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
     fig.tight_layout()
     return fig

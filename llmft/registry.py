@@ -42,8 +42,10 @@ def serving_requirements() -> list[str]:
     return reqs
 
 
-def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str]) -> RegisteredVersion:
-    """Log model+tokenizer as an `llm/v1/chat` transformers model and register a new version."""
+def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
+                   flavor_task: str = "llm/v1/chat") -> RegisteredVersion:
+    """Log model+tokenizer as a transformers model (`llm/v1/chat` for generative tasks,
+    `text-classification` for classifiers) and register a new version."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -51,7 +53,7 @@ def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str]) 
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
-        task="llm/v1/chat",
+        task=flavor_task,
         # mlflow's own requirement inference imports torchvision, which is not installed
         pip_requirements=serving_requirements(),
         registered_model_name=name,

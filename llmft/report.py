@@ -39,8 +39,10 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "champion_version": promotion["champion"],
         "dataset": dataset,
         "cached_steps": cached_steps(run),
-        "train": {k: training[k] for k in ("steps", "first_loss", "last_loss", "validation_loss",
-                                           "tokens_per_second", "wall_seconds")},
+        "train": {k: training[k] for k in ("method", "steps", "first_loss", "last_loss", "validation_loss",
+                                           "best_validation_loss", "stopped_early", "resumed_from_step",
+                                           "tokens_per_second", "padding_fraction", "wall_seconds",
+                                           "trainable_parameters", "num_processes")},
         "wall_seconds": round(wall_seconds, 1),
     }
 

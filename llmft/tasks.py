@@ -1,25 +1,36 @@
-"""Task registry: the instruction and scorer each task uses for training, evaluation and serving."""
+"""Task registry: instruction, primary metric and scorer per task, shared by training, evaluation
+and serving.
+
+Generative tasks score generated text against the reference; classification scores predicted
+labels (llmft.classification) and has no instruction (the head reads the text alone).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmft import extraction
+from llmft import classification, extraction
 from llmft.config import Config
 
-_TASKS: dict[str, tuple[str, str, Callable[[list[str], list[str]], dict[str, float]]]] = {
+GENERATIVE: dict[str, tuple[str, str, Callable[[list[str], list[str]], dict[str, float]]]] = {
     "extraction": (extraction.INSTRUCTION, extraction.PRIMARY_METRIC, extraction.score),
 }
 
 
-def system_prompt(cfg: Config) -> str:
+def is_classification(cfg: Config) -> bool:
+    return cfg.task == "classification"
+
+
+def system_prompt(cfg: Config) -> str | None:
     """`data.system_prompt` when set, else the task's instruction (same for base and candidate)."""
-    return cfg.data.system_prompt or _TASKS[cfg.task][0]
+    if is_classification(cfg):
+        return None
+    return cfg.data.system_prompt or GENERATIVE[cfg.task][0]
 
 
 def primary_metric(cfg: Config) -> str:
-    return _TASKS[cfg.task][1]
+    return classification.PRIMARY_METRIC if is_classification(cfg) else GENERATIVE[cfg.task][1]
 
 
 def scorer(cfg: Config) -> Callable[[list[str], list[str]], dict[str, float]]:
-    return _TASKS[cfg.task][2]
+    return GENERATIVE[cfg.task][2]

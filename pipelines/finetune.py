@@ -14,7 +14,7 @@ from steps.model import evaluate, finetune, promote, register
 @pipeline(name="finetune", execution_mode=ExecutionMode.FAIL_FAST)
 def finetune_pipeline(config: dict[str, Any], data_config: dict[str, Any]) -> None:
     fingerprint, train, validation, test, _ = prepare_data(data_config)
-    adapter, _ = finetune(train, validation, config)
-    evaluation = evaluate(adapter, test, config)
-    version = register(adapter, evaluation, fingerprint, config)
+    trained, training = finetune(train, validation, test, fingerprint, config)
+    evaluation = evaluate(trained, training, test, config)
+    version = register(trained, training, evaluation, fingerprint, config)
     promote(version, evaluation, config)

@@ -1,4 +1,4 @@
-"""Each adapter method really trains a few steps on the real model, and merges into the fp32 base."""
+"""Every method really trains a few steps on the real model; results load back in full precision."""
 
 from pathlib import Path
 
@@ -7,7 +7,8 @@ import pytest
 from llmft.chat_format import build_messages, encode_messages
 from llmft.config import load_config
 from llmft.extraction import INSTRUCTION
-from llmft.training import load_merged, train_adapter
+from llmft.methods import load_trained, prompt_prefix_ids
+from llmft.training import train
 
 LISTINGS = [("Lumora rain jacket | navy blue | nylon | Size M | $79.99",
              '{"brand": "Lumora", "category": "clothing", "color": "navy blue", "material": "nylon", "size": "M", '
@@ -16,17 +17,75 @@ LISTINGS = [("Lumora rain jacket | navy blue | nylon | Size M | $79.99",
              '{"brand": "Halden", "category": "home", "color": "teal", "material": "ceramic", "size": null, '
              '"price": 34.0}')]
 
+# a learning rate per method that moves the loss in 4 steps without diverging
+METHODS = {"lora": 2e-3, "dora": 2e-3, "qlora": 2e-3, "full": 5e-5, "freeze": 1e-4, "prompt_tuning": 3e-2}
 
-@pytest.mark.parametrize("method", ["lora", "dora", "qlora"])
-def test_method_trains_and_merges(method: str, base_model_path: str, tokenizer, tmp_path: Path):
+
+def _sft_examples(tokenizer):
+    # one batch of 4: every step sees the same rows, so the loss must fall
+    return [encode_messages(tokenizer, build_messages(INSTRUCTION, p, r)) for p, r in LISTINGS] * 2
+
+
+def _cfg(method: str, *extra: str):
+    return load_config(None, [f"train.method={method}", "train.max_steps=4", "train.batch_size=4",
+                              f"train.learning_rate={METHODS[method]}", "train.warmup_ratio=0",
+                              "train.eval_steps=null", *extra]).train
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_trains_and_loads_in_full_precision(method: str, base_model_path: str, tokenizer, tmp_path: Path):
     import torch
 
-    examples = [encode_messages(tokenizer, build_messages(INSTRUCTION, p, r)) for p, r in LISTINGS] * 4
-    cfg = load_config(None, [f"train.method={method}", "train.max_steps=4", "train.batch_size=4",
-                             "train.learning_rate=0.002", "train.warmup_ratio=0"]).train
-    result = train_adapter(base_model_path, examples, examples[:2], cfg, tmp_path, log_to_mlflow=False)
+    examples = _sft_examples(tokenizer)
+    result = train(base_model_path, examples, examples[:2], _cfg(method), tmp_path, init_text=INSTRUCTION,
+                   log_to_mlflow=False)
     assert result.steps == 4
     assert result.last_loss < result.first_loss  # the loss moved the right way on the real model
-    merged = load_merged(base_model_path, result.adapter_dir)
-    weight = merged.model.layers[0].self_attn.q_proj.weight
-    assert weight.dtype == torch.float32 and not hasattr(weight, "quant_state")  # merged into full precision
+    assert 0 < result.trainable_parameters <= result.total_parameters
+    if method in ("lora", "dora", "qlora", "prompt_tuning"):
+        assert result.trainable_parameters < 0.05 * result.total_parameters
+    model, tok = load_trained(base_model_path, result.output_dir, "extraction")
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    assert weight.dtype == torch.float32 and not hasattr(weight, "quant_state")  # never a 4-bit artifact
+    if method == "freeze":  # only the last blocks moved
+        base, _ = load_trained(base_model_path, base_model_path, "extraction")
+        assert torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+        assert not torch.equal(model.model.layers[-1].mlp.up_proj.weight, base.model.layers[-1].mlp.up_proj.weight)
+    if method == "prompt_tuning":
+        assert len(prompt_prefix_ids(tok)) == 16
+
+
+def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokenizer, tmp_path: Path):
+    """The registered prompt-tuned model computes exactly what PEFT's virtual tokens computed."""
+    import torch
+    from peft import PeftModel
+
+    from llmft.chat_format import render_generation_prompt
+    from llmft.methods import load_base
+
+    examples = _sft_examples(tokenizer)
+    result = train(base_model_path, examples, [], _cfg("prompt_tuning", "train.max_steps=2"), tmp_path,
+                   init_text=INSTRUCTION, log_to_mlflow=False)
+    peft_model = PeftModel.from_pretrained(load_base(base_model_path, "extraction"), result.output_dir).eval()
+    baked, baked_tok = load_trained(base_model_path, result.output_dir, "extraction")
+    messages = build_messages(INSTRUCTION, LISTINGS[0][0])
+    plain_ids = tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False,
+                          return_tensors="pt")["input_ids"]
+    baked_ids = baked_tok(render_generation_prompt(baked_tok, messages), add_special_tokens=False,
+                          return_tensors="pt")["input_ids"]
+    assert baked_ids.shape[1] == plain_ids.shape[1] + 16
+    with torch.no_grad():
+        expected = peft_model(input_ids=plain_ids).logits[0, -plain_ids.shape[1]:]
+        got = baked.eval()(input_ids=baked_ids).logits[0, 16:, : expected.shape[-1]]
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_same_seed_same_losses(base_model_path: str, tokenizer, tmp_path: Path):
+    examples = _sft_examples(tokenizer)
+    runs = [train(base_model_path, examples, [], _cfg("lora", "train.max_steps=3"), tmp_path / str(i),
+                  log_to_mlflow=False) for i in range(2)]
+    first, second = ([h["loss"] for h in r.history if "loss" in h] for r in runs)
+    assert len(first) == 3 and first == second  # bit-identical on CPU, dropout masks included
+    other = train(base_model_path, examples, [], _cfg("lora", "train.max_steps=3", "train.seed=7"),
+                  tmp_path / "other", log_to_mlflow=False)
+    assert [h["loss"] for h in other.history if "loss" in h] != first
