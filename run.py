@@ -56,7 +56,9 @@ def _run_pipeline(name: str, cfg: Config) -> Any:
     if name == "finetune":
         from pipelines.finetune import finetune_pipeline
 
-        return finetune_pipeline.with_options(settings=settings)(
+        step_options = cfg.finetune_step_options()
+        return finetune_pipeline.with_options(settings=settings, steps={"finetune": step_options} if step_options
+                                              else None)(
             config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
     if name == "data":
         from pipelines.data import data_pipeline

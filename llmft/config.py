@@ -147,6 +147,21 @@ class DeployConfig(_Section):
     smoke_max_tokens: int = Field(48, ge=1)
 
 
+class ResourcesConfig(_Section):
+    cpu_count: float | None = Field(None, gt=0)
+    gpu_count: int | None = Field(None, ge=0)
+    memory: str | None = Field(None, pattern=r"^\d+(\.\d+)?\s*(KB|KiB|MB|MiB|GB|GiB|TB|TiB)$",
+                               description='e.g. "32GB"')
+
+
+class ComputeConfig(_Section):
+    """Where the fine-tune step runs: with the rest of the pipeline (default), or on its own GPU
+    machine through a registered ZenML step operator, with resource requests for the orchestrator."""
+
+    finetune_step_operator: str | None = Field(None, description="name of a registered ZenML step operator")
+    finetune_resources: ResourcesConfig = ResourcesConfig()
+
+
 class Config(_Section):
     task: Literal["extraction", "classification"] = "extraction"
     model: ModelConfig = ModelConfig()
@@ -158,6 +173,7 @@ class Config(_Section):
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
     deploy: DeployConfig = DeployConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> Config:
@@ -172,6 +188,16 @@ class Config(_Section):
         return {"task": self.task, "model": self.model.model_dump(mode="json"),
                 "data": self.data.model_dump(mode="json"), "validation": self.validation.model_dump(mode="json"),
                 "train": {"max_seq_length": self.train.max_seq_length}}
+
+    def finetune_step_options(self) -> dict[str, Any]:
+        """ZenML step options that send the fine-tune step (alone) to a GPU machine, if configured."""
+        options: dict[str, Any] = {}
+        if self.compute.finetune_step_operator:
+            options["step_operator"] = self.compute.finetune_step_operator
+        resources = self.compute.finetune_resources.model_dump(exclude_none=True)
+        if resources:
+            options["settings"] = {"resources": resources}
+        return options
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, used for MLflow params."""

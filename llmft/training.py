@@ -69,22 +69,17 @@ class ClassificationBatches:
 
 
 class _TokenCounter:
-    """Wraps the collator to count real and padded training tokens (tokens/s, padding fraction);
-    evaluation batches and time are kept out of both."""
+    """Real and padded tokens of the batches trained on (tokens/s, padding fraction), and the time
+    spent in evaluation, which tokens/s leaves out."""
 
-    def __init__(self, collator: Any):
-        self.collator = collator
+    def __init__(self) -> None:
         self.tokens = 0
         self.slots = 0
-        self.paused = False
         self.eval_seconds = 0.0
 
-    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        out = self.collator(batch)
-        if not self.paused:
-            self.tokens += int(out["attention_mask"].sum())
-            self.slots += int(out["attention_mask"].numel())
-        return out
+    def add(self, attention_mask: Any) -> None:
+        self.tokens += int(attention_mask.sum())
+        self.slots += int(attention_mask.numel())
 
 
 def _callbacks(counter: _TokenCounter, cfg: TrainConfig, log_to_mlflow: bool) -> tuple[Any, Any]:
@@ -108,6 +103,8 @@ def _callbacks(counter: _TokenCounter, cfg: TrainConfig, log_to_mlflow: bool) ->
             elapsed = time.perf_counter() - self._t0 - counter.eval_seconds
             if "loss" in metrics and elapsed > 0:
                 metrics["tokens_per_second"] = (counter.tokens - self._tokens0) / elapsed
+                metrics["tokens_seen"] = float(counter.tokens - self._tokens0)
+                metrics["train_seconds"] = elapsed
             if not metrics or not state.is_world_process_zero:
                 return
             self.history.append({"step": state.global_step, **metrics})
@@ -156,12 +153,15 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter) -> Any:
     from transformers import Trainer
 
     class LLMTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            counter.add(inputs["attention_mask"])
+            return super().training_step(model, inputs, num_items_in_batch)
+
         def evaluate(self, *args, **kwargs):
-            counter.paused, t0 = True, time.perf_counter()
+            t0 = time.perf_counter()
             try:
                 return super().evaluate(*args, **kwargs)
             finally:
-                counter.paused = False
                 counter.eval_seconds += time.perf_counter() - t0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -181,6 +181,12 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter) -> Any:
             return (loss, outputs) if return_outputs else loss
 
     return LLMTrainer
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """Newest `checkpoint-N` whose trainer state was written (a kill mid-save leaves it out)."""
+    done = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()] if run_dir.is_dir() else []
+    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[-1]))) if done else None
 
 
 def _examples_check(train_examples: list[dict[str, Any]], task: str, eos_token_id: int) -> None:
@@ -204,7 +210,6 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     """
     import torch
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(base_path)
@@ -220,13 +225,14 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     trainable, total = methods.parameter_counts(model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
 
-    collator = _TokenCounter(ClassificationBatches(tokenizer.pad_token_id) if task == "classification"
-                             else PadToLongest(tokenizer.pad_token_id))
-    metrics_cb, early_cb = _callbacks(collator, cfg, log_to_mlflow)
+    collator = (ClassificationBatches(tokenizer.pad_token_id) if task == "classification"
+                else PadToLongest(tokenizer.pad_token_id))
+    counter = _TokenCounter()
+    metrics_cb, early_cb = _callbacks(counter, cfg, log_to_mlflow)
     run_dir = checkpoint_dir or output_dir / "checkpoints"
     if checkpoint_dir is not None and not cfg.resume and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
-    resume_from = get_last_checkpoint(str(run_dir)) if cfg.resume and run_dir.is_dir() else None
+    resume_from = last_complete_checkpoint(run_dir) if cfg.resume else None
     evaluating = bool(validation_examples) and cfg.eval_steps is not None
     gpu = torch.cuda.is_available()
     args = TrainingArguments(
@@ -262,7 +268,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         ddp_find_unused_parameters=False if cfg.num_processes > 1 else None,
         disable_tqdm=False,
     )
-    trainer_cls = _trainer_class(task != "classification" and cfg.method != "prompt_tuning", collator)
+    trainer_cls = _trainer_class(task != "classification" and cfg.method != "prompt_tuning", counter)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=validation_examples or None, data_collator=collator,
                           callbacks=[metrics_cb, early_cb])
@@ -272,7 +278,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     wall = time.perf_counter() - t0
-    train_seconds = wall - collator.eval_seconds
+    train_seconds = wall - counter.eval_seconds
     early_cb.restore_best(trainer.model)
 
     validation_loss = None
@@ -284,7 +290,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
             evals.append(validation_loss)
         else:
             validation_loss = evals[-1]
-    tokens, slots = collator.tokens, collator.slots
+    tokens, slots = counter.tokens, counter.slots
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         totals = torch.tensor([tokens, slots], dtype=torch.float64)
         torch.distributed.all_reduce(totals)

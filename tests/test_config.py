@@ -65,3 +65,24 @@ def test_bad_override_value_names_the_override():
 
 def test_valid_keys_are_dotted():
     assert "train.lora.r" in valid_keys()
+
+
+@pytest.mark.parametrize("name", ["finetune.yaml", "classify.yaml", "gpu.yaml"])
+def test_every_shipped_config_loads(name: str):
+    load_config(ROOT / "configs" / name)
+
+
+def test_gpu_profile_sends_only_the_finetune_step_to_a_gpu_operator():
+    from zenml.config import ResourceSettings
+
+    cfg = load_config(ROOT / "configs" / "gpu.yaml")
+    options = cfg.finetune_step_options()
+    assert options["step_operator"] == "gpu"
+    resources = ResourceSettings.model_validate(options["settings"]["resources"])  # what ZenML will receive
+    assert resources.gpu_count == 4 and resources.memory == "120GB"
+    assert load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options() == {}
+
+
+def test_prompt_tuning_is_refused_for_classification():
+    with pytest.raises(ConfigError, match="prompt_tuning is for generative tasks"):
+        load_config(ROOT / "configs" / "classify.yaml", ["train.method=full", "train.method=prompt_tuning"])

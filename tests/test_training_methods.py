@@ -89,3 +89,38 @@ def test_same_seed_same_losses(base_model_path: str, tokenizer, tmp_path: Path):
     other = train(base_model_path, examples, [], _cfg("lora", "train.max_steps=3", "train.seed=7"),
                   tmp_path / "other", log_to_mlflow=False)
     assert [h["loss"] for h in other.history if "loss" in h] != first
+
+
+def test_early_stopping_keeps_the_best_weights(base_model_path: str, tokenizer, tmp_path: Path):
+    """A learning rate that wrecks the model: validation loss rises, training stops, the best weights return."""
+    examples = _sft_examples(tokenizer)
+    cfg = _cfg("lora", "train.max_steps=12", "train.eval_steps=1", "train.early_stopping_patience=2",
+               "train.learning_rate=0.05")
+    result = train(base_model_path, examples, examples[:2], cfg, tmp_path, log_to_mlflow=False)
+    assert result.stopped_early and result.steps < 12
+    evals = [h["eval_loss"] for h in result.history if "eval_loss" in h][:-1]  # the last one is after the restore
+    assert min(evals) < evals[-1]  # it got worse, which is why it stopped
+    assert abs(result.validation_loss - result.best_validation_loss) < 1e-4  # measured on the restored best
+
+
+def test_gradient_accumulation_and_checkpointing(base_model_path: str, tokenizer, tmp_path: Path):
+    examples = _sft_examples(tokenizer)
+    cfg = _cfg("lora", "train.max_steps=2", "train.batch_size=2", "train.gradient_accumulation_steps=2",
+               "train.gradient_checkpointing=true")
+    result = train(base_model_path, examples, [], cfg, tmp_path, log_to_mlflow=False)
+    assert result.steps == 2 and result.tokens == 2 * sum(len(e["input_ids"]) for e in examples)
+
+
+def test_two_processes_through_accelerate(base_model_path: str, tokenizer, tmp_path: Path):
+    """train.num_processes=2 on CPUs: accelerate starts two gloo ranks, each trains half of every step."""
+    from llmft.launch import run_training
+
+    examples = _sft_examples(tokenizer) * 2
+    cfg = _cfg("lora", "train.max_steps=3", "train.batch_size=2", "train.num_processes=2")
+    result = run_training(base_model_path, examples, [], cfg, tmp_path, "extraction", None, None, None,
+                          log_to_mlflow=False)
+    assert result.num_processes == 2 and result.steps == 3
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert 12 * min(lengths) <= result.tokens <= 12 * max(lengths)  # 3 steps x 2 ranks x 2 rows, summed over ranks
+    assert result.last_loss < result.first_loss
+    assert (Path(result.output_dir) / "adapter_model.safetensors").is_file()
