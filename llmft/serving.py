@@ -104,6 +104,18 @@ def smoke_request(dep: Deployment, messages: list[dict[str, str]], max_tokens: i
         raise ServingError(f"smoke request got an unexpected response: {str(body)[:200]}") from None
 
 
+def smoke_classify(dep: Deployment, text: str) -> str:
+    """A classifier's answer to one text, as `label (score)`."""
+    status, body = post_json(dep.endpoint, {"inputs": [text]})
+    if status != 200:
+        raise ServingError(f"smoke request got HTTP {status}: {str(body)[:200]}")
+    try:
+        first = body["predictions"][0]
+        return f"{first['label']} ({float(first['score']):.3f})"
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ServingError(f"smoke request got an unexpected response: {str(body)[:200]}") from None
+
+
 def start(model_uri: str, host: str, port: int, timeout_s: float, tracking_uri: str) -> Deployment:
     stop()  # one managed server per project folder
     log_file = _state_dir() / "server.log"
