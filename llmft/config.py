@@ -91,9 +91,6 @@ class PromptTuningConfig(_Section):
     init: Literal["text", "random"] = Field("text", description="text: start from the task's instruction tokens")
 
 
-METHODS = ("full", "lora", "dora", "qlora", "prompt_tuning", "freeze")
-
-
 class TrainConfig(_Section):
     method: Literal["full", "lora", "dora", "qlora", "prompt_tuning", "freeze"] = "lora"
     max_steps: int = Field(60, ge=1)
