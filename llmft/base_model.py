@@ -102,12 +102,28 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
+def load_model(name_or_path: str, task: str = "extraction", labels: list[str] | None = None,
+               four_bit: bool = False):
+    """The model in full precision (or 4-bit nf4 for QLoRA); a sequence-classification head over
+    `labels` for the classification task, else the causal LM."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
+    kwargs: dict = {"dtype": torch.float32}
+    if four_bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        if task != "classification":
+            return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if not labels:
+            raise ValueError("classification needs the label set")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, **kwargs)
     except OSError as exc:
         raise BaseModelError(f"cannot load model {name_or_path!r}: {exc}".splitlines()[0]) from None
+    # the head reads the last non-pad token; SmolLM2 pads with EOS, which text never contains
+    model.config.pad_token_id = load_tokenizer(name_or_path).pad_token_id
+    return model

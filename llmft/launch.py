@@ -53,22 +53,19 @@ def run_training(base_path: str, train_examples: list[dict[str, Any]], validatio
     spec_dir = output_dir / "spec"
     spec_dir.mkdir(parents=True, exist_ok=True)
     run_id = None
-    if log_to_mlflow:
+    env = dict(os.environ)
+    if log_to_mlflow:  # rank 0 logs into the caller's run, on the caller's tracking store
         import mlflow
 
         active = mlflow.active_run()
         run_id = active.info.run_id if active else None
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     spec = {"base_path": base_path, "cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "task": task,
             "labels": labels, "init_text": init_text,
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None, "mlflow_run_id": run_id}
     (spec_dir / "spec.json").write_text(json.dumps(spec))
     for name, rows in (("train", train_examples), ("validation", validation_examples)):
         (spec_dir / f"{name}.json").write_text(json.dumps(rows))
-    env = dict(os.environ)
-    if log_to_mlflow:
-        import mlflow
-
-        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     command = accelerate_command(cfg.num_processes, spec_dir, torch.cuda.is_available())
     proc = subprocess.run(command, env=env, cwd=Path(__file__).resolve().parents[1])
     result_file = spec_dir / "result.json"

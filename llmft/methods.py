@@ -21,36 +21,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llmft.base_model import load_tokenizer
+from llmft.base_model import load_model, load_tokenizer
 from llmft.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 PROMPT_TOKEN = "<|llmft_prompt_{}|>"
 _PREFIX = PROMPT_TOKEN.split("{")[0]
-
-
-def load_base(base_path: str, task: str, labels: list[str] | None = None, four_bit: bool = False) -> Any:
-    """The base in full precision (or 4-bit nf4 for QLoRA), with a classification head if asked."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
-
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if four_bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    if task == "classification":
-        if not labels:
-            raise ValueError("classification needs the label set")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, **kwargs)
-        # the head reads the last non-pad token; SmolLM2 pads with EOS, which text never contains
-        model.config.pad_token_id = load_tokenizer(base_path).pad_token_id
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
-    return model
 
 
 def prepare(model: Any, cfg: TrainConfig, task: str, base_path: str, init_text: str | None) -> Any:
@@ -130,7 +107,7 @@ def load_trained(base_path: str, trained_dir: str | Path, task: str,
         model, tokenizer = auto.from_pretrained(trained_dir, dtype=torch.float32), load_tokenizer(str(trained_dir))
     else:
         kind = json.loads((trained_dir / "adapter_config.json").read_text()).get("peft_type")
-        peft_model = PeftModel.from_pretrained(load_base(base_path, task, labels), str(trained_dir))
+        peft_model = PeftModel.from_pretrained(load_model(base_path, task, labels), str(trained_dir))
         if kind == "PROMPT_TUNING":
             model, tokenizer = bake_prompt(peft_model, load_tokenizer(base_path))
         else:
@@ -141,13 +118,15 @@ def load_trained(base_path: str, trained_dir: str | Path, task: str,
 
 def bake_prompt(peft_model: Any, tokenizer: Any) -> tuple[Any, Any]:
     """Prompt tuning as a plain model: virtual tokens become special tokens the template starts with."""
+    import torch
+
     embeddings = peft_model.get_prompt_embedding_to_save("default").detach()
     model = peft_model.get_base_model()
     names = [PROMPT_TOKEN.format(i) for i in range(embeddings.shape[0])]
     tokenizer.add_special_tokens({"additional_special_tokens": names})
     ids = tokenizer.convert_tokens_to_ids(names)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         model.get_input_embeddings().weight[ids] = embeddings.to(model.get_input_embeddings().weight.dtype)
     tokenizer.chat_template = "".join(names) + tokenizer.chat_template
     # with tied embeddings the new rows are also output logits: never generate them

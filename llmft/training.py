@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft import methods
-from llmft.base_model import load_tokenizer
+from llmft.base_model import load_model, load_tokenizer
 from llmft.chat_format import IGNORE_INDEX, PadToLongest, check_labels
 from llmft.config import TrainConfig
 
@@ -215,7 +215,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     tokenizer = load_tokenizer(base_path)
     _examples_check(train_examples, task, tokenizer.eos_token_id)
 
-    model = methods.load_base(base_path, task, labels, four_bit=cfg.method == "qlora")
+    model = load_model(base_path, task, labels, four_bit=cfg.method == "qlora")
     model.config.use_cache = False  # no KV cache in training
     model = methods.prepare(model, cfg, task, base_path, init_text)
     if cfg.fast_lora_dropout:
@@ -282,19 +282,19 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     early_cb.restore_best(trainer.model)
 
     validation_loss = None
-    evals = [h["eval_loss"] for h in metrics_cb.history if "eval_loss" in h]
     if validation_examples:
-        last_eval_step = max((h["step"] for h in metrics_cb.history if "eval_loss" in h), default=-1)
-        if early_cb.stopped or last_eval_step != output.global_step:  # the reported loss is the kept model's
-            validation_loss = float(trainer.evaluate()["eval_loss"])
-            evals.append(validation_loss)
+        evaluated = [h for h in metrics_cb.history if "eval_loss" in h]  # rank 0 only
+        if early_cb.stopped or not evaluated or evaluated[-1]["step"] != output.global_step:
+            validation_loss = float(trainer.evaluate()["eval_loss"])  # the kept model's; lands in the history too
         else:
-            validation_loss = evals[-1]
-    tokens, slots = counter.tokens, counter.slots
+            validation_loss = evaluated[-1]["eval_loss"]
+    evals = [h["eval_loss"] for h in metrics_cb.history if "eval_loss" in h]
+    tokens, slots, world_size = counter.tokens, counter.slots, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         totals = torch.tensor([tokens, slots], dtype=torch.float64)
         torch.distributed.all_reduce(totals)
         tokens, slots = int(totals[0]), int(totals[1])
+        world_size = torch.distributed.get_world_size()
 
     trained_dir = output_dir / "trained"
     if trainer.is_world_process_zero():
@@ -311,5 +311,5 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         padding_fraction=1 - tokens / slots if slots else 0.0,
         tokens_per_second=tokens / train_seconds if train_seconds > 0 else 0.0, wall_seconds=wall,
         trainable_parameters=trainable, total_parameters=total,
-        num_processes=int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1,
+        num_processes=world_size,
         history=metrics_cb.history)

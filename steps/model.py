@@ -13,13 +13,13 @@ import pandas as pd
 from zenml import get_step_context, step
 
 from llmft import classification, plots, registry
-from llmft.base_model import load_tokenizer, resolve_base_model
+from llmft.base_model import load_model, load_tokenizer, resolve_base_model
 from llmft.config import Config
 from llmft.evaluation import evaluate_model
 from llmft.ingest import DataError
 from llmft.launch import run_training
 from llmft.locations import checkpoints_root
-from llmft.methods import is_adapter, load_base, load_trained
+from llmft.methods import is_adapter, load_trained
 from llmft.stack import TRACKER_NAME
 from llmft.tasks import is_classification, primary_metric, scorer, system_prompt
 
@@ -96,7 +96,7 @@ def _evaluate_classifier(cfg: Config, base: str, trained: Path, labels: list[str
     references = [str(r["label"]) for r in test]
     targets = [labels.index(ref) for ref in references]
     set_seed(cfg.train.seed)  # the base's head is new: seeded, so its (chance-level) numbers repeat
-    loaders = {"base": lambda: load_base(base, "classification", labels),
+    loaders = {"base": lambda: load_model(base, "classification", labels),
                "finetuned": lambda: load_trained(base, trained, "classification", labels)[0]}
     results: dict[str, dict[str, float]] = {}
     outputs: dict[str, list[str]] = {}
@@ -126,7 +126,7 @@ def evaluate(trained_model: Path, training: dict[str, Any], test_split: pd.DataF
     else:
         system, score = system_prompt(cfg), scorer(cfg)
         base_tokenizer = load_tokenizer(base)
-        loaders = {"base": lambda: (load_base(base, cfg.task), base_tokenizer),
+        loaders = {"base": lambda: (load_model(base, cfg.task), base_tokenizer),
                    "finetuned": lambda: load_trained(base, trained_model, cfg.task)}
         results, outputs = {}, {}
         for label, load in loaders.items():  # one model in memory at a time

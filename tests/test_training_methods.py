@@ -60,13 +60,13 @@ def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokeni
     import torch
     from peft import PeftModel
 
+    from llmft.base_model import load_model
     from llmft.chat_format import render_generation_prompt
-    from llmft.methods import load_base
 
     examples = _sft_examples(tokenizer)
     result = train(base_model_path, examples, [], _cfg("prompt_tuning", "train.max_steps=2"), tmp_path,
                    init_text=INSTRUCTION, log_to_mlflow=False)
-    peft_model = PeftModel.from_pretrained(load_base(base_model_path, "extraction"), result.output_dir).eval()
+    peft_model = PeftModel.from_pretrained(load_model(base_model_path, "extraction"), result.output_dir).eval()
     baked, baked_tok = load_trained(base_model_path, result.output_dir, "extraction")
     messages = build_messages(INSTRUCTION, LISTINGS[0][0])
     plain_ids = tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False,
