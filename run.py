@@ -13,7 +13,7 @@ from llmft.config import Config, ConfigError, load_config
 
 _STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
 
-PIPELINES = ("finetune", "data", "deploy")
+PIPELINES = ("finetune", "data", "deploy", "promote")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-resume", action="store_true",
                         help="train from scratch even if a killed run with the same settings left a checkpoint")
     parser.add_argument("--stop", action="store_true", help="with --pipeline deploy: stop the server")
+    parser.add_argument("--version", help="with --pipeline promote: the registry version to make champion")
+    parser.add_argument("--rollback", action="store_true",
+                        help="with --pipeline promote: move champion back to the previous champion")
+    parser.add_argument("--reason", default="", help="with --pipeline promote: why (recorded on the version)")
+    parser.add_argument("--by", help="with --pipeline promote: who (default: the current user)")
     parser.add_argument("--ui", action="store_true", help="open the MLflow UI on the project's store")
     return parser.parse_args(argv)
 
@@ -47,7 +52,8 @@ def _failure_line(pipeline_name: str, exc: BaseException) -> str:
     return f"{pipeline_name} pipeline failed: {type(exc).__name__}: {exc}"
 
 
-def _run_pipeline(name: str, cfg: Config) -> Any:
+def _run_pipeline(name: str, cfg: Config, args: argparse.Namespace) -> Any:
+    from zenml import Model
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,
     )
@@ -57,9 +63,16 @@ def _run_pipeline(name: str, cfg: Config) -> Any:
         from pipelines.finetune import finetune_pipeline
 
         step_options = cfg.finetune_step_options()
-        return finetune_pipeline.with_options(settings=settings, steps={"finetune": step_options} if step_options
-                                              else None)(
+        # each run is a ZenML Model Control Plane version of the registry's model; stages mirror aliases
+        model = Model(name=cfg.registry.model_name, description=f"{cfg.task} model fine-tuned from {cfg.model.base}")
+        return finetune_pipeline.with_options(settings=settings, model=model,
+                                              steps={"finetune": step_options} if step_options else None)(
             config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
+    if name == "promote":
+        from pipelines.promote import promote_pipeline
+
+        return promote_pipeline(model_name=cfg.registry.model_name, version=args.version,
+                                rollback_to_previous=args.rollback, by=args.by, reason=args.reason)
     if name == "data":
         from pipelines.data import data_pipeline
 
@@ -80,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("llmft").addHandler(handler)  # zenml configures its own loggers
     logging.getLogger("llmft").setLevel(logging.INFO)
-    from llmft import locations, report, serving
+    from llmft import locations, report, serving, tasks
 
     try:
         cfg = load_config(args.config, args.overrides + (["train.resume=false"] if args.no_resume else []))
+        tasks.primary_metric(cfg)  # a primary metric evaluation never reports is a config error
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.pipeline == "promote" and bool(args.version) == args.rollback:
+        print("error: --pipeline promote needs exactly one of --version N or --rollback", file=sys.stderr)
         return 2
 
     if args.ui:
@@ -107,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = ensure_stack()
     ensure_experiment(cfg.tracking.experiment_name)
     try:
-        run = _run_pipeline(args.pipeline, cfg)
+        run = _run_pipeline(args.pipeline, cfg, args)
     except Exception as exc:
         print("error: " + (_failure_line(args.pipeline, exc).splitlines() or [""])[0], file=sys.stderr)
         return 1
@@ -122,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.pipeline == "data":
         summary = report.data_summary(run, uri, wall)
         print(report.data_table(summary))
+    elif args.pipeline == "promote":
+        summary = report.promote_summary(run, uri, wall)
+        print(f"\n{summary['model']}: @champion is now v{summary['champion']} "
+              f"({summary['action']}; previously v{summary['previous_champion']})")
     else:
         summary = report.deploy_summary(run, uri, wall)
         print(f"\nserving {summary['model_uri']} (version {summary['model_version']}) at {summary['endpoint']}")

@@ -66,3 +66,22 @@ def eval_loss(probs: list[list[float]], targets: list[int]) -> float:
     import math
 
     return -sum(math.log(max(p[t], 1e-12)) for p, t in zip(probs, targets, strict=True)) / max(len(targets), 1)
+
+
+def score_classifier(model: Any, tokenizer: Any, texts: list[str], references: list[str], labels: list[str],
+                     batch_size: int, max_seq_length: int, desc: str) -> tuple[dict[str, float], list[str],
+                                                                                list[dict[str, float]]]:
+    """Metrics, predicted labels and per-row scores (correct, probability of the true label) for one
+    classifier. Texts are tokenized with the model's own tokenizer; its head's own label names are
+    used, so a champion with the same label set in another order still scores right."""
+    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    if sorted(names) != sorted(labels):
+        raise ValueError(f"model labels {names} differ from the data's {labels}")
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_seq_length] for t in texts]
+    classes, probs = predict(model, ids, tokenizer.pad_token_id, batch_size, desc=desc)
+    predicted = [names[c] for c in classes]
+    targets = [names.index(ref) for ref in references]
+    metrics = {**score(predicted, references, labels), "eval_loss": eval_loss(probs, targets)}
+    rows = [{"correct": float(p == r), "p_true": row[t]}
+            for p, r, row, t in zip(predicted, references, probs, targets, strict=True)]
+    return metrics, predicted, rows

@@ -120,9 +120,14 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    max_samples: int | None = Field(48, ge=1, description="cap on test rows scored; null = all")
+    max_samples: int | None = Field(None, ge=1, description="cap on test rows scored; null = the whole test split")
     max_new_tokens: int = Field(72, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="prompts generated together (left padding)")
+    scorers: list[Literal["json_fields"]] | None = Field(
+        None, description="task scorers on top of the text metrics; null = the task's own")
+    primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
+    champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
+    probe_max_new_tokens: int = Field(24, ge=1, description="answer length for the forgetting probe")
 
 
 class RegistryConfig(_Section):
@@ -130,7 +135,10 @@ class RegistryConfig(_Section):
 
 
 class PromotionConfig(_Section):
-    min_delta: float = Field(0.0, ge=0.0)
+    min_delta: float = Field(0.0, ge=0.0, description="candidate must beat the base by this much (primary metric)")
+    beat_champion: bool = Field(True, description="candidate must also match or beat the re-measured champion")
+    max_forgetting: float = Field(
+        0.1, ge=0.0, le=1.0, description="largest allowed drop in general-knowledge probe accuracy vs the base")
 
 
 class TrackingConfig(_Section):

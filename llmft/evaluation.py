@@ -1,7 +1,8 @@
 """Score a model on the held-out test split: batched greedy generation plus teacher-forced loss.
 
-Generation is left-padded and batched over length-sorted prompts (order restored afterwards);
-eval loss is the mean cross-entropy over response tokens, the same tokens training learns.
+Generation is left-padded and batched over length-sorted prompts (order restored afterwards), with
+a progress bar; `batch_size=1` is the one-prompt-at-a-time path the benchmark compares against.
+Eval loss is the mean cross-entropy over response tokens, the same tokens training learns.
 """
 
 from __future__ import annotations
@@ -9,10 +10,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from llmft.chat_format import IGNORE_INDEX, PadToLongest, render_generation_prompt, with_system
+from llmft import text_metrics
+from llmft.chat_format import (
+    IGNORE_INDEX,
+    PadToLongest,
+    encode_messages,
+    render_generation_prompt,
+    truncate,
+    with_system,
+)
+
+if TYPE_CHECKING:
+    from llmft.tasks import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +70,37 @@ def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], 
     return total_loss / total_tokens if total_tokens else math.nan
 
 
-def evaluate_model(model: Any, tokenizer: Any, system: str | None, test: list[dict[str, Any]],
-                   scorer: Callable[[list[str], list[str]], dict[str, float]],
-                   max_new_tokens: int, batch_size: int, desc: str) -> tuple[dict[str, float], list[str]]:
-    """Task metrics and eval loss for one model on tokenized test rows; returns (metrics, outputs).
+@dataclass
+class ModelScores:
+    """One model on the test rows: aggregate metrics, its outputs, and per-row scores."""
 
-    Each row has `messages` (JSON, ending with the reference assistant turn) and the `input_ids` /
-    `labels` training used; the generation prompt is everything before the reference turn. A
-    prompt-tuned model's template starts with its baked virtual tokens: the loss sees them too.
+    metrics: dict[str, float]
+    outputs: list[str]
+    row_scores: list[dict[str, float]] = field(default_factory=list)
+
+
+def score_generative(model: Any, tokenizer: Any, system: str | None, test: list[dict[str, Any]],
+                     scorers: dict[str, Scorer], max_new_tokens: int, batch_size: int, max_seq_length: int,
+                     desc: str) -> ModelScores:
+    """Text metrics, the named task scorers, eval loss and perplexity for one model on test rows.
+
+    Each row has `messages` (JSON, ending with the reference assistant turn) and `response`. Rows
+    are rendered and encoded with this model's own tokenizer and chat template, so a champion
+    trained on another tokenizer, or a prompt-tuned model whose template starts with its baked
+    virtual tokens, is scored on exactly what it would be served.
     """
-    from llmft.methods import prompt_prefix_ids
-
-    prompts = [render_generation_prompt(tokenizer, with_system(system, json.loads(r["messages"])[:-1]))
-               for r in test]
+    conversations = [with_system(system, json.loads(r["messages"])) for r in test]
+    prompts = [render_generation_prompt(tokenizer, conv[:-1]) for conv in conversations]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
-    metrics = scorer(outputs, [r["response"] for r in test])
-    prefix = prompt_prefix_ids(tokenizer)
-    examples = [{"input_ids": prefix + list(map(int, r["input_ids"])),
-                 "labels": [IGNORE_INDEX] * len(prefix) + list(map(int, r["labels"]))} for r in test]
+    references = [r["response"] for r in test]
+    metrics, rouge_l = text_metrics.overlap(outputs, references)
+    rows: list[dict[str, float]] = [{"rougeL": v} for v in rouge_l]
+    for score in scorers.values():
+        aggregate, per_row = score(outputs, references)
+        metrics.update(aggregate)
+        for row, extra in zip(rows, per_row, strict=True):
+            row.update(extra)
+    examples = [truncate(encode_messages(tokenizer, conv), max_seq_length) for conv in conversations]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
-    return metrics, outputs
+    metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])
+    return ModelScores(metrics=metrics, outputs=outputs, row_scores=rows)

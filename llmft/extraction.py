@@ -6,7 +6,7 @@ fractions in [0, 1]:
 - field_accuracy (primary): per (record, field) pair, the predicted value equals the gold value
   after normalisation (case and whitespace for strings, 0.01 tolerance for numbers, null == null);
   unparseable outputs score 0 on every field;
-- exact_match: all fields of a record correct.
+- all_fields_correct: every field of a record correct (text-level exact match is a generic metric).
 """
 
 from __future__ import annotations
@@ -72,15 +72,20 @@ def score_one(prediction: str, reference: str) -> dict[str, float]:
             "exact": float(correct == len(gold))}
 
 
-def score(predictions: list[str], references: list[str]) -> dict[str, float]:
+def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Aggregate scores, and per row: json_valid and field_accuracy (for the predictions table)."""
     if not predictions or len(predictions) != len(references):
         raise ValueError(f"need equal, non-zero numbers of predictions and references "
                          f"({len(predictions)} vs {len(references)})")
     rows = [score_one(p, r) for p, r in zip(predictions, references, strict=True)]
     n = len(rows)
     total = sum(r["fields_total"] for r in rows)
-    return {
+    aggregate = {
         "json_validity": sum(r["json_valid"] for r in rows) / n,
         "field_accuracy": sum(r["fields_correct"] for r in rows) / total if total else 0.0,
-        "exact_match": sum(r["exact"] for r in rows) / n,
+        "all_fields_correct": sum(r["exact"] for r in rows) / n,
     }
+    per_row = [{"json_valid": r["json_valid"],
+                "field_accuracy": r["fields_correct"] / r["fields_total"] if r["fields_total"] else 0.0}
+               for r in rows]
+    return aggregate, per_row

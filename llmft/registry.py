@@ -1,8 +1,9 @@
-"""MLflow model registry: log the merged model, register a version with lineage tags, promote.
+"""MLflow model registry: log the merged model, register a version with lineage tags, aliases.
 
 The LoRA adapter is merged into the full-precision base before logging, so the registered model
 is self-contained and loads offline with `mlflow.pyfunc.load_model`. If anything fails after the
 version was created, the version is deleted: the registry never holds a half-registered model.
+Aliases, not the deprecated stages: `challenger` is the newest candidate, `champion` is served.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 # what the served model needs at inference; pinned to the versions that trained it
 _SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "accelerate")
@@ -45,7 +47,8 @@ def serving_requirements() -> list[str]:
 def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
                    flavor_task: str = "llm/v1/chat") -> RegisteredVersion:
     """Log model+tokenizer as a transformers model (`llm/v1/chat` for generative tasks,
-    `text-classification` for classifiers) and register a new version."""
+    `text-classification` for classifiers), register a new version, tag it and make it the
+    `challenger`."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -63,6 +66,7 @@ def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
     try:
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, str(value))
+        client.set_registered_model_alias(name, CHALLENGER, version)
     except Exception:
         log.error("tagging %s v%s failed; deleting the version so nothing is half-registered", name, version)
         client.delete_model_version(name, version)
@@ -82,15 +86,37 @@ def current_alias_version(name: str, alias: str = CHAMPION) -> str | None:
         return None
 
 
-def decide_promotion(candidate: float, base: float, min_delta: float) -> tuple[bool, str]:
-    """The foundation gate: the candidate must beat the base model by at least min_delta."""
-    delta = candidate - base
-    if candidate > base and delta >= min_delta:
-        return True, f"candidate {candidate:.4f} beats base {base:.4f} (delta {delta:+.4f} >= {min_delta})"
-    return False, f"candidate {candidate:.4f} does not beat base {base:.4f} by {min_delta} (delta {delta:+.4f})"
-
-
 def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def load_components(name: str, version: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a registered version, in full precision, for re-evaluation."""
+    import mlflow
+
+    parts = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
+    model = parts["model"].float()
+    model.config.use_cache = True
+    return model, parts["tokenizer"]
+
+
+def set_description(name: str, version: str, text: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().update_model_version(name, version, description=text)

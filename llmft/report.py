@@ -24,6 +24,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
     dataset = _load(run, "export_dataset", "dataset")
     dataset.pop("mlflow_run_id", None)  # the same run as evaluation's
     training = _load(run, "finetune", "training")
+    forgetting = _load(run, "probe_forgetting", "forgetting")
     return {
         "pipeline": "finetune",
         "zenml_run_id": str(run.id),
@@ -32,11 +33,15 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "primary_metric": evaluation["primary_metric"],
         "metrics": evaluation["metrics"],
         "eval_samples": evaluation["samples"],
+        "champion_evaluated": evaluation["champion_version"],
+        "champion_note": evaluation["champion_note"],
+        "forgetting": forgetting,
         "registered_model": {"name": registered["name"], "version": registered["version"],
                              "uri": registered["model_uri"]},
         "promoted": bool(promotion["promoted"]),
-        "promotion_reason": promotion["reason"],
+        "promotion_reasons": promotion["reasons"],
         "champion_version": promotion["champion"],
+        "previous_champion": promotion["previous_champion"],
         "dataset": dataset,
         "cached_steps": cached_steps(run),
         "train": {k: training[k] for k in ("method", "steps", "first_loss", "last_loss", "validation_loss",
@@ -72,6 +77,12 @@ def deploy_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str
             **dep, "wall_seconds": round(wall_seconds, 1)}
 
 
+def promote_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+    moved = _load(run, "move_champion", "promotion")
+    return {"pipeline": "promote", "zenml_run_id": str(run.id), "tracking_uri": tracking_uri, **moved,
+            "wall_seconds": round(wall_seconds, 1)}
+
+
 def write_summary(summary: dict[str, Any], path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -79,22 +90,31 @@ def write_summary(summary: dict[str, Any], path: str | None) -> None:
 
 
 def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
-    base, tuned = summary["metrics"]["base"], summary["metrics"]["finetuned"]
+    metrics = summary["metrics"]
+    base, tuned, champion = metrics["base"], metrics["finetuned"], metrics.get("champion")
     primary = summary["primary_metric"]
-    lines = ["", f"{'metric':<18}{'base':>10}{'fine-tuned':>12}{'delta':>10}", "-" * 50]
-    for name in base:
+    champ_head = f"champion v{summary['champion_evaluated']}" if champion else "champion"
+    width = 22 + 10 + 12 + 10 + 16
+    lines = ["", f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'delta':>10}{champ_head:>16}", "-" * width]
+    for name in tuned:
         mark = " *" if name == primary else ""
         delta = tuned[name] - base[name]
-        lines.append(f"{name + mark:<18}{base[name]:>10.4f}{tuned[name]:>12.4f}{delta:>+10.4f}")
+        champ = f"{champion[name]:>16.4f}" if champion else f"{'-':>16}"
+        lines.append(f"{name + mark:<22}{base[name]:>10.4f}{tuned[name]:>12.4f}{delta:>+10.4f}{champ}")
     reg = summary["registered_model"]
     rows = summary["dataset"]["rows"]
-    decision = "PROMOTED to @champion" if summary["promoted"] else "not promoted"
+    forgetting = summary["forgetting"]
+    decision = "PROMOTED to @champion" if summary["promoted"] else "NOT promoted (stays @challenger)"
     lines += [
-        "-" * 50,
-        f"* primary metric; {summary['eval_samples']} test samples; "
+        "-" * width,
+        f"* primary metric; {summary['eval_samples']} test samples (same rows for every column); "
         f"rows train/validation/test = {rows['train']}/{rows['validation']}/{rows['test']}",
-        f"registered: {reg['name']} version {reg['version']}",
-        f"promotion: {decision} ({summary['promotion_reason']})",
+        ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "
+                                 f"{forgetting['questions']} questions" if forgetting.get("applicable")
+                                 else forgetting["reason"])),
+        f"registered: {reg['name']} version {reg['version']} (@challenger)",
+        f"promotion: {decision}",
+        *[f"  {reason}" for reason in summary["promotion_reasons"]],
         f"wall time: {summary['wall_seconds']:.0f} s",
         f"MLflow UI: {ui_command}" + (f"   (then open {UI_URL})" if ui_command.startswith("mlflow") else ""),
     ]

@@ -1,4 +1,5 @@
-"""fingerprint -> ingest -> validate -> split/tokenize -> export -> fine-tune -> evaluate -> register -> promote."""
+"""fingerprint -> ingest -> validate -> split/tokenize -> export -> fine-tune -> evaluate (base, candidate,
+champion) + forgetting probe -> register (challenger) -> promote (gate)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from zenml import pipeline
 from zenml.enums import ExecutionMode
 
 from pipelines.data import prepare_data
-from steps.model import evaluate, finetune, promote, register
+from steps.model import evaluate, finetune, probe_forgetting, promote, register
 
 
 @pipeline(name="finetune", execution_mode=ExecutionMode.FAIL_FAST)
 def finetune_pipeline(config: dict[str, Any], data_config: dict[str, Any]) -> None:
-    fingerprint, train, validation, test, _ = prepare_data(data_config)
+    fingerprint, train, validation, test, dataset = prepare_data(data_config)
     trained, training = finetune(train, validation, test, fingerprint, config)
     evaluation = evaluate(trained, training, test, config)
+    forgetting = probe_forgetting(trained, training, config)
     version = register(trained, training, evaluation, fingerprint, config)
-    promote(version, evaluation, config)
+    promote(version, evaluation, forgetting, training, dataset, config)

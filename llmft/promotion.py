@@ -1,0 +1,149 @@
+"""The promotion gate, promotion by hand, and rollback.
+
+The gate passes a candidate only when all of these hold, each reported with its numbers:
+- it beats the base model by `promotion.min_delta` on the primary metric;
+- it matches or beats the current champion, re-measured on the same test rows in the same run;
+- its general-knowledge probe accuracy dropped by at most `promotion.max_forgetting`.
+Metrics where lower is better (eval_loss, perplexity, wer) are compared the other way round.
+
+Every move of `champion` (gate, by hand, rollback) records on the version that now holds it who
+moved it, why, when, and which version held it before; rollback follows that record back. The
+ZenML Model Control Plane version linked to each MLflow version mirrors it: champion ->
+production, a challenger the gate refused -> staging (its earlier holder is archived).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from llmft import registry
+from llmft.config import PromotionConfig
+from llmft.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+PREVIOUS = "champion.previous"
+
+
+class PromotionError(UserFacingError, ValueError):
+    """A manual promotion or rollback that cannot be done."""
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reasons: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _at_least(a: float, b: float, higher_is_better: bool) -> bool:
+    return a >= b if higher_is_better else a <= b
+
+
+def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,
+           champion_version: str | None, forgetting_drop: float | None, cfg: PromotionConfig) -> Decision:
+    sign = 1.0 if higher_is_better else -1.0
+    reasons: list[str] = []
+    passed = True
+
+    need = base + sign * cfg.min_delta
+    ok = _at_least(candidate, need, higher_is_better)
+    word = ">=" if higher_is_better else "<="
+    reasons.append(f"{'PASS' if ok else 'FAIL'} base: {metric} {candidate:.4f} {word} base {base:.4f} "
+                   f"{'+' if sign > 0 else '-'} min_delta {cfg.min_delta} = {need:.4f}"
+                   f" (delta {candidate - base:+.4f})")
+    passed &= ok
+
+    if champion is None:
+        reasons.append("PASS champion: no current champion")
+    elif not cfg.beat_champion:
+        reasons.append(f"PASS champion: not required (promotion.beat_champion=false; v{champion_version} "
+                       f"re-measured {champion:.4f})")
+    else:
+        ok = _at_least(candidate, champion, higher_is_better)
+        reasons.append(f"{'PASS' if ok else 'FAIL'} champion: {metric} {candidate:.4f} {word} champion "
+                       f"v{champion_version} {champion:.4f}, re-measured on this test split "
+                       f"(delta {candidate - champion:+.4f})")
+        passed &= ok
+
+    if forgetting_drop is None:
+        reasons.append("PASS forgetting: probe not applicable to this task")
+    else:
+        ok = forgetting_drop <= cfg.max_forgetting
+        reasons.append(f"{'PASS' if ok else 'FAIL'} forgetting: probe accuracy drop {forgetting_drop:+.4f} "
+                       f"<= max_forgetting {cfg.max_forgetting}")
+        passed &= ok
+    return Decision(promoted=passed, reasons=reasons)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def make_champion(name: str, version: str, how: str, by: str | None = None, reason: str = "") -> str | None:
+    """Move `champion` to `version`, recording who/why/when and the previous holder; returns it."""
+    previous = registry.current_alias_version(name)
+    registry.set_alias(name, version)
+    record = {"champion.how": how, "champion.by": by or getpass.getuser(), "champion.reason": reason or how,
+              "champion.at": _now()}
+    if previous is not None and previous != version:
+        record[PREVIOUS] = previous
+    registry.set_version_tags(name, version, record)
+    mirror_zenml_stage(name, version, "production")
+    return previous
+
+
+def promote_by_hand(name: str, version: str, by: str | None, reason: str) -> dict[str, Any]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"registered model {name!r} has no version {version}") from None
+    current = registry.current_alias_version(name)
+    if current == version:
+        raise PromotionError(f"{name} v{version} is already @{registry.CHAMPION}")
+    previous = make_champion(name, version, "manual", by, reason)
+    log.info("promoted %s v%s by hand (previous champion: %s)", name, version, previous)
+    return {"model": name, "champion": version, "previous_champion": previous, "action": "promote"}
+
+
+def rollback(name: str, by: str | None, reason: str) -> dict[str, Any]:
+    """Move `champion` back to the version that held it before the current one."""
+    current = registry.current_alias_version(name)
+    if current is None:
+        raise PromotionError(f"registered model {name!r} has no @{registry.CHAMPION} to roll back")
+    target = registry.version_tags(name, current).get(PREVIOUS)
+    if not target:
+        raise PromotionError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
+    registry.set_version_tags(name, current, {"rolled_back.by": by or getpass.getuser(),
+                                              "rolled_back.reason": reason or "rollback", "rolled_back.at": _now()})
+    # the restored version keeps its own record (and so its own previous holder): rollback can repeat
+    registry.set_alias(name, target)
+    registry.set_version_tags(name, target, {"champion.how": "rollback", "champion.at": _now(),
+                                             "champion.by": by or getpass.getuser()})
+    mirror_zenml_stage(name, target, "production")
+    log.info("rolled %s back from v%s to v%s", name, current, target)
+    return {"model": name, "champion": target, "previous_champion": current, "action": "rollback"}
+
+
+def mirror_zenml_stage(name: str, version: str, stage: str) -> None:
+    """Set the stage of the ZenML model version linked to this MLflow version (if one is linked)."""
+    zenml_version = registry.version_tags(name, version).get("zenml_model_version_id")
+    if not zenml_version:
+        log.info("%s v%s has no linked ZenML model version; stage not mirrored", name, version)
+        return
+    from zenml.client import Client
+
+    try:
+        Client().update_model_version(model_name_or_id=name, version_name_or_id=zenml_version, stage=stage,
+                                      force=True)
+    except KeyError:
+        log.warning("ZenML model version %s of %s not found; stage not mirrored", zenml_version, name)
