@@ -135,7 +135,7 @@ class RegistryConfig(_Section):
 
 
 class PromotionConfig(_Section):
-    min_delta: float = Field(0.0, ge=0.0, description="candidate must beat the base by this much (primary metric)")
+    min_delta: float = Field(0.01, ge=0.0, description="candidate must beat the base by this much (primary metric)")
     beat_champion: bool = Field(True, description="candidate must also match or beat the re-measured champion")
     max_forgetting: float = Field(
         0.1, ge=0.0, le=1.0, description="largest allowed drop in general-knowledge probe accuracy vs the base")

@@ -93,13 +93,17 @@ def score_generative(model: Any, tokenizer: Any, system: str | None, test: list[
     prompts = [render_generation_prompt(tokenizer, conv[:-1]) for conv in conversations]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
     references = [r["response"] for r in test]
-    metrics, rouge_l = text_metrics.overlap(outputs, references)
-    rows: list[dict[str, float]] = [{"rougeL": v} for v in rouge_l]
-    for score in scorers.values():
+    metrics: dict[str, float] = {}
+    rows: list[dict[str, float]] = [{} for _ in test]
+    for score in scorers.values():  # the task's own metrics first: they are what people read first
         aggregate, per_row = score(outputs, references)
         metrics.update(aggregate)
         for row, extra in zip(rows, per_row, strict=True):
             row.update(extra)
+    overlap, rouge_l = text_metrics.overlap(outputs, references)
+    metrics.update(overlap)
+    for row, value in zip(rows, rouge_l, strict=True):
+        row["rougeL"] = value
     examples = [truncate(encode_messages(tokenizer, conv), max_seq_length) for conv in conversations]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
     metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])

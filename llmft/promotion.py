@@ -128,7 +128,8 @@ def rollback(name: str, by: str | None, reason: str) -> dict[str, Any]:
     # the restored version keeps its own record (and so its own previous holder): rollback can repeat
     registry.set_alias(name, target)
     registry.set_version_tags(name, target, {"champion.how": "rollback", "champion.at": _now(),
-                                             "champion.by": by or getpass.getuser()})
+                                             "champion.by": by or getpass.getuser(),
+                                             "champion.reason": f"rollback from v{current}: {reason or 'rollback'}"})
     mirror_zenml_stage(name, target, "production")
     log.info("rolled %s back from v%s to v%s", name, current, target)
     return {"model": name, "champion": target, "previous_champion": current, "action": "rollback"}
@@ -140,10 +141,12 @@ def mirror_zenml_stage(name: str, version: str, stage: str) -> None:
     if not zenml_version:
         log.info("%s v%s has no linked ZenML model version; stage not mirrored", name, version)
         return
+    from uuid import UUID
+
     from zenml.client import Client
 
     try:
-        Client().update_model_version(model_name_or_id=name, version_name_or_id=zenml_version, stage=stage,
+        Client().update_model_version(model_name_or_id=name, version_name_or_id=UUID(zenml_version), stage=stage,
                                       force=True)
-    except KeyError:
+    except (KeyError, ValueError):
         log.warning("ZenML model version %s of %s not found; stage not mirrored", zenml_version, name)
