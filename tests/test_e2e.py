@@ -43,14 +43,18 @@ def _mlflow_client(run_env: dict[str, str]):
 def test_finetune_summary_contract(finetune_summary: dict):
     s = finetune_summary
     for key in ("pipeline", "zenml_run_id", "mlflow_run_id", "tracking_uri", "primary_metric", "wall_seconds",
-                "promoted"):
+                "promoted", "promotion_reasons"):
         assert key in s
     assert s["primary_metric"] == "field_accuracy"
     for model in ("base", "finetuned"):
         m = s["metrics"][model]
-        for rate in ("json_validity", "field_accuracy", "exact_match"):
+        for rate in ("json_validity", "field_accuracy", "all_fields_correct", "rouge1", "rouge2", "rougeL", "bleu",
+                     "exact_match"):
             assert 0.0 <= m[rate] <= 1.0
-        assert m["eval_loss"] > 0
+        assert m["eval_loss"] > 0 and m["perplexity"] >= 1 and m["wer"] >= 0
+    assert s["metrics"]["champion"] is None and s["champion_evaluated"] is None  # the first run has none
+    assert s["forgetting"]["applicable"] and s["forgetting"]["questions"] >= 50
+    assert s["forgetting"]["drop"] == pytest.approx(s["forgetting"]["base"] - s["forgetting"]["finetuned"])
     assert set(s["dataset"]["rows"]) == {"train", "validation", "test"}
     assert len(s["dataset"]["fingerprint"]) == 16
     assert s["dataset"]["rows_in"] == 200 and s["dataset"]["duplicates_removed"] == 0
@@ -60,7 +64,8 @@ def test_finetune_summary_contract(finetune_summary: dict):
     assert s["metrics"]["finetuned"]["eval_loss"] < s["metrics"]["base"]["eval_loss"]
     assert s["registered_model"]["version"] == "1"
     # 14 LoRA steps are enough to learn the JSON format; the base model never produces it
-    assert s["promoted"] is True, s["promotion_reason"]
+    assert s["promoted"] is True, s["promotion_reasons"]
+    assert [r.split(":")[0] for r in s["promotion_reasons"]] == ["PASS base", "PASS champion", "PASS forgetting"]
 
 
 def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]):
@@ -75,13 +80,20 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     lrs = client.get_metric_history(run.info.run_id, "train/learning_rate")
     assert len(lrs) == 14
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert "plots/loss_curve.png" in artifacts
+    assert {"plots/loss_curve.png", "plots/metric_comparison.png"} <= artifacts
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "model_card.md" in top
+    assert run.data.tags["promotion.decision"] == "promoted"
+    assert run.data.metrics["forgetting/base_accuracy"] == finetune_summary["forgetting"]["base"]
     name = finetune_summary["registered_model"]["name"]
     version = client.get_model_version(name, "1")
     assert version.tags["zenml_run_id"] == finetune_summary["zenml_run_id"]
     assert version.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert version.tags["method"] == "lora"
+    assert version.tags["git_commit"] and version.tags["zenml_pipeline_version"] != "unknown"
+    assert version.tags["zenml_model_version"] == "1"
     assert "metric.finetuned.field_accuracy" in version.tags
+    assert version.description.startswith(f"# {name} v1")  # the model card
     adapter_files = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in adapter_files
     assert version.tags["adapter_uri"] == f"runs:/{run.info.run_id}/adapter"
@@ -231,3 +243,88 @@ def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], 
     assert {r["label"] for r in test_rows} == set(labels)  # stratified: every class is measured
     client = _mlflow_client(run_env)
     assert "plots/class_balance.png" in {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
+
+
+def _zenml_stages(run_env: dict[str, str], name: str) -> dict[str, str]:
+    """ZenML Model Control Plane stage per model version number, read in a fresh process."""
+    code = (f"from zenml.client import Client\n"
+            f"for v in Client().list_model_versions({name!r}, size=100).items: print(v.number, v.stage)")
+    proc = subprocess.run([sys.executable, "-c", code], env=run_env, text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dict(line.split() for line in proc.stdout.strip().splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module")
+def weak_summary(finetune_summary: dict, run_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """After a good run: a weak candidate (1 step, tiny learning rate) on a changed test split."""
+    out = tmp_path_factory.mktemp("weak") / "summary.json"
+    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "train.max_steps=1",
+                  "--set", "train.learning_rate=1e-7", "--set", "data.split_seed=3", "--summary", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NOT promoted" in proc.stdout and "champion v1" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_weak_candidate_is_registered_but_not_promoted(weak_summary: dict, finetune_summary: dict,
+                                                        run_env: dict[str, str]):
+    s = weak_summary
+    name = s["registered_model"]["name"]
+    assert s["registered_model"]["version"] == "2" and s["promoted"] is False
+    assert s["champion_version"] == "1" and s["champion_evaluated"] == "1"
+    fails = [r for r in s["promotion_reasons"] if r.startswith("FAIL")]
+    assert any(r.startswith("FAIL champion") for r in fails), s["promotion_reasons"]
+    client = _mlflow_client(run_env)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    assert client.get_model_version(name, "2").tags["promotion.decision"] == "rejected"
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.data.tags["promotion.decision"] == "rejected"
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/predictions.json")).read_text())
+    assert {"input", "reference", "base_output", "finetuned_output", "champion_output",
+            "finetuned_field_accuracy", "champion_rougeL"} <= set(table["columns"])
+    assert _zenml_stages(run_env, name) == {"1": "production", "2": "staging"}
+
+
+def test_champion_is_re_measured_on_the_changed_test_split(weak_summary: dict, finetune_summary: dict):
+    # data.split_seed=3 reshuffles the split: v1 is scored now, on these rows, not on its old numbers
+    def test_prompts(summary: dict) -> set[str]:
+        lines = Path(summary["dataset"]["export_dir"], "test.jsonl").read_text().splitlines()
+        return {json.loads(line)["messages"][0]["content"] for line in lines}
+
+    assert weak_summary["dataset"]["fingerprint"] == finetune_summary["dataset"]["fingerprint"]
+    assert test_prompts(weak_summary) != test_prompts(finetune_summary)  # same data, another test split
+    old, now = finetune_summary["metrics"]["finetuned"], weak_summary["metrics"]["champion"]
+    assert now is not None and set(now) == set(old)
+    assert now["eval_loss"] != pytest.approx(old["eval_loss"], abs=1e-6)
+    # the champion, not the weak candidate, is the better model on today's rows
+    assert now["field_accuracy"] > weak_summary["metrics"]["finetuned"]["field_accuracy"]
+
+
+def test_manual_promotion_then_rollback(weak_summary: dict, run_env: dict[str, str], tmp_path: Path):
+    name = weak_summary["registered_model"]["name"]
+    client = _mlflow_client(run_env)
+    out = tmp_path / "promote.json"
+    proc = run_py(run_env, "--pipeline", "promote", "--version", "2", "--by", "ci-tester", "--reason", "canary",
+                  "--summary", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["champion"] == "2"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    tags = client.get_model_version(name, "2").tags
+    assert (tags["champion.by"], tags["champion.reason"], tags["champion.how"], tags["champion.previous"]) == \
+           ("ci-tester", "canary", "manual", "1")
+    assert _zenml_stages(run_env, name) == {"1": "archived", "2": "production"}
+
+    proc = run_py(run_env, "--pipeline", "promote", "--rollback", "--reason", "canary failed", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "@champion is now v1 (rollback; previously v2)" in proc.stdout
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert client.get_model_version(name, "2").tags["rolled_back.reason"] == "canary failed"
+    assert _zenml_stages(run_env, name) == {"1": "production", "2": "archived"}
+
+    proc = run_py(run_env, "--pipeline", "promote", "--rollback", timeout=300)  # v1 was the first champion
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: promote pipeline failed at step 'move_champion': PromotionError: {name} v1 is the first champion: "
+        "there is no previous one to roll back to")
+    proc = run_py(run_env, "--pipeline", "promote", "--version", "7", timeout=300)
+    assert proc.returncode == 1 and "has no version 7" in proc.stderr

@@ -1,9 +1,16 @@
+"""Metrics on hand-checked examples, the forgetting probe's matching, the promotion gate, the model card."""
+
 import json
+import math
 
 import pytest
 
+from llmft import classification, model_card, text_metrics
+from llmft.config import ConfigError, PromotionConfig, load_config
 from llmft.extraction import parse_json_object, score
-from llmft.registry import decide_promotion
+from llmft.forgetting import answer_matches, load_probe
+from llmft.promotion import decide
+from llmft.tasks import higher_is_better, metric_names, primary_metric
 
 GOLD = json.dumps({"brand": "Lumora", "color": "navy blue", "size": None, "price": 79.99})
 
@@ -15,25 +22,130 @@ def test_parse_tolerates_fences_and_chatter():
     assert parse_json_object("[1, 2]") is None
 
 
-def test_scores_hand_checked():
+def test_extraction_scores_hand_checked():
     perfect = '{"brand": "lumora", "color": "Navy  Blue", "size": null, "price": "$79.99"}'
     half = '{"brand": "Lumora", "color": "red", "price": 70}'  # brand right, size null==missing, 2 wrong
     invalid = "The brand is Lumora"
-    metrics = score([perfect, half, invalid], [GOLD] * 3)
+    metrics, rows = score([perfect, half, invalid], [GOLD] * 3)
     assert metrics["json_validity"] == pytest.approx(2 / 3)
     assert metrics["field_accuracy"] == pytest.approx((4 + 2 + 0) / 12)
-    assert metrics["exact_match"] == pytest.approx(1 / 3)
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["all_fields_correct"] == pytest.approx(1 / 3)
+    assert [r["field_accuracy"] for r in rows] == [1.0, 0.5, 0.0]
+    assert [r["json_valid"] for r in rows] == [1.0, 1.0, 0.0]
 
 
 def test_score_rejects_mismatched_inputs():
     with pytest.raises(ValueError):
         score([], [])
+    with pytest.raises(ValueError):
+        text_metrics.overlap(["a"], [])
 
 
-def test_promotion_gate():
-    assert decide_promotion(0.8, 0.1, 0.0)[0]
-    assert not decide_promotion(0.1, 0.1, 0.0)[0]  # a tie is not an improvement
-    assert not decide_promotion(0.15, 0.1, 0.1)[0]
-    promoted, reason = decide_promotion(0.9, 0.5, 0.18)
-    assert promoted and "delta +0.4000" in reason
+def test_rouge_hand_checked():
+    # "the cat on the mat" vs "the cat sat on the mat": 5 of 6 reference unigrams, all 5 predicted ones
+    # -> P 1, R 5/6, F 10/11; bigrams: 3 of 4 predicted (the cat, on the, the mat), 3 of 5 reference -> F 2/3
+    m, per_row = text_metrics.overlap(["the cat on the mat"], ["the cat sat on the mat"])
+    assert m["rouge1"] == pytest.approx(10 / 11)
+    assert m["rouge2"] == pytest.approx(2 / 3)
+    assert m["rougeL"] == pytest.approx(10 / 11)  # LCS is the 5 predicted words
+    assert per_row == [pytest.approx(10 / 11)]
+
+
+def test_bleu_exact_match_and_wer_hand_checked():
+    same, _ = text_metrics.overlap(["the quick brown fox jumps"], ["the quick brown fox jumps"])
+    assert same["bleu"] == pytest.approx(1.0) and same["exact_match"] == 1.0 and same["wer"] == 0.0
+    # BLEU needs 4-gram overlap: a two-word answer to a five-word reference scores 0
+    short, _ = text_metrics.overlap(["the quick"], ["the quick brown fox jumps"])
+    assert short["bleu"] == 0.0
+    # exact match normalises whitespace only; WER: 1 substitution in row 1, 2 deletions in row 2 over 3+2 words
+    m, _ = text_metrics.overlap(["a  x c", ""], ["a b c", "d e"])
+    assert m["exact_match"] == 0.0
+    assert m["wer"] == pytest.approx(3 / 5)
+    m, _ = text_metrics.overlap(["a b c"], ["a  b c"])
+    assert m["exact_match"] == 1.0
+
+
+def test_perplexity_is_exp_of_loss():
+    assert text_metrics.perplexity(math.log(2.0)) == pytest.approx(2.0)
+    assert math.isinf(text_metrics.perplexity(1000.0))
+
+
+def test_classification_metrics_hand_checked():
+    labels = ["a", "b", "c"]
+    predicted, reference = ["a", "a", "b", "c"], ["a", "b", "b", "c"]
+    assert classification.confusion(predicted, reference, labels) == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    m = classification.score(predicted, reference, labels)
+    assert m["accuracy"] == 0.75
+    # a: P 1/2 R 1 F 2/3; b: P 1 R 1/2 F 2/3; c: P 1 R 1 F 1
+    assert m["macro_precision"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert m["macro_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_probe_set_and_answer_matching():
+    probe = load_probe()
+    assert len(probe) >= 50
+    assert len({p["question"] for p in probe}) == len(probe)
+    assert answer_matches("The capital of France is Paris.", ["Paris"])
+    assert not answer_matches("Parisian food is great", ["Paris"])  # whole words only
+    assert answer_matches("There are 7 days.", ["7", "seven"])
+    assert not answer_matches("seventy", ["7", "seven"])
+    assert answer_matches("It is the blue whale!", ["blue whale"])
+
+
+CFG = PromotionConfig(min_delta=0.05, max_forgetting=0.1)
+
+
+def test_gate_passes_only_when_every_check_passes():
+    ok = decide("field_accuracy", True, 0.8, 0.1, 0.7, "1", 0.02, CFG)
+    assert ok.promoted and len(ok.reasons) == 3 and all(r.startswith("PASS") for r in ok.reasons)
+    assert "champion v1 0.7000" in ok.reasons[1]
+    # below base + min_delta
+    assert not decide("field_accuracy", True, 0.12, 0.1, None, None, 0.0, CFG).promoted
+    # worse than the re-measured champion
+    weak = decide("field_accuracy", True, 0.6, 0.1, 0.7, "3", 0.0, CFG)
+    assert not weak.promoted and weak.reasons[1].startswith("FAIL champion")
+    # a tie with the champion is allowed
+    assert decide("field_accuracy", True, 0.7, 0.1, 0.7, "3", 0.0, CFG).promoted
+    # forgot too much
+    forgot = decide("field_accuracy", True, 0.9, 0.1, None, None, 0.25, CFG)
+    assert not forgot.promoted and forgot.reasons[2].startswith("FAIL forgetting")
+    # no probe (classification) and no champion pass
+    assert decide("macro_f1", True, 0.9, 0.3, None, None, None, CFG).promoted
+    # champion comparison can be switched off
+    assert decide("field_accuracy", True, 0.6, 0.1, 0.7, "3", 0.0,
+                  PromotionConfig(min_delta=0.05, beat_champion=False)).promoted
+
+
+def test_gate_lower_is_better():
+    assert not higher_is_better("eval_loss") and not higher_is_better("wer") and higher_is_better("rougeL")
+    assert decide("eval_loss", False, 0.2, 0.8, 0.3, "1", None, CFG).promoted
+    assert not decide("eval_loss", False, 0.78, 0.8, None, None, None, CFG).promoted  # not 0.05 lower
+    assert not decide("eval_loss", False, 0.4, 0.8, 0.3, "1", None, CFG).promoted
+
+
+def test_primary_metric_is_checked_against_reported_metrics():
+    cfg = load_config(None)
+    assert primary_metric(cfg) == "field_accuracy"
+    assert {"rouge1", "rouge2", "rougeL", "bleu", "exact_match", "wer", "perplexity", "json_validity"} <= set(
+        metric_names(cfg))
+    assert primary_metric(load_config(None, ["eval.primary_metric=rougeL"])) == "rougeL"
+    with pytest.raises(ConfigError, match=r"eval\.primary_metric .json_validity. is not reported"):
+        primary_metric(load_config(None, ["eval.scorers=[]", "eval.primary_metric=json_validity"]))
+    assert primary_metric(load_config("configs/classify.yaml")) == "macro_f1"
+
+
+def test_model_card_has_data_metrics_decision_and_limitations():
+    cfg = load_config(None).model_dump(mode="json")
+    evaluation = {"primary_metric": "field_accuracy", "samples": 12, "champion_version": "2",
+                  "metrics": {"base": {"field_accuracy": 0.1, "eval_loss": 0.8},
+                              "finetuned": {"field_accuracy": 0.8, "eval_loss": 0.1},
+                              "champion": {"field_accuracy": 0.7, "eval_loss": 0.2}}}
+    forgetting = {"applicable": True, "questions": 60, "base": 0.6, "finetuned": 0.58, "drop": 0.02,
+                  "max_allowed": 0.1}
+    decision = decide("field_accuracy", True, 0.8, 0.1, 0.7, "2", 0.02, CFG).as_dict()
+    card = model_card.render("m", "3", cfg, {"fingerprint": "abc", "rows_in": 50, "rows": {"train": 30}},
+                             {"steps": 10, "first_loss": 1.0, "last_loss": 0.2}, evaluation, forgetting, decision)
+    assert card.startswith("# m v3")
+    assert "fingerprint `abc`" in card and "| field_accuracy (primary) | 0.1000 | 0.8000 | 0.7000 |" in card
+    assert "promoted to champion" in card and "PASS forgetting" in card and "## Known limitations" in card

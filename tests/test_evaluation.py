@@ -1,0 +1,57 @@
+"""Evaluation on the real model: batched generation equals one prompt at a time; one model's scores."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmft.base_model import load_model
+from llmft.chat_format import build_messages, render_generation_prompt
+from llmft.evaluation import generate, score_generative
+from llmft.extraction import INSTRUCTION
+from llmft.forgetting import load_probe, run_probe
+from llmft.tasks import SCORERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(base_model_path: str):
+    return load_model(base_model_path)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    lines = (ROOT / "data" / "products.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines[:6]]
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(model, tokenizer, rows):
+    # different lengths, so the batch really is left-padded
+    prompts = [render_generation_prompt(tokenizer, build_messages(INSTRUCTION, r["prompt"])) for r in rows]
+    assert len({len(p) for p in prompts}) > 1
+    one_by_one = generate(model, tokenizer, prompts, 24, batch_size=1)
+    batched = generate(model, tokenizer, prompts, 24, batch_size=len(prompts))
+    assert batched == one_by_one
+    assert all(out.strip() for out in batched)
+
+
+def test_score_generative_reports_every_metric_and_per_row_scores(model, tokenizer, rows):
+    test = [{"messages": json.dumps([{"role": "user", "content": r["prompt"]},
+                                     {"role": "assistant", "content": r["response"]}]),
+             "prompt": r["prompt"], "response": r["response"]} for r in rows[:3]]
+    scored = score_generative(model, tokenizer, INSTRUCTION, test, {"json_fields": SCORERS["json_fields"][0]},
+                              16, 3, 384, desc="test")
+    assert set(scored.metrics) == {"json_validity", "field_accuracy", "all_fields_correct", "rouge1", "rouge2",
+                                   "rougeL", "bleu", "exact_match", "wer", "eval_loss", "perplexity"}
+    assert 0 < scored.metrics["eval_loss"] < 5 and scored.metrics["perplexity"] > 1
+    assert len(scored.outputs) == 3 and len(scored.row_scores) == 3
+    assert set(scored.row_scores[0]) == {"json_valid", "field_accuracy", "rougeL"}
+
+
+def test_forgetting_probe_on_the_base_model(model, tokenizer):
+    probe = load_probe()[:8]
+    result = run_probe(model, tokenizer, probe, 16, 8)
+    assert len(result.outputs) == 8 and 0.0 <= result.accuracy <= 1.0
+    # the base model knows at least some of the easiest facts (capitals come first in the set)
+    assert result.accuracy > 0
