@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -31,7 +32,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --pipeline promote: move champion back to the previous champion")
     parser.add_argument("--reason", default="", help="with --pipeline promote: why (recorded on the version)")
     parser.add_argument("--by", help="with --pipeline promote: who (default: the current user)")
+    parser.add_argument("--status", action="store_true", help="with --pipeline deploy: is the server up, what it "
+                                                              "serves")
+    parser.add_argument("--schedule", metavar="CRON",
+                        help="with --pipeline finetune: retrain at each cron tick (e.g. '0 3 * * *'); on the local "
+                             "orchestrator run.py stays in the foreground and runs each tick itself")
+    parser.add_argument("--max-ticks", type=int, help="with --schedule (foreground): stop after this many ticks")
+    parser.add_argument("--tick", action="store_true",
+                        help="with --pipeline finetune: one scheduled tick now (lock, skip if no new data), for "
+                             "cron or a systemd timer")
     parser.add_argument("--ui", action="store_true", help="open the MLflow UI on the project's store")
+    parser.add_argument("--ui-port", type=int, default=5000, help="port for --ui (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -52,7 +63,7 @@ def _failure_line(pipeline_name: str, exc: BaseException) -> str:
     return f"{pipeline_name} pipeline failed: {type(exc).__name__}: {exc}"
 
 
-def _run_pipeline(name: str, cfg: Config, args: argparse.Namespace) -> Any:
+def _run_pipeline(name: str, cfg: Config, args: argparse.Namespace, schedule: str | None = None) -> Any:
     from zenml import Model
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,
@@ -65,8 +76,14 @@ def _run_pipeline(name: str, cfg: Config, args: argparse.Namespace) -> Any:
         step_options = cfg.finetune_step_options()
         # each run is a ZenML Model Control Plane version of the registry's model; stages mirror aliases
         model = Model(name=cfg.registry.model_name, description=f"{cfg.task} model fine-tuned from {cfg.model.base}")
-        return finetune_pipeline.with_options(settings=settings, model=model,
-                                              steps={"finetune": step_options} if step_options else None)(
+        options: dict[str, Any] = {"settings": settings, "model": model}
+        if step_options:
+            options["steps"] = {"finetune": step_options}
+        if schedule:
+            from zenml.config.schedule import Schedule
+
+            options["schedule"] = Schedule(name=f"{cfg.registry.model_name}-retrain", cron_expression=schedule)
+        return finetune_pipeline.with_options(**options)(
             config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
     if name == "promote":
         from pipelines.promote import promote_pipeline
@@ -104,14 +121,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.pipeline == "promote" and bool(args.version) == args.rollback:
         print("error: --pipeline promote needs exactly one of --version N or --rollback", file=sys.stderr)
         return 2
+    if (args.schedule or args.tick) and args.pipeline != "finetune":
+        print("error: --schedule and --tick are for --pipeline finetune", file=sys.stderr)
+        return 2
+    if args.schedule:
+        from llmft.retrain import ScheduleError, check_cron
+
+        try:
+            check_cron(args.schedule)
+        except ScheduleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     if args.ui:
         uri = locations.tracking_uri()
-        print(locations.ui_command(uri))
-        ui = locations.ui_args(uri)
+        print(locations.ui_command(uri, args.ui_port))
+        ui = locations.ui_args(uri, args.ui_port)
         if ui:
             os.execvp(sys.executable, [sys.executable, "-m", *ui])
         return 0
+
+    if args.pipeline == "deploy" and args.status:
+        state = serving.status()
+        print(json.dumps(state, indent=2))
+        report.write_summary({"pipeline": "deploy", **state}, args.summary)
+        return 0 if state.get("healthy") else 1
 
     if args.pipeline == "deploy" and args.stop:
         stopped = serving.stop()
@@ -123,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     uri = ensure_stack()
     ensure_experiment(cfg.tracking.experiment_name)
+    if args.tick or args.schedule:
+        return _retrain(cfg, args)
     try:
         run = _run_pipeline(args.pipeline, cfg, args)
     except Exception as exc:
@@ -145,12 +181,40 @@ def main(argv: list[str] | None = None) -> int:
               f"({summary['action']}; previously v{summary['previous_champion']})")
     else:
         summary = report.deploy_summary(run, uri, wall)
-        print(f"\nserving {summary['model_uri']} (version {summary['model_version']}) at {summary['endpoint']}")
+        print(f"\n{summary['action']}: serving {summary['model_uri']} (version {summary['model_version']}) at "
+              f"{summary['endpoint']}")
         print(f"smoke response: {summary['smoke_response']}")
         print(f"try: {summary['curl']}")
         print("stop: python run.py --pipeline deploy --stop")
     report.write_summary(summary, args.summary)
     return 0
+
+
+def _retrain(cfg: Config, args: argparse.Namespace) -> int:
+    """Scheduled retraining: ZenML's schedule where the orchestrator has one, else ticks run here."""
+    from zenml.client import Client
+
+    from llmft import retrain
+
+    def run_once() -> Any:
+        return _run_pipeline("finetune", cfg, args)
+
+    if args.tick:
+        return 1 if retrain.tick(cfg, run_once).decision == "failed" else 0
+    orchestrator = Client().active_stack.orchestrator
+    if orchestrator.config.is_schedulable:
+        _run_pipeline("finetune", cfg, args, schedule=args.schedule)
+        print(f"scheduled the finetune pipeline on {orchestrator.name} ({orchestrator.flavor}) with cron "
+              f"{args.schedule!r}; every scheduled run trains (retrain.only_if_new_data applies to --tick and the "
+              "local loop)")
+        return 0
+    print(f"the {orchestrator.flavor} orchestrator ignores schedules: ticks run in this process")
+    try:
+        ticks = retrain.run_schedule(args.schedule, cfg, run_once, args.max_ticks)
+    except KeyboardInterrupt:
+        print("schedule stopped")
+        return 0
+    return 1 if any(t.decision == "failed" for t in ticks) else 0
 
 
 if __name__ == "__main__":

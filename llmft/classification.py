@@ -39,7 +39,7 @@ def score(predicted: list[str], reference: list[str], labels: list[str]) -> dict
 
 
 def predict(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
-            desc: str = "classify") -> tuple[list[int], list[list[float]]]:
+            desc: str = "classify", progress: bool = True) -> tuple[list[int], list[list[float]]]:
     """Class indices and probabilities, batched (right padding: the head reads the last real token)."""
     import torch
     from tqdm.auto import tqdm
@@ -52,7 +52,7 @@ def predict(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_siz
     probs: list[list[float]] = [[] for _ in input_ids]
     model.eval()
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
             idx = order[start:start + batch_size]
             batch = pad([{"input_ids": input_ids[i]} for i in idx])
             logits = model(input_ids=batch["input_ids"].to(model.device),

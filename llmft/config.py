@@ -150,6 +150,21 @@ class DeployConfig(_Section):
     port: int = Field(5055, ge=1, le=65535)
     startup_timeout_s: int = Field(180, ge=5)
     smoke_max_tokens: int = Field(48, ge=1)
+    on_promotion: bool = Field(False, description="redeploy at the end of a finetune run that promoted")
+    max_tokens: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(128, ge=1, description="when a request names none")
+    max_input_tokens: int = Field(1024, ge=1, description="longest prompt (chat template applied) accepted")
+    max_batch_size: int = Field(16, ge=1, description="concurrent requests generated together")
+    batch_wait_ms: float = Field(10.0, ge=0.0, description="how long the batcher waits for more requests")
+
+    def server_limits(self) -> dict[str, Any]:
+        return self.model_dump(include={"max_tokens", "default_max_tokens", "max_input_tokens", "max_batch_size",
+                                        "batch_wait_ms"})
+
+
+class RetrainConfig(_Section):
+    only_if_new_data: bool = Field(True, description="a scheduled tick whose data the champion was trained on "
+                                                     "is skipped")
 
 
 class ResourcesConfig(_Section):
@@ -178,6 +193,7 @@ class Config(_Section):
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
     deploy: DeployConfig = DeployConfig()
+    retrain: RetrainConfig = RetrainConfig()
     compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")

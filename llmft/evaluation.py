@@ -22,33 +22,12 @@ from llmft.chat_format import (
     truncate,
     with_system,
 )
+from llmft.generation import generate
 
 if TYPE_CHECKING:
     from llmft.tasks import Scorer
 
 log = logging.getLogger(__name__)
-
-
-def generate(model: Any, tokenizer: Any, prompt_texts: list[str], max_new_tokens: int,
-             batch_size: int, desc: str = "generate") -> list[str]:
-    import torch
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    order = sorted(range(len(prompt_texts)), key=lambda i: len(prompt_texts[i]))
-    outputs: list[str] = [""] * len(prompt_texts)
-    model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([prompt_texts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(idx, texts, strict=True):
-                outputs[i] = text.strip()
-    return outputs
 
 
 def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int) -> float:

@@ -47,14 +47,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
 
 
-def ui_args(uri: str) -> list[str] | None:
+def ui_args(uri: str, port: int = 5000) -> list[str] | None:
     """`mlflow ui` arguments for a local store; None when the URI is a server (open it instead)."""
     if not uri.startswith("sqlite:"):
         return None
     return ["mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", local_artifact_root(),
-            "--port", "5000"]
+            "--host", "127.0.0.1", "--port", str(port)]
 
 
-def ui_command(uri: str) -> str:
-    args = ui_args(uri)
+def ui_command(uri: str, port: int = 5000) -> str:
+    args = ui_args(uri, port)
     return shlex.join(args) if args else f"open {uri} in a browser"

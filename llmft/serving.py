@@ -1,20 +1,28 @@
-"""Serve a registered model with MLflow's scoring server as a managed background process.
+"""Run the model server (llmft.server) as a managed background process.
 
-State (pid, port, model URI, log) lives in `<project home>/serve/`. A server is reported up only
-after its /ping answers and a smoke chat request returns an OpenAI-style completion.
+State lives in `<project home>/serve/`: `server.json` (pid, host, port, model URI and version),
+`server.log`, and `admin.token` (mode 0600; the bearer token for hot swaps, never logged).
+
+`deploy` keeps one server per project folder:
+- none running: start one, wait for /health, send a smoke request; only then report it up;
+- one running on the same host and port: ask it to load the new champion next to the old one; it
+  swaps only after the new one loaded and answered a smoke request, so a bad model never takes
+  traffic and the old one keeps serving;
+- one running elsewhere (port changed): start the new one first, check it, then stop the old one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,7 @@ from llmft.locations import project_home
 
 
 class ServingError(UserFacingError, RuntimeError):
-    """The server could not be started or did not answer correctly."""
+    """The server could not be started, or a model did not answer correctly."""
 
 
 @dataclass
@@ -33,10 +41,16 @@ class Deployment:
     port: int
     model_uri: str
     log_file: str
+    version: str | None = None
+    started_at: float = 0.0
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}/invocations"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 def _state_dir() -> Path:
@@ -63,9 +77,22 @@ def current() -> Deployment | None:
     return dep if _pid_alive(dep.pid) else None
 
 
-def post_json(url: str, payload: Any, timeout: float = 120.0) -> tuple[int, Any]:
+def _save(dep: Deployment) -> None:
+    (_state_dir() / "server.json").write_text(json.dumps(asdict(dep)))
+
+
+def _admin_token() -> Path:
+    path = _state_dir() / "admin.token"
+    if not path.is_file():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path
+
+
+def post_json(url: str, payload: Any, timeout: float = 120.0, headers: dict[str, str] | None = None
+              ) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -77,29 +104,31 @@ def post_json(url: str, payload: Any, timeout: float = 120.0) -> tuple[int, Any]
             return exc.code, body.decode(errors="replace")
 
 
+def health(dep: Deployment, timeout: float = 3.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{dep.base_url}/health", timeout=timeout) as resp:
+            return json.loads(resp.read()) if resp.status == 200 else None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+        return None
+
+
 def _wait_healthy(dep: Deployment, proc: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServingError(f"server exited with code {proc.returncode}; see {dep.log_file}")
-        try:
-            with urllib.request.urlopen(f"http://{dep.host}:{dep.port}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        if health(dep, timeout=2.0) is not None:
+            return
         time.sleep(0.5)
     raise ServingError(f"server not healthy after {timeout_s:.0f}s; see {dep.log_file}")
 
 
 def smoke_request(dep: Deployment, messages: list[dict[str, str]], max_tokens: int) -> str:
-    # no temperature: the saved generation config is greedy, and MLflow rejects temperature=0
-    status, body = post_json(dep.endpoint, {"messages": messages, "max_tokens": max_tokens})
+    status, body = post_json(dep.endpoint, {"messages": messages, "max_tokens": max_tokens, "temperature": 0})
     if status != 200:
         raise ServingError(f"smoke request got HTTP {status}: {str(body)[:200]}")
-    completion = body[0] if isinstance(body, list) else body
     try:
-        return completion["choices"][0]["message"]["content"]
+        return body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise ServingError(f"smoke request got an unexpected response: {str(body)[:200]}") from None
 
@@ -116,24 +145,57 @@ def smoke_classify(dep: Deployment, text: str) -> str:
         raise ServingError(f"smoke request got an unexpected response: {str(body)[:200]}") from None
 
 
-def start(model_uri: str, host: str, port: int, timeout_s: float, tracking_uri: str) -> Deployment:
-    stop()  # one managed server per project folder
+def _spawn(model_uri: str, host: str, port: int, limits: dict[str, Any], timeout_s: float, tracking_uri: str,
+           version: str | None) -> Deployment:
     log_file = _state_dir() / "server.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    args = [sys.executable, "-m", "llmft.server", "--model-uri", model_uri, "--host", host, "--port", str(port),
+            "--admin-token-file", str(_admin_token())]
+    for key, value in limits.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
     with log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-h", host, "-p", str(port), "-w", "1"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)  # own process group: outlives run.py, stopped as a group
-    dep = Deployment(pid=proc.pid, host=host, port=port, model_uri=model_uri, log_file=str(log_file))
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # own process group: outlives run.py, stopped as a group
+    dep = Deployment(pid=proc.pid, host=host, port=port, model_uri=model_uri, log_file=str(log_file),
+                     version=version, started_at=time.time())
     try:
         _wait_healthy(dep, proc, timeout_s)
     except ServingError:
         _kill_group(proc.pid)
         raise
-    (_state_dir() / "server.json").write_text(json.dumps(dep.__dict__))
     return dep
+
+
+def hot_swap(dep: Deployment, model_uri: str, timeout_s: float) -> dict[str, Any]:
+    """Ask the running server to load `model_uri`, smoke-test it and swap; raise if it refused."""
+    token = _admin_token().read_text().strip()
+    status, body = post_json(f"{dep.base_url}/admin/load", {"model_uri": model_uri}, timeout=timeout_s,
+                             headers={"Authorization": f"Bearer {token}"})
+    if status != 200 or not isinstance(body, dict) or not body.get("swapped"):
+        reason = body.get("reason") if isinstance(body, dict) else str(body)[:300]
+        still = body.get("serving_version") if isinstance(body, dict) else dep.version
+        raise ServingError(f"new model {model_uri} was refused, v{still} keeps serving: {reason}")
+    return body
+
+
+def deploy(model_uri: str, version: str | None, host: str, port: int, limits: dict[str, Any], timeout_s: float,
+           tracking_uri: str) -> tuple[Deployment, str]:
+    """Serve `model_uri` (a pinned `models:/NAME/VERSION`); returns the deployment and what happened."""
+    running = current()
+    if running is not None and health(running) is not None and (running.host, running.port) == (host, port):
+        if running.model_uri == model_uri:
+            return running, f"already serving v{version}"
+        swapped = hot_swap(running, model_uri, timeout_s)
+        previous = swapped.get("previous_version")
+        dep = Deployment(**{**asdict(running), "model_uri": model_uri, "version": version})
+        _save(dep)
+        return dep, f"swapped v{previous} -> v{version} with no restart"
+    dep = _spawn(model_uri, host, port, limits, timeout_s, tracking_uri, version)
+    _save(dep)
+    if running is not None and running.pid != dep.pid:
+        _kill_group(running.pid)  # the new one is up and healthy: only now stop the old one
+        return dep, f"started v{version} on port {port}; stopped the old server on port {running.port}"
+    return dep, f"started v{version}"
 
 
 def _kill_group(pid: int, grace_s: float = 10.0) -> None:
@@ -163,3 +225,13 @@ def stop() -> Deployment | None:
         _kill_group(dep.pid)
     state.unlink(missing_ok=True)
     return dep
+
+
+def status() -> dict[str, Any]:
+    dep = current()
+    if dep is None:
+        return {"running": False}
+    info = health(dep)
+    return {"running": True, "healthy": info is not None, "endpoint": dep.endpoint, "pid": dep.pid,
+            "log_file": dep.log_file, "model_uri": dep.model_uri, "version": dep.version,
+            "uptime_s": round(time.time() - dep.started_at, 1) if dep.started_at else None, "server": info}

@@ -1,5 +1,5 @@
 """fingerprint -> ingest -> validate -> split/tokenize -> export -> fine-tune -> evaluate (base, candidate,
-champion) + forgetting probe -> register (challenger) -> promote (gate)."""
+champion) + forgetting probe -> register (challenger) -> promote (gate) -> deploy if promoted (deploy.on_promotion)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from zenml import pipeline
 from zenml.enums import ExecutionMode
 
 from pipelines.data import prepare_data
+from steps.deploy import deploy_if_promoted
 from steps.model import evaluate, finetune, probe_forgetting, promote, register
 
 
@@ -19,4 +20,5 @@ def finetune_pipeline(config: dict[str, Any], data_config: dict[str, Any]) -> No
     evaluation = evaluate(trained, training, test, config)
     forgetting = probe_forgetting(trained, training, config)
     version = register(trained, training, evaluation, fingerprint, config)
-    promote(version, evaluation, forgetting, training, dataset, config)
+    promotion = promote(version, evaluation, forgetting, training, dataset, config)
+    deploy_if_promoted(promotion, config)

@@ -7,9 +7,10 @@ import pytest
 
 from llmft.base_model import load_model
 from llmft.chat_format import build_messages, render_generation_prompt
-from llmft.evaluation import generate, score_generative
+from llmft.evaluation import score_generative
 from llmft.extraction import INSTRUCTION
 from llmft.forgetting import load_probe, run_probe
+from llmft.generation import generate
 from llmft.tasks import SCORERS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,130 @@
+"""The model server on a real port with the real base model: OpenAI-style answers, refusals that
+name the field (and leave the server serving), batching of concurrent requests, guarded swaps."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from llmft.base_model import load_model
+from llmft.server import Limits, Served, create_app
+from llmft.serving import post_json
+
+LIMITS = Limits(max_tokens=32, default_max_tokens=8, max_input_tokens=200, max_batch_size=8, batch_wait_ms=50)
+TOKEN = "test-admin-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(base_model_path: str, tokenizer):
+    import uvicorn
+
+    served = Served("embedded-base", None, "chat", load_model(base_model_path), tokenizer)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(served, LIMITS, TOKEN), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started and time.time() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _health(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _chat(content: str, **extra) -> dict:
+    return {"messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_chat_completion_is_openai_shaped(url: str):
+    status, body = post_json(f"{url}/v1/chat/completions", _chat("What is the capital of France?", max_tokens=12,
+                                                                   temperature=0, model="ignored"))
+    assert status == 200, body
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 5 and 1 <= usage["completion_tokens"] <= 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # /invocations is the same endpoint; greedy is deterministic; sampling is accepted
+    status, again = post_json(f"{url}/invocations", _chat("What is the capital of France?", max_tokens=12))
+    assert status == 200 and again["choices"][0]["message"] == choice["message"]
+    status, sampled = post_json(f"{url}/invocations", _chat("Name a colour.", max_tokens=6, temperature=0.8,
+                                                            top_p=0.9))
+    assert status == 200 and sampled["usage"]["completion_tokens"] <= 6
+
+
+@pytest.mark.parametrize(("payload", "status", "needle"), [
+    ("not json", 400, "not valid JSON"),
+    ({"prompt": "hi"}, 400, "'messages' must be a non-empty list"),
+    ({"messages": []}, 400, "'messages' must be a non-empty list"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0] must be"),
+    ({"messages": [{"role": "user", "content": 3}]}, 400, "messages[0] must be"),
+    (_chat("hi", max_tokens=33), 400, "over this server's limit of 32"),
+    (_chat("hi", max_tokens=0), 400, "'max_tokens' must be a positive integer"),
+    (_chat("hi", temperature=5), 400, "'temperature' must be between 0.0 and 2.0"),
+    (_chat("hi", temperature="hot"), 400, "'temperature' must be a number"),
+    (_chat("hi", stream=True), 400, "streaming is not supported"),
+    (_chat("word " * 400), 413, "accepts at most 200"),
+])
+def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(url: str, payload, status: int,
+                                                                          needle: str):
+    if isinstance(payload, str):
+        req = urllib.request.Request(f"{url}/invocations", data=payload.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=30)
+            pytest.fail("accepted a body that is not JSON")
+        except urllib.error.HTTPError as exc:
+            got, body = exc.code, json.loads(exc.read())
+    else:
+        got, body = post_json(f"{url}/invocations", payload)
+    assert got == status, body
+    assert needle in body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+    ok, answer = post_json(f"{url}/invocations", _chat("Hello", max_tokens=4))
+    assert ok == 200 and answer["object"] == "chat.completion"
+
+
+def test_concurrent_requests_are_batched_with_the_same_answers(url: str):
+    questions = [f"What is {i} plus {i}?" for i in range(1, 9)]
+    alone = {q: post_json(f"{url}/invocations", _chat(q, max_tokens=10))[1]["choices"][0]["message"]["content"]
+             for q in questions[:3]}
+    before = _health(url)
+    with ThreadPoolExecutor(len(questions)) as pool:
+        results = list(pool.map(lambda q: post_json(f"{url}/invocations", _chat(q, max_tokens=10)), questions))
+    assert all(status == 200 for status, _ in results)
+    after = _health(url)
+    assert after["requests"] - before["requests"] == len(questions)
+    assert after["batches"] - before["batches"] < len(questions)  # some requests shared a generate call
+    assert after["largest_batch"] > 1
+    for q, (_, body) in zip(questions, results, strict=True):
+        if q in alone:  # greedy in a batch answers exactly as alone
+            assert body["choices"][0]["message"]["content"] == alone[q]
+
+
+def test_admin_load_needs_the_token_and_a_bad_model_never_takes_traffic(url: str):
+    status, body = post_json(f"{url}/admin/load", {"model_uri": "models:/nope/1"})
+    assert status == 401
+    status, body = post_json(f"{url}/admin/load", {"model_uri": "/nonexistent/model"},
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 422 and body["swapped"] is False and body["serving"] == "embedded-base"
+    assert _health(url)["model_uri"] == "embedded-base"
+    assert post_json(f"{url}/invocations", _chat("Hi", max_tokens=4))[0] == 200
