@@ -25,6 +25,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
     dataset.pop("mlflow_run_id", None)  # the same run as evaluation's
     training = _load(run, "finetune", "training")
     forgetting = _load(run, "probe_forgetting", "forgetting")
+    deployment = _load(run, "deploy_if_promoted", "deployment")
     return {
         "pipeline": "finetune",
         "zenml_run_id": str(run.id),
@@ -43,6 +44,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "champion_version": promotion["champion"],
         "previous_champion": promotion["previous_champion"],
         "dataset": dataset,
+        "deployment": deployment,
         "cached_steps": cached_steps(run),
         "train": {k: training[k] for k in ("method", "steps", "first_loss", "last_loss", "validation_loss",
                                            "best_validation_loss", "stopped_early", "resumed_from_step",
@@ -115,6 +117,8 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         f"registered: {reg['name']} version {reg['version']} (@challenger)",
         f"promotion: {decision}",
         *[f"  {reason}" for reason in summary["promotion_reasons"]],
+        ("deployed: " + f"{summary['deployment']['action']} at {summary['deployment']['endpoint']}"
+         if summary["deployment"].get("deployed") else f"not deployed ({summary['deployment']['reason']})"),
         f"wall time: {summary['wall_seconds']:.0f} s",
         f"MLflow UI: {ui_command}" + (f"   (then open {UI_URL})" if ui_command.startswith("mlflow") else ""),
     ]

@@ -4,9 +4,12 @@ store (temporary), tiny settings. Ordered: finetune -> fresh-process load -> dep
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +29,20 @@ def run_py(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.Co
 
 
 @pytest.fixture(scope="module")
-def finetune_summary(run_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+def finetune_summary(run_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, server_cleanup: None) -> dict:
     out = tmp_path_factory.mktemp("summary") / "finetune.json"
-    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--summary", str(out))
+    # deploy.on_promotion: the promoted model is served at the end of the run
+    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "deploy.on_promotion=true", "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "base" in proc.stdout and "fine-tuned" in proc.stdout and "MLflow UI: mlflow ui" in proc.stdout
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def server_cleanup(run_env: dict[str, str]):
+    """Whatever happens in these tests, no model server outlives them."""
+    yield
+    run_py(run_env, "--pipeline", "deploy", "--stop", timeout=120)
 
 
 def _mlflow_client(run_env: dict[str, str]):
@@ -119,25 +130,31 @@ def test_registered_model_loads_in_fresh_offline_process(finetune_summary: dict,
     assert content.strip(), completion
 
 
-def test_deploy_serves_champion_then_stops(finetune_summary: dict, run_env: dict[str, str], tmp_path: Path):
+def test_deploy_serves_champion(finetune_summary: dict, run_env: dict[str, str], tmp_path: Path):
+    # the finetune run promoted v1 and, with deploy.on_promotion, started serving it
+    deployed = finetune_summary["deployment"]
+    assert deployed["deployed"] and deployed["action"] == "started v1", deployed
+    endpoint = deployed["endpoint"]
+    assert endpoint == "http://127.0.0.1:5077/invocations"
     out = tmp_path / "deploy.json"
     proc = run_py(run_env, "--pipeline", "deploy", *TINY, "--summary", str(out), timeout=400)
-    try:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        summary = json.loads(out.read_text())
-        assert summary["endpoint"] == "http://127.0.0.1:5077/invocations"
-        assert summary["model_version"] == "1"
-        status, body = post_json(summary["endpoint"], {"messages": [{"role": "user", "content": "Halden lamp, teal"}],
-                                                       "max_tokens": 16})
-        assert status == 200
-        assert body[0]["object"] == "chat.completion"
-        status, _ = post_json(summary["endpoint"], {"nonsense": True})
-        assert status == 400
-    finally:
-        stop = run_py(run_env, "--pipeline", "deploy", "--stop")
-    assert stop.returncode == 0 and "stopped server" in stop.stdout
-    with pytest.raises(OSError):
-        post_json("http://127.0.0.1:5077/invocations", {"messages": []}, timeout=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["action"] == "already serving v1" and summary["model_version"] == "1"
+    assert summary["smoke_response"].strip()
+    status, body = post_json(endpoint, {"messages": [{"role": "user", "content": "Halden lamp, teal"}],
+                                        "max_tokens": 16, "temperature": 0})
+    assert status == 200, body
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"].strip()
+    assert body["usage"]["completion_tokens"] <= 16
+    status, body = post_json(endpoint, {"nonsense": True})
+    assert status == 400 and "messages" in body["error"]["message"]
+    status, body = post_json(endpoint, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000})
+    assert status == 400 and "limit" in body["error"]["message"]
+    proc = run_py(run_env, "--pipeline", "deploy", "--status", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert state["healthy"] and state["version"] == "1" and state["server"]["requests"] >= 2
 
 
 def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: dict, run_env: dict[str, str],
@@ -328,3 +345,122 @@ def test_manual_promotion_then_rollback(weak_summary: dict, run_env: dict[str, s
         "there is no previous one to roll back to")
     proc = run_py(run_env, "--pipeline", "promote", "--version", "7", timeout=300)
     assert proc.returncode == 1 and "has no version 7" in proc.stderr
+
+
+def test_deploy_swaps_in_a_new_champion_and_refuses_a_broken_one(weak_summary: dict, run_env: dict[str, str]):
+    """Runs after the rollback: v1 is champion and served. v2 by hand -> hot swap, same process;
+    a champion that cannot load is refused and v2 keeps serving; then --stop."""
+    name = weak_summary["registered_model"]["name"]
+    client = _mlflow_client(run_env)
+    endpoint = "http://127.0.0.1:5077/invocations"
+    pid_before = json.loads((Path(run_env["LLMFT_HOME"]) / "serve" / "server.json").read_text())["pid"]
+    assert run_py(run_env, "--pipeline", "promote", "--version", "2", "--reason", "swap test").returncode == 0
+    proc = run_py(run_env, "--pipeline", "deploy", *TINY, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "swapped v1 -> v2 with no restart" in proc.stdout
+    state = json.loads((Path(run_env["LLMFT_HOME"]) / "serve" / "server.json").read_text())
+    assert state["pid"] == pid_before and state["version"] == "2"
+
+    # a registered version whose files are gone: it must never take traffic
+    broken = client.create_model_version(name, source=str(Path(run_env["LLMFT_HOME"]) / "no-such-model"))
+    client.set_registered_model_alias(name, "champion", broken.version)
+    try:
+        proc = run_py(run_env, "--pipeline", "deploy", *TINY, timeout=400)
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "was refused, v2 keeps serving" in last, last
+        status, body = post_json(endpoint, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        assert status == 200 and "(v2)" in body["model"]
+    finally:
+        client.set_registered_model_alias(name, "champion", "1")
+        client.delete_model_version(name, broken.version)
+
+    stop = run_py(run_env, "--pipeline", "deploy", "--stop")
+    assert stop.returncode == 0 and "stopped server" in stop.stdout
+    with pytest.raises(OSError):
+        post_json(endpoint, {"messages": []}, timeout=3)
+
+
+def _ticks(run_env: dict[str, str]) -> list[dict]:
+    path = Path(run_env["LLMFT_HOME"]) / "retrain" / "ticks.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_scheduled_retraining_skips_known_data_then_trains_on_new_data(weak_summary: dict, run_env: dict[str, str],
+                                                                       tmp_path: Path):
+    """The local orchestrator ignores schedules, so run.py ticks in the foreground (a seconds-field
+    cron keeps the test short). Champion v1 was trained on data/products.jsonl."""
+    data = tmp_path / "products.jsonl"  # same name and bytes: the same fingerprint as the champion's data
+    data.write_bytes((ROOT / "data" / "products.jsonl").read_bytes())
+    args = ["--pipeline", "finetune", *TINY, "--set", f"data.source={data}", "--schedule", "* * * * * */2",
+            "--max-ticks", "1"]
+    proc = run_py(run_env, *args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "orchestrator ignores schedules" in proc.stdout
+    assert "retrain tick skipped: data" in proc.stdout and "champion v1 was trained on" in proc.stdout
+    skipped = _ticks(run_env)[-1]
+    assert skipped["decision"] == "skipped" and skipped["champion_version"] == "1"
+
+    with data.open("a") as fh:  # new data arrives
+        fh.write(json.dumps({"prompt": "Ostrava trail shoe, graphite, size 44, $89.00",
+                             "response": json.dumps({"brand": "Ostrava", "category": "footwear", "color": "graphite",
+                                                     "material": None, "size": "44", "price": 89.0})}) + "\n")
+    proc = run_py(run_env, *args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "retrain tick ran: new data" in proc.stdout
+    ran = _ticks(run_env)[-1]
+    assert ran["decision"] == "ran" and ran["fingerprint"] != skipped["fingerprint"] and ran["zenml_run_id"]
+    client = _mlflow_client(run_env)
+    name = weak_summary["registered_model"]["name"]
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert client.get_model_version(name, str(newest)).tags["dataset_fingerprint"] == ran["fingerprint"]
+    experiment = client.get_experiment_by_name("llm-finetune")
+    tick_runs = client.search_runs([experiment.experiment_id], "tags.`retrain.decision` != ''")
+    assert {r.data.tags["retrain.decision"] for r in tick_runs} >= {"skipped", "ran"}
+
+
+def test_a_tick_never_overlaps_a_running_one(run_env: dict[str, str]):
+    import fcntl
+
+    lock = Path(run_env["LLMFT_HOME"]) / "retrain.lock"
+    with lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running tick would
+        proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--tick", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "retrain tick skipped: another retrain run holds" in proc.stdout
+    assert _ticks(run_env)[-1]["decision"] == "skipped"
+    bad = run_py(run_env, "--pipeline", "finetune", "--schedule", "every day", timeout=120)
+    assert bad.returncode == 2 and "not a cron expression" in bad.stderr
+
+
+def test_ui_serves_runs_and_the_registered_model_with_aliases(weak_summary: dict, run_env: dict[str, str]):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--ui", "--ui-port", str(port)], cwd=ROOT,
+                            env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        with urllib.request.urlopen(base, timeout=10) as resp:
+            assert resp.status == 200 and b"<html" in resp.read(2000).lower()
+        name = weak_summary["registered_model"]["name"]
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/registered-models/get?name={name}", timeout=10) as resp:
+            model = json.loads(resp.read())["registered_model"]
+        assert {a["alias"] for a in model["aliases"]} >= {"champion", "challenger"}
+        experiment = _mlflow_client(run_env).get_experiment_by_name("llm-finetune").experiment_id
+        status, runs = post_json(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment],
+                                                                        "max_results": 100})
+        assert status == 200 and any(r["info"]["run_id"] == weak_summary["mlflow_run_id"] for r in runs["runs"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
