@@ -153,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         report.write_summary({"pipeline": "deploy", "stopped": bool(stopped)}, args.summary)
         return 0
 
-    from llmft.stack import ensure_experiment, ensure_stack
+    from llmft.stack import StackError, ensure_experiment, ensure_stack
 
-    uri = ensure_stack()
+    try:
+        uri = ensure_stack(cfg.compute.stack)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ensure_experiment(cfg.tracking.experiment_name)
     if args.tick or args.schedule:
         return _retrain(cfg, args)

@@ -178,6 +178,8 @@ class ComputeConfig(_Section):
     """Where the fine-tune step runs: with the rest of the pipeline (default), or on its own GPU
     machine through a registered ZenML step operator, with resource requests for the orchestrator."""
 
+    stack: str | None = Field(None, description="a registered ZenML stack to run on (infra/); null: llmft-local, "
+                                                "created on first use")
     finetune_step_operator: str | None = Field(None, description="name of a registered ZenML step operator")
     finetune_resources: ResourcesConfig = ResourcesConfig()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from llmft.errors import UserFacingError
 from llmft.locations import local_artifact_root, project_home, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,24 @@ def ensure_experiment(name: str) -> None:
         mlflow.MlflowClient().create_experiment(name, artifact_location=artifact_location)
 
 
-def ensure_stack() -> str:
-    """Create or update the stack and its components, activate it; returns the tracking URI."""
+class StackError(UserFacingError, RuntimeError):
+    """The configured ZenML stack does not exist."""
+
+
+def ensure_stack(name: str | None = None) -> str:
+    """Activate stack `name` (registered by infra/ scripts), or create, update and activate the
+    local stack; returns the tracking URI."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
 
     client = Client()
     uri = tracking_uri()
+    if name and name != STACK_NAME:
+        if client.list_stacks(name=name).total == 0:
+            raise StackError(f"compute.stack {name!r} is not a registered ZenML stack (see infra/README.md)")
+        if client.active_stack_model.name != name:
+            client.activate_stack(name)
+        return uri
     wanted = _tracker_config(uri)
 
     def component(name: str, kind: StackComponentType, config: dict[str, str]) -> None:
