@@ -46,40 +46,32 @@ def _at_least(a: float, b: float, higher_is_better: bool) -> bool:
     return a >= b if higher_is_better else a <= b
 
 
+def _verdict(ok: bool, check: str, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'} {check}: {text}"
+
+
 def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,
            champion_version: str | None, forgetting_drop: float | None, cfg: PromotionConfig) -> Decision:
-    sign = 1.0 if higher_is_better else -1.0
-    reasons: list[str] = []
-    passed = True
-
-    need = base + sign * cfg.min_delta
-    ok = _at_least(candidate, need, higher_is_better)
-    word = ">=" if higher_is_better else "<="
-    reasons.append(f"{'PASS' if ok else 'FAIL'} base: {metric} {candidate:.4f} {word} base {base:.4f} "
-                   f"{'+' if sign > 0 else '-'} min_delta {cfg.min_delta} = {need:.4f}"
-                   f" (delta {candidate - base:+.4f})")
-    passed &= ok
-
+    word, sign = (">=", "+") if higher_is_better else ("<=", "-")
+    need = base + cfg.min_delta if higher_is_better else base - cfg.min_delta
+    checks = [(_at_least(candidate, need, higher_is_better), "base",
+               f"{metric} {candidate:.4f} {word} base {base:.4f} {sign} min_delta {cfg.min_delta} = {need:.4f} "
+               f"(delta {candidate - base:+.4f})")]
     if champion is None:
-        reasons.append("PASS champion: no current champion")
+        checks.append((True, "champion", "no current champion"))
     elif not cfg.beat_champion:
-        reasons.append(f"PASS champion: not required (promotion.beat_champion=false; v{champion_version} "
-                       f"re-measured {champion:.4f})")
+        checks.append((True, "champion", f"not required (promotion.beat_champion=false; v{champion_version} "
+                                         f"re-measured {champion:.4f})"))
     else:
-        ok = _at_least(candidate, champion, higher_is_better)
-        reasons.append(f"{'PASS' if ok else 'FAIL'} champion: {metric} {candidate:.4f} {word} champion "
-                       f"v{champion_version} {champion:.4f}, re-measured on this test split "
-                       f"(delta {candidate - champion:+.4f})")
-        passed &= ok
-
+        checks.append((_at_least(candidate, champion, higher_is_better), "champion",
+                       f"{metric} {candidate:.4f} {word} champion v{champion_version} {champion:.4f}, re-measured "
+                       f"on this test split (delta {candidate - champion:+.4f})"))
     if forgetting_drop is None:
-        reasons.append("PASS forgetting: probe not applicable to this task")
+        checks.append((True, "forgetting", "probe not applicable to this task"))
     else:
-        ok = forgetting_drop <= cfg.max_forgetting
-        reasons.append(f"{'PASS' if ok else 'FAIL'} forgetting: probe accuracy drop {forgetting_drop:+.4f} "
-                       f"<= max_forgetting {cfg.max_forgetting}")
-        passed &= ok
-    return Decision(promoted=passed, reasons=reasons)
+        checks.append((forgetting_drop <= cfg.max_forgetting, "forgetting",
+                       f"probe accuracy drop {forgetting_drop:+.4f} <= max_forgetting {cfg.max_forgetting}"))
+    return Decision(promoted=all(ok for ok, _, _ in checks), reasons=[_verdict(*c) for c in checks])
 
 
 def _now() -> str:

@@ -49,3 +49,20 @@ def tokenizer(base_model_path: str):
 
 def python() -> str:
     return sys.executable
+
+
+def wait_http(url: str, timeout_s: float = 120.0, proc=None) -> None:
+    """Poll url until it answers 2xx; fail early if proc (the server) exits."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode} before {url} answered")
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {timeout_s:.0f}s")

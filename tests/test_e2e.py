@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_http
 
 from llmft.serving import post_json
 
@@ -444,13 +444,7 @@ def test_ui_serves_runs_and_the_registered_model_with_aliases(weak_summary: dict
                             env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_http(f"{base}/health", 90, proc)
         with urllib.request.urlopen(base, timeout=10) as resp:
             assert resp.status == 200 and b"<html" in resp.read(2000).lower()
         name = weak_summary["registered_model"]["name"]

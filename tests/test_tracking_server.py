@@ -10,12 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import wait_http
 from test_e2e import TINY, run_py
 
 pytestmark = pytest.mark.e2e
@@ -40,16 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # its job consumers die with the group
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up")
+        wait_http(f"{base}/health", 120, proc)
         yield base, root
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
