@@ -26,11 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def url(base_model_path: str, tokenizer):
+def _serve(served: Served):
     import uvicorn
 
-    served = Served("embedded-base", None, "chat", load_model(base_model_path), tokenizer)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(served, LIMITS, TOKEN), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -42,6 +40,21 @@ def url(base_model_path: str, tokenizer):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def url(base_model_path: str, tokenizer):
+    yield from _serve(Served("embedded-base", None, "chat", load_model(base_model_path), tokenizer))
+
+
+@pytest.fixture(scope="module")
+def classifier_url(base_model_path: str, tokenizer):
+    from transformers import set_seed
+
+    labels = ["negative", "neutral", "positive"]
+    set_seed(0)
+    model = load_model(base_model_path, "classification", labels)
+    yield from _serve(Served("embedded-classifier", None, "classification", model, tokenizer, labels))
 
 
 def _health(url: str) -> dict:
@@ -128,3 +141,21 @@ def test_admin_load_needs_the_token_and_a_bad_model_never_takes_traffic(url: str
     assert status == 422 and body["swapped"] is False and body["serving"] == "embedded-base"
     assert _health(url)["model_uri"] == "embedded-base"
     assert post_json(f"{url}/invocations", _chat("Hi", max_tokens=4))[0] == 200
+
+
+def test_classifier_returns_labels_and_scores(classifier_url: str):
+    texts = ["Great lamp, works well.", "Broke in a day."]
+    status, body = post_json(f"{classifier_url}/invocations", {"inputs": texts})
+    assert status == 200, body
+    assert len(body["predictions"]) == 2
+    for prediction in body["predictions"]:
+        assert prediction["label"] in ("negative", "neutral", "positive")
+        assert set(prediction["scores"]) == {"negative", "neutral", "positive"}
+        assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert prediction["score"] == max(prediction["scores"].values())
+    status, body = post_json(f"{classifier_url}/invocations", {"text": "Fine, I guess."})
+    assert status == 200 and len(body["predictions"]) == 1
+    status, body = post_json(f"{classifier_url}/invocations", {"inputs": ["", "ok"]})
+    assert status == 400 and "non-empty strings" in body["error"]["message"]
+    status, body = post_json(f"{classifier_url}/invocations", {"inputs": ["word " * 400]})
+    assert status == 413
