@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 def deploy_champion(cfg: Config) -> dict[str, Any]:
     """Serve the current champion (pinned to its version), health-checked and smoke-tested."""
+    import mlflow
+
+    # a step without the experiment tracker may run after one that reset MLflow's URI
+    mlflow.set_tracking_uri(tracking_uri())
     name = cfg.registry.model_name
     version = current_alias_version(name)
     if version is None:
