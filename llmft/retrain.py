@@ -30,7 +30,7 @@ from llmft import registry
 from llmft.config import Config
 from llmft.errors import UserFacingError
 from llmft.ingest import source_fingerprint
-from llmft.locations import project_home
+from llmft.locations import project_home, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def _record(cfg: Config, tick: Tick) -> None:
     try:
         import mlflow
 
+        mlflow.set_tracking_uri(tracking_uri())  # a pipeline run just now may have reset it
         mlflow.set_experiment(cfg.tracking.experiment_name)
         with mlflow.start_run(run_name=f"retrain-tick-{tick.decision}"):
             mlflow.set_tags({"retrain.decision": tick.decision, "retrain.reason": tick.reason[:4900],

@@ -263,12 +263,17 @@ def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], 
 
 
 def _zenml_stages(run_env: dict[str, str], name: str) -> dict[str, str]:
-    """ZenML Model Control Plane stage per model version number, read in a fresh process."""
+    """ZenML Model Control Plane stage of each MLflow registry version (linked by its
+    `zenml_model_version` tag), read in a fresh process. Failed runs also made ZenML versions,
+    so the numbers differ."""
     code = (f"from zenml.client import Client\n"
             f"for v in Client().list_model_versions({name!r}, size=100).items: print(v.number, v.stage)")
     proc = subprocess.run([sys.executable, "-c", code], env=run_env, text=True, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return dict(line.split() for line in proc.stdout.strip().splitlines() if line.strip())
+    by_number = dict(line.split() for line in proc.stdout.strip().splitlines() if line.strip())
+    versions = _mlflow_client(run_env).search_model_versions(f"name='{name}'")
+    return {str(v.version): by_number[v.tags["zenml_model_version"]] for v in versions
+            if "zenml_model_version" in v.tags}
 
 
 @pytest.fixture(scope="module")
