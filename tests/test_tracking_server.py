@@ -21,8 +21,8 @@ from test_e2e import TINY, run_py
 pytestmark = pytest.mark.e2e
 
 
-def _get(base: str, path: str, **query: str) -> dict:
-    with urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(query)}", timeout=30) as resp:
+def _get(base: str, api: str, **query: str) -> dict:
+    with urllib.request.urlopen(f"{base}{api}?{urllib.parse.urlencode(query)}", timeout=30) as resp:
         return json.loads(resp.read())
 
 
