@@ -154,7 +154,7 @@ class DeployConfig(_Section):
     max_tokens: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(128, ge=1, description="when a request names none")
     max_input_tokens: int = Field(1024, ge=1, description="longest prompt (chat template applied) accepted")
-    max_batch_size: int = Field(16, ge=1, description="concurrent requests generated together")
+    max_batch_size: int = Field(32, ge=1, description="concurrent requests generated together")
     batch_wait_ms: float = Field(10.0, ge=0.0, description="how long the batcher waits for more requests")
 
     def server_limits(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class Limits:
     max_input_tokens: int = 1024  # rendered prompt (or classifier text) length
     max_messages: int = 64
     max_inputs: int = 64  # texts in one classification request
-    max_batch_size: int = 16
+    max_batch_size: int = 32
     batch_wait_ms: float = 10.0
 
 
