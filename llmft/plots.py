@@ -28,20 +28,29 @@ def loss_curve(history: list[dict[str, float]]) -> Any:
 
 
 def metric_comparison(metrics: dict[str, dict[str, float]], names: list[str]) -> Any:
+    """Horizontal grouped bars, one group per metric, one bar per model (base, candidate, champion)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.8 / max(len(metrics), 1)
-    for i, (model, values) in enumerate(metrics.items()):
-        xs = [j + i * width for j in range(len(names))]
-        ax.bar(xs, [values.get(n, 0.0) for n in names], width=width, label=model)
-    ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(names))], names)
-    ax.set_ylim(0, 1)
-    ax.set_title("Test split: base vs fine-tuned")
-    ax.legend()
+    from llmft.text_metrics import LOWER_IS_BETTER
+
+    models = [m for m, values in metrics.items() if values]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) * max(len(models), 1) / 2 + 1.5))
+    height = 0.8 / max(len(models), 1)
+    top = 1.0
+    for i, model in enumerate(models):
+        values = [metrics[model].get(n, 0.0) for n in names]
+        top = max([top, *values])
+        ax.barh([j + i * height for j in range(len(names))], values, height=height, label=model)
+    labels = [f"{n} (lower is better)" if n in LOWER_IS_BETTER else n for n in names]
+    ax.set_yticks([j + height * (len(models) - 1) / 2 for j in range(len(names))], labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.05)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Test split: " + " vs ".join(models))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=max(len(models), 1), frameon=False)
     fig.tight_layout()
     return fig
 
