@@ -83,8 +83,14 @@ def _run_pipeline(name: str, cfg: Config, args: argparse.Namespace, schedule: st
             from zenml.config.schedule import Schedule
 
             options["schedule"] = Schedule(name=f"{cfg.registry.model_name}-retrain", cron_expression=schedule)
-        return finetune_pipeline.with_options(**options)(
-            config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
+        try:
+            return finetune_pipeline.with_options(**options)(
+                config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
+        except Exception:
+            from llmft.promotion import drop_unregistered_zenml_version
+
+            drop_unregistered_zenml_version("finetune")
+            raise
     if name == "promote":
         from pipelines.promote import promote_pipeline
 

@@ -142,3 +142,20 @@ def mirror_zenml_stage(name: str, version: str, stage: str) -> None:
                                       force=True)
     except (KeyError, ValueError):
         log.warning("ZenML model version %s of %s not found; stage not mirrored", zenml_version, name)
+
+
+def drop_unregistered_zenml_version(pipeline_name: str) -> None:
+    """After a failed run: delete the ZenML model version the run created if no registry version
+    was linked to it, so the Model Control Plane holds no half-registered candidates."""
+    from zenml.client import Client
+
+    try:
+        client = Client()
+        runs = client.list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1, hydrate=True)
+        version = runs.items[0].model_version if runs.items else None
+        if version is not None and "mlflow_version" not in version.run_metadata:
+            client.delete_model_version(version.id)
+            log.info("deleted ZenML model version %s of %s: the failed run registered nothing", version.number,
+                     version.model.name)
+    except Exception as exc:  # cleanup must never hide the run's own error
+        log.warning("could not clean up the failed run's ZenML model version: %s", exc)

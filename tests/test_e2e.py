@@ -175,6 +175,7 @@ def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: 
     name = finetune_summary["registered_model"]["name"]
     versions = _mlflow_client(run_env).search_model_versions(f"name='{name}'")
     assert [str(v.version) for v in versions] == ["1"]
+    assert _zenml_stages(run_env, name, every=True) == {"1": "production"}  # the failed run left no ZenML version
 
 
 def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_path: Path):
@@ -262,18 +263,21 @@ def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], 
     assert "plots/class_balance.png" in {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
 
 
-def _zenml_stages(run_env: dict[str, str], name: str) -> dict[str, str]:
+def _zenml_stages(run_env: dict[str, str], name: str, every: bool = False) -> dict[str, str]:
     """ZenML Model Control Plane stage of each MLflow registry version (linked by its
-    `zenml_model_version` tag), read in a fresh process. Failed runs also made ZenML versions,
-    so the numbers differ."""
+    `zenml_model_version` tag), read in a fresh process. With every=True, ZenML versions that no
+    registry version links to are included, keyed `zenml:N`."""
     code = (f"from zenml.client import Client\n"
             f"for v in Client().list_model_versions({name!r}, size=100).items: print(v.number, v.stage)")
     proc = subprocess.run([sys.executable, "-c", code], env=run_env, text=True, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_number = dict(line.split() for line in proc.stdout.strip().splitlines() if line.strip())
     versions = _mlflow_client(run_env).search_model_versions(f"name='{name}'")
-    return {str(v.version): by_number[v.tags["zenml_model_version"]] for v in versions
-            if "zenml_model_version" in v.tags}
+    linked = {v.tags["zenml_model_version"]: str(v.version) for v in versions if "zenml_model_version" in v.tags}
+    stages = {linked[number]: stage for number, stage in by_number.items() if number in linked}
+    if every:
+        stages.update({f"zenml:{number}": stage for number, stage in by_number.items() if number not in linked})
+    return stages
 
 
 @pytest.fixture(scope="module")
