@@ -27,7 +27,6 @@ from llmft.config import TrainConfig
 log = logging.getLogger(__name__)
 
 PROMPT_TOKEN = "<|llmft_prompt_{}|>"
-_PREFIX = PROMPT_TOKEN.split("{")[0]
 
 
 def prepare(model: Any, cfg: TrainConfig, task: str, base_path: str, init_text: str | None) -> Any:
@@ -132,8 +131,3 @@ def bake_prompt(peft_model: Any, tokenizer: Any) -> tuple[Any, Any]:
     # with tied embeddings the new rows are also output logits: never generate them
     model.generation_config.suppress_tokens = ids
     return model, tokenizer
-
-
-def prompt_prefix_ids(tokenizer: Any) -> list[int]:
-    """Ids of baked virtual tokens the chat template starts with (empty for other methods)."""
-    return sorted(i for token, i in tokenizer.get_added_vocab().items() if token.startswith(_PREFIX))

@@ -130,8 +130,9 @@ def _score_all(cfg: Config, loaders: dict[str, Loader], test: list[dict[str, Any
             mlflow.log_figure(plots.confusion_matrix(matrix, labels, f"{label}: test split"),
                               f"plots/confusion_matrix_{label}.png")
         else:
-            scored = score_generative(model, tokenizer, system_prompt(cfg), test, scorers(cfg), cfg.eval.max_new_tokens,
-                                    cfg.eval.batch_size, cfg.train.max_seq_length, desc=f"eval {label}")
+            scored = score_generative(model, tokenizer, system_prompt(cfg), test, scorers(cfg),
+                                      cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.max_seq_length,
+                                      desc=f"eval {label}")
             metrics[label], outputs[label], rows[label] = scored.metrics, scored.outputs, scored.row_scores
         del model
     return metrics, outputs, rows

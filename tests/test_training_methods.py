@@ -7,7 +7,7 @@ import pytest
 from llmft.chat_format import build_messages, encode_messages
 from llmft.config import load_config
 from llmft.extraction import INSTRUCTION
-from llmft.methods import load_trained, prompt_prefix_ids
+from llmft.methods import PROMPT_TOKEN, load_trained
 from llmft.training import train
 
 LISTINGS = [("Lumora rain jacket | navy blue | nylon | Size M | $79.99",
@@ -52,7 +52,8 @@ def test_method_trains_and_loads_in_full_precision(method: str, base_model_path:
         assert torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
         assert not torch.equal(model.model.layers[-1].mlp.up_proj.weight, base.model.layers[-1].mlp.up_proj.weight)
     if method == "prompt_tuning":
-        assert len(prompt_prefix_ids(tok)) == 16
+        baked = [t for t in tok.get_added_vocab() if t.startswith(PROMPT_TOKEN.split("{")[0])]
+        assert len(baked) == 16 and tok.chat_template.startswith(PROMPT_TOKEN.format(0))
 
 
 def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokenizer, tmp_path: Path):
