@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -315,7 +316,8 @@ def create_app(served: Served, limits: Limits, admin_token: str | None = None) -
     @app.get("/ping")
     async def health() -> dict[str, Any]:
         current = batcher.served
-        return {"status": "ok", "model_uri": current.model_uri, "version": current.version, "task": current.task,
+        return {"status": "ok", "pid": os.getpid(), "model_uri": current.model_uri, "version": current.version,
+                "task": current.task,
                 "loaded_at": current.loaded_at, "uptime_s": round(time.time() - started, 1),
                 "limits": limits.__dict__, **batcher.stats, **counters}
 

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,12 +113,27 @@ def health(dep: Deployment, timeout: float = 3.0) -> dict[str, Any] | None:
         return None
 
 
+def _ours(dep: Deployment, info: dict[str, Any] | None) -> bool:
+    """Is the server answering on dep's port the process we started (not some other one)?"""
+    return info is not None and info.get("pid") == dep.pid
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _wait_healthy(dep: Deployment, proc: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServingError(f"server exited with code {proc.returncode}; see {dep.log_file}")
-        if health(dep, timeout=2.0) is not None:
+        if _ours(dep, health(dep, timeout=2.0)):
             return
         time.sleep(0.5)
     raise ServingError(f"server not healthy after {timeout_s:.0f}s; see {dep.log_file}")
@@ -147,6 +163,8 @@ def smoke_classify(dep: Deployment, text: str) -> str:
 
 def _spawn(model_uri: str, host: str, port: int, limits: dict[str, Any], timeout_s: float, tracking_uri: str,
            version: str | None) -> Deployment:
+    if not _port_free(host, port):
+        raise ServingError(f"{host}:{port} is in use by another process: stop it or set deploy.port")
     log_file = _state_dir() / "server.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     args = [sys.executable, "-m", "llmft.server", "--model-uri", model_uri, "--host", host, "--port", str(port),
@@ -182,7 +200,7 @@ def deploy(model_uri: str, version: str | None, host: str, port: int, limits: di
            tracking_uri: str) -> tuple[Deployment, str]:
     """Serve `model_uri` (a pinned `models:/NAME/VERSION`); returns the deployment and what happened."""
     running = current()
-    if running is not None and health(running) is not None and (running.host, running.port) == (host, port):
+    if running is not None and _ours(running, health(running)) and (running.host, running.port) == (host, port):
         if running.model_uri == model_uri:
             return running, f"already serving v{version}"
         swapped = hot_swap(running, model_uri, timeout_s)

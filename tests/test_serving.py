@@ -133,6 +133,15 @@ def test_concurrent_requests_are_batched_with_the_same_answers(url: str):
             assert body["choices"][0]["message"]["content"] == alone[q]
 
 
+def test_a_busy_port_is_refused_before_any_model_loads(url: str, tmp_path, monkeypatch):
+    from llmft.serving import ServingError, deploy
+
+    monkeypatch.setenv("LLMFT_HOME", str(tmp_path))
+    port = int(url.rsplit(":", 1)[1])  # the test server holds it
+    with pytest.raises(ServingError, match=f"127.0.0.1:{port} is in use by another process"):
+        deploy("models:/any/1", "1", "127.0.0.1", port, {}, 30, "sqlite:///unused.db")
+
+
 def test_admin_load_needs_the_token_and_a_bad_model_never_takes_traffic(url: str):
     status, body = post_json(f"{url}/admin/load", {"model_uri": "models:/nope/1"})
     assert status == 401
