@@ -8,7 +8,6 @@ Eval loss is the mean cross-entropy over response tokens, the same tokens traini
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,8 +25,6 @@ from llmft.generation import generate
 
 if TYPE_CHECKING:
     from llmft.tasks import Scorer
-
-log = logging.getLogger(__name__)
 
 
 def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int) -> float:

@@ -64,8 +64,7 @@ def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
     )
     version = str(info.registered_model_version)
     try:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, str(value))
+        set_version_tags(name, version, tags)
         client.set_registered_model_alias(name, CHALLENGER, version)
     except Exception:
         log.error("tagging %s v%s failed; deleting the version so nothing is half-registered", name, version)
