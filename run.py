@@ -8,9 +8,11 @@ import logging
 import os
 import sys
 import time
+import uuid
 from typing import Any
 
-from llmft.config import Config, ConfigError, load_config
+from llmft.config import ConfigError, load_config
+from llmft.resolve import ResolvedRun
 
 _STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
 
@@ -63,46 +65,63 @@ def _failure_line(pipeline_name: str, exc: BaseException) -> str:
     return f"{pipeline_name} pipeline failed: {type(exc).__name__}: {exc}"
 
 
-def _run_pipeline(name: str, cfg: Config, args: argparse.Namespace, schedule: str | None = None) -> Any:
+def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedule: str | None = None) -> Any:
     from zenml import Model
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,
     )
 
+    from llmft.base_model import base_identity
+    from llmft.resolve import code_version
+    from llmft.tasks.base import TaskSpec
+
+    cfg, spec = run.cfg, run.spec
+    model_name = str(cfg.registry.model_name)
     settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=cfg.tracking.experiment_name)}
     if name == "finetune":
+        from llmft.registry.versions import champion_ref
         from pipelines.finetune import finetune_pipeline
 
         step_options = cfg.finetune_step_options()
         # each run is a ZenML Model Control Plane version of the registry's model; stages mirror aliases
-        model = Model(name=cfg.registry.model_name, description=f"{cfg.task} model fine-tuned from {cfg.model.base}")
-        options: dict[str, Any] = {"settings": settings, "model": model}
+        model = Model(name=model_name, description=f"{spec.name} model fine-tuned from {cfg.model.base}")
+        # a unique run name: a failed run's clean-up finds exactly its own run, never a concurrent one
+        run_name = f"finetune-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        options: dict[str, Any] = {"settings": settings, "model": model, "run_name": run_name}
         if step_options:
             options["steps"] = {"finetune": step_options}
         if schedule:
             from zenml.config.schedule import Schedule
 
-            options["schedule"] = Schedule(name=f"{cfg.registry.model_name}-retrain", cron_expression=schedule)
+            options["schedule"] = Schedule(name=f"{model_name}-retrain", cron_expression=schedule)
+        import mlflow
+
+        from llmft.locations import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        champion = champion_ref(model_name)
         try:
             return finetune_pipeline.with_options(**options)(
-                config=cfg.model_dump(mode="json"), data_config=cfg.data_view())
+                cfg=cfg, task=spec, champion=champion, base_identity=base_identity(cfg.model.base, cfg.model.revision),
+                code_version=code_version())
         except Exception:
-            from llmft.promotion import drop_unregistered_zenml_version
+            from llmft.registry.promotion import drop_unregistered_zenml_version
 
-            drop_unregistered_zenml_version("finetune")
+            drop_unregistered_zenml_version(run_name)
             raise
     if name == "promote":
         from pipelines.promote import promote_pipeline
 
-        return promote_pipeline(model_name=cfg.registry.model_name, version=args.version,
+        return promote_pipeline(model_name=model_name, version=args.version,
                                 rollback_to_previous=args.rollback, by=args.by, reason=args.reason)
     if name == "data":
         from pipelines.data import data_pipeline
 
-        return data_pipeline.with_options(settings=settings)(data_config=cfg.data_view())
+        return data_pipeline.with_options(settings=settings)(cfg=cfg, task=TaskSpec.model_validate(spec.model_dump()),
+                                                             code_version=code_version())
     from pipelines.deploy import deploy_pipeline
 
-    return deploy_pipeline.with_options(settings=settings)(config=cfg.model_dump(mode="json"))
+    return deploy_pipeline.with_options(settings=settings)(model_name=model_name, deploy=cfg.deploy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("llmft").addHandler(handler)  # zenml configures its own loggers
     logging.getLogger("llmft").setLevel(logging.INFO)
-    from llmft import locations, report, serving, tasks
+    from llmft import locations, report
+    from llmft.serve import deploy as serving
 
     try:
         cfg = load_config(args.config, args.overrides + (["train.resume=false"] if args.no_resume else []))
-        tasks.primary_metric(cfg)  # a primary metric evaluation never reports is a config error
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -159,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         report.write_summary({"pipeline": "deploy", "stopped": bool(stopped)}, args.summary)
         return 0
 
+    from llmft.data.ingest import DataError
+    from llmft.resolve import resolve_run
+
+    try:
+        resolved = resolve_run(cfg)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.pipeline in ("finetune", "data"):
+        print(resolved.spec.announce(), flush=True)
+    cfg = resolved.cfg
+
     from llmft.stack import StackError, ensure_experiment, ensure_stack
 
     try:
@@ -168,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ensure_experiment(cfg.tracking.experiment_name)
     if args.tick or args.schedule:
-        return _retrain(cfg, args)
+        return _retrain(resolved, args)
     try:
-        run = _run_pipeline(args.pipeline, cfg, args)
+        run = _run_pipeline(args.pipeline, resolved, args)
     except Exception as exc:
         print("error: " + (_failure_line(args.pipeline, exc).splitlines() or [""])[0], file=sys.stderr)
         return 1
@@ -200,20 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _retrain(cfg: Config, args: argparse.Namespace) -> int:
+def _retrain(resolved: ResolvedRun, args: argparse.Namespace) -> int:
     """Scheduled retraining: ZenML's schedule where the orchestrator has one, else ticks run here."""
     from zenml.client import Client
 
     from llmft import retrain
 
+    cfg = resolved.cfg
+
     def run_once() -> Any:
-        return _run_pipeline("finetune", cfg, args)
+        return _run_pipeline("finetune", resolved, args)
 
     if args.tick:
         return 1 if retrain.tick(cfg, run_once).decision == "failed" else 0
     orchestrator = Client().active_stack.orchestrator
     if orchestrator.config.is_schedulable:
-        _run_pipeline("finetune", cfg, args, schedule=args.schedule)
+        _run_pipeline("finetune", resolved, args, schedule=args.schedule)
         print(f"scheduled the finetune pipeline on {orchestrator.name} ({orchestrator.flavor}) with cron "
               f"{args.schedule!r}; every scheduled run trains (retrain.only_if_new_data applies to --tick and the "
               "local loop)")

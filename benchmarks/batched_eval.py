@@ -51,8 +51,8 @@ def main() -> None:
     import torch
 
     from llmft.chat_format import build_messages, render_generation_prompt
-    from llmft.extraction import INSTRUCTION
     from llmft.generation import generate
+    from llmft.tasks.extraction import INSTRUCTION
 
     model, tokenizer = _load(args.model_uri)
     records = [json.loads(line) for line in (ROOT / "data" / "products.jsonl").read_text().splitlines()]

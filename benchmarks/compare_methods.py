@@ -30,7 +30,7 @@ def _examples(seed: int) -> tuple[list[dict[str, list[int]]], list[dict[str, lis
     from llmft.base_model import load_tokenizer, resolve_base_model
     from llmft.chat_format import build_messages, encode_messages
     from llmft.config import EMBEDDED_MODEL
-    from llmft.extraction import INSTRUCTION
+    from llmft.tasks.extraction import INSTRUCTION
 
     tokenizer = load_tokenizer(resolve_base_model(EMBEDDED_MODEL))
     records = [json.loads(line) for line in (ROOT / "data" / "products.jsonl").read_text().splitlines()]
@@ -42,8 +42,8 @@ def _examples(seed: int) -> tuple[list[dict[str, list[int]]], list[dict[str, lis
 def worker(method: str, steps: int, seed: int) -> dict[str, Any]:
     from llmft.base_model import resolve_base_model
     from llmft.config import EMBEDDED_MODEL, load_config
-    from llmft.extraction import INSTRUCTION
-    from llmft.training import train
+    from llmft.tasks.extraction import INSTRUCTION
+    from llmft.train.loop import train
 
     train_rows, validation_rows = _examples(seed)
     cfg = load_config(None, [f"train.method={method}", f"train.max_steps={steps}", "train.eval_steps=null",

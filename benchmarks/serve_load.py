@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _prompts(count: int) -> list[list[dict[str, str]]]:
-    from llmft.extraction import INSTRUCTION
+    from llmft.tasks.extraction import INSTRUCTION
 
     records = [json.loads(line) for line in (ROOT / "data" / "products.jsonl").read_text().splitlines()]
     listings = [records[i % len(records)]["prompt"] for i in range(count)]
@@ -40,7 +40,7 @@ def _prompts(count: int) -> list[list[dict[str, str]]]:
 
 
 def _one(endpoint: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, bool, int, str]:
-    from llmft.serving import post_json
+    from llmft.serve.deploy import post_json
 
     start = time.perf_counter()
     try:
@@ -86,7 +86,7 @@ def _start_server(model_uri: str, max_batch_size: int, max_tokens: int) -> tuple
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llmft.server", "--model-uri", model_uri, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--port", str(port),
                              "--max-batch-size", str(max_batch_size), "--max-tokens", str(max(max_tokens, 16))],
                             env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -129,7 +129,7 @@ def main() -> None:
         if args.compare_batching:
             runs.append(("one at a time", 1))
     else:
-        from llmft import serving
+        from llmft.serve import deploy as serving
 
         dep = serving.current()
         endpoint = args.endpoint or (dep.endpoint if dep else None)

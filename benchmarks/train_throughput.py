@@ -56,7 +56,7 @@ def matmul_peak_gflops(seconds: float = 3.0) -> float:
 
 def _conversations(rows: int, seed: int) -> list[list[dict[str, str]]]:
     from llmft.chat_format import build_messages
-    from llmft.extraction import INSTRUCTION
+    from llmft.tasks.extraction import INSTRUCTION
 
     records = [json.loads(line) for line in (ROOT / "data" / "products.jsonl").read_text().splitlines()]
     random.Random(seed).shuffle(records)
@@ -98,7 +98,7 @@ def _window(record: list[tuple[int, float, int, int]], warmup: int) -> dict[str,
 def run_project(args: argparse.Namespace, base: str, tokenizer: Any, out: Path) -> dict[str, float]:
     from llmft.chat_format import encode_messages
     from llmft.config import load_config
-    from llmft.training import train
+    from llmft.train.loop import train
 
     examples = [encode_messages(tokenizer, c) for c in _conversations(args.rows, args.seed)]
     cfg = load_config(None, [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",

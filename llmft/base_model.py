@@ -102,10 +102,9 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_model(name_or_path: str, task: str = "extraction", labels: list[str] | None = None,
-               four_bit: bool = False):
-    """The model in full precision (or 4-bit nf4 for QLoRA); a sequence-classification head over
-    `labels` for the classification task, else the causal LM."""
+def load_model(name_or_path: str, labels: list[str] | None = None, four_bit: bool = False):
+    """The model in full precision (or 4-bit nf4 for QLoRA): with `labels`, a new (seeded)
+    sequence-classification head over them; without, the causal LM."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
@@ -115,10 +114,8 @@ def load_model(name_or_path: str, task: str = "extraction", labels: list[str] | 
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     try:
-        if task != "classification":
+        if labels is None:
             return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        if not labels:
-            raise ValueError("classification needs the label set")
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)}, **kwargs)
@@ -127,3 +124,25 @@ def load_model(name_or_path: str, task: str = "extraction", labels: list[str] | 
     # the head reads the last non-pad token; SmolLM2 pads with EOS, which text never contains
     model.config.pad_token_id = load_tokenizer(name_or_path).pad_token_id
     return model
+
+
+def base_identity(spec: str, revision: str | None = None) -> str:
+    """What determines the base model's weights, for caching its evaluations: the embedded package's
+    version, a local folder's config and weight files (name, size, mtime), or hub id and revision."""
+    import hashlib
+    import importlib.metadata
+
+    if spec in _EMBEDDED:
+        package = _EMBEDDED[spec][0].replace("_", "-")
+        try:
+            return f"{spec}@{package}=={importlib.metadata.version(package)}"
+        except importlib.metadata.PackageNotFoundError:
+            return spec
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.iterdir() if p.is_file()):
+            stat = file.stat()
+            digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return f"{path.resolve()}#{digest.hexdigest()[:16]}"
+    return f"{spec}@{revision or 'main'}"

@@ -68,6 +68,50 @@ def truncate(example: dict[str, list[int]], max_length: int) -> dict[str, list[i
     return {"input_ids": example["input_ids"][:max_length], "labels": example["labels"][:max_length]}
 
 
+# a token is rarely longer than this many characters: text past max_length * this can never fit,
+# so it is cut before tokenizing (a 5 MB record would otherwise tokenize for seconds)
+CHARS_PER_TOKEN_BOUND = 12
+
+
+def _cut_tokens(tokenizer: Any, text: str, keep: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[:max(keep, 0)]).rstrip() if keep > 0 else ""
+
+
+def encode_to_fit(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
+                  ) -> tuple[dict[str, list[int]], list[dict[str, str]], bool] | None:
+    """Encode a conversation within `max_length` tokens by shortening its input, never its target.
+
+    Returns (encoding, the messages that were encoded, truncated), or None when the final assistant
+    turn (the target) cannot fit even with an empty input. Oldest exchanges go first (a system turn
+    is kept); then the last user turn is cut from its end, keeping its beginning (the lead of a
+    document).
+    """
+    char_cap = max_length * CHARS_PER_TOKEN_BOUND
+    msgs = [dict(m) for m in messages]
+    cut = False
+    for m in msgs[:-1]:
+        if len(m["content"]) > char_cap:
+            m["content"], cut = m["content"][:char_cap], True
+    encoded = encode_messages(tokenizer, msgs)
+    while len(encoded["input_ids"]) > max_length:
+        first = 1 if msgs[0]["role"] == "system" else 0
+        later_user = [i for i, m in enumerate(msgs[:-1]) if m["role"] == "user" and i > first]
+        if later_user:  # drop everything before the next user turn: the oldest exchange
+            msgs = msgs[:first] + msgs[later_user[0]:]
+        else:
+            last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+            content = msgs[last_user]["content"]
+            if not content:
+                return None
+            overflow = len(encoded["input_ids"]) - max_length
+            kept = len(tokenizer(content, add_special_tokens=False)["input_ids"]) - overflow - 2
+            msgs[last_user] = {**msgs[last_user], "content": _cut_tokens(tokenizer, content, kept)}
+        cut = True
+        encoded = encode_messages(tokenizer, msgs)
+    return encoded, msgs, cut
+
+
 def check_labels(example: dict[str, list[int]], eos_token_id: int) -> None:
     labels = [t for t in example["labels"] if t != IGNORE_INDEX]
     if not labels:

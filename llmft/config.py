@@ -48,12 +48,18 @@ class ColumnsConfig(_Section):
     label: str | None = None
 
 
+TASKS = ("chat", "summarization", "classification", "extraction")
+
+
 class DataConfig(_Section):
     source: str = "data/products.jsonl"
-    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "text_label"] = "auto"
+    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "turns", "text_label"] = "auto"
     columns: ColumnsConfig = ColumnsConfig()
-    system_prompt: str | None = None
-    labels: list[str] | None = Field(None, description="classification: the allowed label set")
+    system_prompt: str | None = Field(None, description="system message for every row (chat: only when set; "
+                                                        "other tasks: replaces the task's instruction)")
+    labels: list[str] | None = Field(None, description="classification: the allowed label set; null = inferred "
+                                                       "from the training split")
+    label_names: list[str] | None = Field(None, description="classification: names for integer labels 0..N-1")
     max_rows: int | None = Field(None, ge=1, description="use only the first N rows (smoke runs)")
     split_seed: int = 0
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
@@ -64,15 +70,21 @@ class DataConfig(_Section):
 
 class ValidationConfig(_Section):
     min_rows: int = Field(8, ge=1)
-    max_duplicate_fraction: float = Field(0.05, ge=0.0, le=1.0, description="before duplicates are removed")
+    max_duplicate_fraction: float | None = Field(
+        None, ge=0.0, le=1.0, description="refuse data whose duplicate share (before removal) is higher; null: "
+                                          "duplicates are removed and a high share is only a warning")
+    duplicate_warning_fraction: float = Field(0.1, ge=0.0, le=1.0, description="warn above this duplicate share")
     max_rejected_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    length_policy: Literal["drop", "truncate", "fail"] = "drop"
+    length_policy: Literal["drop", "truncate", "fail"] = Field(
+        "truncate", description="records over train.max_seq_length tokens: truncate the input (keeping the "
+                                "target), drop them, or fail")
     pii_action: Literal["fail", "redact", "warn"] = "redact"
-    min_class_fraction: float = Field(0.05, ge=0.0, le=1.0, description="classification: rarest label share")
-    min_prompt_chars: int = Field(3, ge=1)
-    max_prompt_chars: int = Field(4000, ge=1)
+    min_class_rows: int = Field(3, ge=1, description="classification: labels with fewer kept rows are dropped "
+                                                     "(and reported)")
+    min_class_fraction: float | None = Field(None, ge=0.0, le=1.0,
+                                             description="classification: refuse if the rarest label's share is lower")
+    min_prompt_chars: int = Field(1, ge=1)
     min_response_chars: int = Field(1, ge=1)
-    max_response_chars: int = Field(4000, ge=1)
 
 
 class LoraConfig(_Section):
@@ -123,15 +135,16 @@ class EvalConfig(_Section):
     max_samples: int | None = Field(None, ge=1, description="cap on test rows scored; null = the whole test split")
     max_new_tokens: int = Field(72, ge=1)
     batch_size: int = Field(16, ge=1, description="prompts generated together (left padding)")
-    scorers: list[Literal["json_fields"]] | None = Field(
-        None, description="task scorers on top of the text metrics; null = the task's own")
+    sample_seed: int = Field(0, description="seed of the capped evaluation sample (eval.max_samples)")
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
     probe_max_new_tokens: int = Field(24, ge=1, description="answer length for the forgetting probe")
 
 
 class RegistryConfig(_Section):
-    model_name: str = Field("product-attribute-extractor", pattern=r"^[A-Za-z0-9][\w.\-]*$")
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.\-]*$",
+                                   description="null: derived from data.source and the task, e.g. "
+                                               "bbc-news-classification")
 
 
 class PromotionConfig(_Section):
@@ -145,6 +158,18 @@ class TrackingConfig(_Section):
     experiment_name: str = "llm-finetune"
 
 
+class ServerLimits(_Section):
+    """What the model server accepts; the values come from `deploy.*` (one set of defaults)."""
+
+    max_tokens: int = Field(256, ge=1)
+    default_max_tokens: int = Field(128, ge=1)
+    max_input_tokens: int = Field(1024, ge=1)
+    max_messages: int = Field(64, ge=1)
+    max_inputs: int = Field(64, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0)
+
+
 class DeployConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(5055, ge=1, le=65535)
@@ -154,12 +179,13 @@ class DeployConfig(_Section):
     max_tokens: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(128, ge=1, description="when a request names none")
     max_input_tokens: int = Field(1024, ge=1, description="longest prompt (chat template applied) accepted")
+    max_messages: int = Field(64, ge=1, description="turns in one chat request")
+    max_inputs: int = Field(64, ge=1, description="texts in one classification request")
     max_batch_size: int = Field(32, ge=1, description="concurrent requests generated together")
-    batch_wait_ms: float = Field(10.0, ge=0.0, description="how long the batcher waits for more requests")
+    batch_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0, description="how long the batcher waits for more requests")
 
-    def server_limits(self) -> dict[str, Any]:
-        return self.model_dump(include={"max_tokens", "default_max_tokens", "max_input_tokens", "max_batch_size",
-                                        "batch_wait_ms"})
+    def server_limits(self) -> ServerLimits:
+        return ServerLimits.model_validate(self.model_dump(include=set(ServerLimits.model_fields)))
 
 
 class RetrainConfig(_Section):
@@ -185,7 +211,8 @@ class ComputeConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["extraction", "classification"] = "extraction"
+    task: Literal["auto", "chat", "summarization", "classification", "extraction"] = Field(
+        "auto", description="auto: inferred from the data's columns and content")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -202,15 +229,7 @@ class Config(_Section):
     def _fractions_leave_training_rows(self) -> Config:
         if self.data.validation_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.validation_fraction + data.test_fraction must be < 0.9")
-        if self.task == "classification" and self.train.method == "prompt_tuning":
-            raise ValueError("train.method=prompt_tuning is for generative tasks; use lora, full or freeze")
         return self
-
-    def data_view(self) -> dict[str, Any]:
-        """Only what the data steps depend on: their cache survives changes to training settings."""
-        return {"task": self.task, "model": self.model.model_dump(mode="json"),
-                "data": self.data.model_dump(mode="json"), "validation": self.validation.model_dump(mode="json"),
-                "train": {"max_seq_length": self.train.max_seq_length}}
 
     def finetune_step_options(self) -> dict[str, Any]:
         """ZenML step options that send the fine-tune step (alone) to a GPU machine, if configured."""

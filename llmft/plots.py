@@ -34,7 +34,7 @@ def metric_comparison(metrics: dict[str, dict[str, float]], names: list[str]) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmft.text_metrics import LOWER_IS_BETTER
+    from llmft.evaluate.text_metrics import LOWER_IS_BETTER
 
     models = [m for m, values in metrics.items() if values]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) * max(len(models), 1) / 2 + 1.5))

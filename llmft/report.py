@@ -1,4 +1,5 @@
-"""Run summaries (JSON for scripts) and the closing table (for people)."""
+"""Run summaries (JSON for scripts) and the closing table (for people), read from the run's typed
+step outputs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmft.contracts import (
+    ChampionMove,
+    DatasetInfo,
+    Deployment,
+    Evaluation,
+    Forgetting,
+    ModelEvaluation,
+    PromotionDecision,
+    Registration,
+    TrainingResult,
+)
+
 UI_URL = "http://127.0.0.1:5000"
+TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
+              "stopped_early", "resumed_from_step", "tokens_per_second", "padding_fraction", "wall_seconds",
+              "trainable_parameters", "num_processes")
 
 
 def _load(run: Any, step_name: str, output: str) -> Any:
@@ -18,46 +34,49 @@ def cached_steps(run: Any) -> list[str]:
 
 
 def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
-    evaluation = _load(run, "evaluate", "evaluation")
-    registered = _load(run, "register", "registered_model")
-    promotion = _load(run, "promote", "promotion")
-    dataset = _load(run, "export_dataset", "dataset")
-    dataset.pop("mlflow_run_id", None)  # the same run as evaluation's
-    training = _load(run, "finetune", "training")
-    forgetting = _load(run, "probe_forgetting", "forgetting")
-    deployment = _load(run, "deploy_if_promoted", "deployment")
+    evaluation: Evaluation = _load(run, "evaluate_candidate", "evaluation")
+    registered: Registration = _load(run, "register", "registration")
+    promotion: PromotionDecision = _load(run, "promote", "promotion")
+    dataset: DatasetInfo = _load(run, "export_dataset", "dataset")
+    training: TrainingResult = _load(run, "finetune", "training")
+    forgetting: Forgetting = _load(run, "probe_candidate", "forgetting")
+    deployment: Deployment = _load(run, "deploy_if_promoted", "deployment")
+    champion: ModelEvaluation = _load(run, "evaluate_champion", "champion_evaluation")
     return {
         "pipeline": "finetune",
+        "task": evaluation.task,
+        "task_reason": dataset.task_reason,
         "zenml_run_id": str(run.id),
-        "mlflow_run_id": evaluation["mlflow_run_id"],
+        "mlflow_run_id": evaluation.mlflow_run_id,
         "tracking_uri": tracking_uri,
-        "primary_metric": evaluation["primary_metric"],
-        "metrics": evaluation["metrics"],
-        "eval_samples": evaluation["samples"],
-        "champion_evaluated": evaluation["champion_version"],
-        "champion_note": evaluation["champion_note"],
-        "forgetting": forgetting,
-        "registered_model": {"name": registered["name"], "version": registered["version"],
-                             "uri": registered["model_uri"]},
-        "promoted": bool(promotion["promoted"]),
-        "promotion_reasons": promotion["reasons"],
-        "champion_version": promotion["champion"],
-        "previous_champion": promotion["previous_champion"],
-        "dataset": dataset,
-        "deployment": deployment,
+        "primary_metric": evaluation.primary_metric,
+        "higher_is_better": evaluation.higher_is_better,
+        "metrics": evaluation.metrics,
+        "eval_sample": evaluation.sample.model_dump(),
+        "eval_samples": evaluation.sample.n,
+        "champion_evaluated": evaluation.champion_version,
+        "champion_note": evaluation.champion_note,
+        "champion_identity": champion.identity or None,
+        "forgetting": forgetting.model_dump(),
+        "registered_model": {"name": registered.name, "version": registered.version, "uri": registered.model_uri},
+        "promoted": promotion.promoted,
+        "promotion_reasons": promotion.reasons,
+        "champion_version": promotion.champion,
+        "previous_champion": promotion.previous_champion,
+        "dataset": dataset.model_dump(exclude={"mlflow_run_id"}),
+        "labels": training.labels,
+        "deployment": deployment.model_dump(),
         "cached_steps": cached_steps(run),
-        "train": {k: training[k] for k in ("method", "steps", "first_loss", "last_loss", "validation_loss",
-                                           "best_validation_loss", "stopped_early", "resumed_from_step",
-                                           "tokens_per_second", "padding_fraction", "wall_seconds",
-                                           "trainable_parameters", "num_processes")},
+        "train": {k: getattr(training, k) for k in TRAIN_KEYS},
         "wall_seconds": round(wall_seconds, 1),
     }
 
 
 def data_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
-    dataset = _load(run, "export_dataset", "dataset")
-    return {"pipeline": "data", "zenml_run_id": str(run.id), "mlflow_run_id": dataset.pop("mlflow_run_id"),
-            "tracking_uri": tracking_uri, "dataset": dataset, "cached_steps": cached_steps(run),
+    dataset: DatasetInfo = _load(run, "export_dataset", "dataset")
+    return {"pipeline": "data", "task": dataset.task, "zenml_run_id": str(run.id),
+            "mlflow_run_id": dataset.mlflow_run_id, "tracking_uri": tracking_uri,
+            "dataset": dataset.model_dump(exclude={"mlflow_run_id"}), "cached_steps": cached_steps(run),
             "wall_seconds": round(wall_seconds, 1)}
 
 
@@ -65,23 +84,27 @@ def data_table(summary: dict[str, Any]) -> str:
     dataset, cached = summary["dataset"], summary["cached_steps"]
     rows = dataset["rows"]
     lines = ["", dataset["verdict"],
+             f"task {dataset['task']} ({dataset['task_reason']})",
              f"rows in {dataset['rows_in']} -> train {rows['train']} / validation {rows['validation']} / "
              f"test {rows['test']} (+{dataset['unused']} unused, data.max_train_rows); "
-             f"duplicates removed {dataset['duplicates_removed']}; rejected {dataset['rejected']}",
+             f"duplicates removed {dataset['duplicates_removed']}; rejected {dataset['rejected']}; "
+             f"truncated {dataset['truncated']}",
+             *[f"  duplicate: {d}" for d in dataset["duplicate_examples"]],
+             *[f"warning: {w}" for w in dataset["warnings"]],
              f"fingerprint {dataset['fingerprint']}; files in {dataset['export_dir']}",
              f"served from cache: {', '.join(cached) if cached else 'nothing'}"]
     return "\n".join(lines)
 
 
 def deploy_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
-    dep = _load(run, "serve_champion", "deployment")
+    dep: Deployment = _load(run, "serve_champion", "deployment")
     return {"pipeline": "deploy", "zenml_run_id": str(run.id), "tracking_uri": tracking_uri,
-            **dep, "wall_seconds": round(wall_seconds, 1)}
+            **dep.model_dump(), "wall_seconds": round(wall_seconds, 1)}
 
 
 def promote_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
-    moved = _load(run, "move_champion", "promotion")
-    return {"pipeline": "promote", "zenml_run_id": str(run.id), "tracking_uri": tracking_uri, **moved,
+    moved: ChampionMove = _load(run, "move_champion", "promotion")
+    return {"pipeline": "promote", "zenml_run_id": str(run.id), "tracking_uri": tracking_uri, **moved.model_dump(),
             "wall_seconds": round(wall_seconds, 1)}
 
 
@@ -104,21 +127,30 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         champ = f"{champion[name]:>16.4f}" if champion else f"{'-':>16}"
         lines.append(f"{name + mark:<22}{base[name]:>10.4f}{tuned[name]:>12.4f}{delta:>+10.4f}{champ}")
     reg = summary["registered_model"]
-    rows = summary["dataset"]["rows"]
+    dataset = summary["dataset"]
+    rows = dataset["rows"]
+    sample = summary["eval_sample"]
     forgetting = summary["forgetting"]
     decision = "PROMOTED to @champion" if summary["promoted"] else "NOT promoted (stays @challenger)"
+    deployment = summary["deployment"]
     lines += [
         "-" * width,
-        f"* primary metric; {summary['eval_samples']} test samples (same rows for every column); "
-        f"rows train/validation/test = {rows['train']}/{rows['validation']}/{rows['test']}",
+        f"* primary metric ({'higher' if summary['higher_is_better'] else 'lower'} is better); {sample['n']} of "
+        f"{sample['of']} test rows ({sample['how']}), the same rows for every column",
+        f"task {summary['task']} ({summary['task_reason']}); rows in {dataset['rows_in']}, train/validation/test = "
+        f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
+        f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",
+        *[f"warning: {w}" for w in dataset["warnings"]],
+        f"champion: {summary['champion_note']}",
         ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "
-                                 f"{forgetting['questions']} questions" if forgetting.get("applicable")
+                                 f"{forgetting['questions']} questions" if forgetting["applicable"]
                                  else forgetting["reason"])),
         f"registered: {reg['name']} version {reg['version']} (@challenger)",
         f"promotion: {decision}",
         *[f"  {reason}" for reason in summary["promotion_reasons"]],
-        ("deployed: " + f"{summary['deployment']['action']} at {summary['deployment']['endpoint']}"
-         if summary["deployment"].get("deployed") else f"not deployed ({summary['deployment']['reason']})"),
+        ("deployed: " + f"{deployment['action']} at {deployment['endpoint']}"
+         if deployment["deployed"] else f"not deployed ({deployment['reason']})"),
+        f"served from cache: {', '.join(summary['cached_steps']) or 'nothing'}",
         f"wall time: {summary['wall_seconds']:.0f} s",
         f"MLflow UI: {ui_command}" + (f"   (then open {UI_URL})" if ui_command.startswith("mlflow") else ""),
     ]

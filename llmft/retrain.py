@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from llmft import registry
 from llmft.config import Config
+from llmft.data.ingest import source_fingerprint
 from llmft.errors import UserFacingError
-from llmft.ingest import source_fingerprint
 from llmft.locations import project_home, tracking_uri
+from llmft.registry import versions as registry
 
 log = logging.getLogger(__name__)
 

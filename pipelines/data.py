@@ -1,4 +1,4 @@
-"""fingerprint -> ingest -> validate -> split/tokenize -> export: check a dataset before paying for training."""
+"""fingerprint -> ingest -> gate and tokenize -> split -> export: check a dataset before paying for training."""
 
 from __future__ import annotations
 
@@ -7,19 +7,23 @@ from typing import Any
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
-from steps.data import export_dataset, fingerprint_data, ingest, split_tokenize, validate
+from llmft.config import Config
+from llmft.tasks.base import TaskSpec
+from steps.data import export_dataset, fingerprint_data, gate_and_tokenize, ingest_data, split_data
 
 
-def prepare_data(data_config: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, Any, Any, Any, Any, Any]:
     """The data stages, shared by the data and finetune pipelines."""
-    fingerprint = fingerprint_data(data_config)
-    examples, shape_rejections = ingest(fingerprint, data_config)
-    clean, rejected, report, docs = validate(examples, shape_rejections, data_config)
-    train, validation, test = split_tokenize(clean, fingerprint, data_config)
-    dataset = export_dataset(clean, train, validation, test, rejected, report, docs, fingerprint, data_config)
-    return fingerprint, train, validation, test, dataset
+    fingerprint = fingerprint_data(cfg.data.source)
+    examples, shape_rejections = ingest_data(fingerprint, cfg.data, code_version)
+    clean, rejected, report = gate_and_tokenize(examples, shape_rejections, task, cfg.model, cfg.data, cfg.validation,
+                                                cfg.train.max_seq_length)
+    train, validation, test, split = split_data(clean, task, cfg.data)
+    dataset = export_dataset(train, validation, test, rejected, report, split, task, fingerprint, cfg.data.source,
+                             cfg.train.max_seq_length)
+    return fingerprint, train, validation, test, split, dataset
 
 
 @pipeline(name="data", execution_mode=ExecutionMode.FAIL_FAST)
-def data_pipeline(data_config: dict[str, Any]) -> None:
-    prepare_data(data_config)
+def data_pipeline(cfg: Config, task: TaskSpec, code_version: str) -> None:
+    prepare_data(cfg, task, code_version)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
+from llmft.config import DeployConfig
 from steps.deploy import serve_champion
 
 
 @pipeline(name="deploy", enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
-def deploy_pipeline(config: dict[str, Any]) -> None:
-    serve_champion(config)
+def deploy_pipeline(model_name: str, deploy: DeployConfig) -> None:
+    serve_champion(model_name, deploy)

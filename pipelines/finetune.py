@@ -1,24 +1,46 @@
-"""fingerprint -> ingest -> validate -> split/tokenize -> export -> fine-tune -> evaluate (base, candidate,
-champion) + forgetting probe -> register (challenger) -> promote (gate) -> deploy if promoted (deploy.on_promotion)."""
+"""fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base and champion
+cached, candidate) + forgetting probe (base cached, candidate) -> register (challenger) -> promote (gate)
+-> deploy if promoted (deploy.on_promotion)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
+from llmft.config import Config
+from llmft.contracts import ChampionRef
+from llmft.tasks.base import TaskSpec
 from pipelines.data import prepare_data
 from steps.deploy import deploy_if_promoted
-from steps.model import evaluate, finetune, probe_forgetting, promote, register
+from steps.evaluate import (
+    evaluate_base,
+    evaluate_candidate,
+    evaluate_champion,
+    probe_base,
+    probe_candidate,
+    sample_test,
+)
+from steps.registry import promote, register
+from steps.train import finetune, track_config
 
 
 @pipeline(name="finetune", execution_mode=ExecutionMode.FAIL_FAST)
-def finetune_pipeline(config: dict[str, Any], data_config: dict[str, Any]) -> None:
-    fingerprint, train, validation, test, dataset = prepare_data(data_config)
-    trained, training = finetune(train, validation, test, fingerprint, config)
-    evaluation = evaluate(trained, training, test, config)
-    forgetting = probe_forgetting(trained, training, config)
-    version = register(trained, training, evaluation, fingerprint, config)
-    promotion = promote(version, evaluation, forgetting, training, dataset, config)
-    deploy_if_promoted(promotion, config)
+def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None, base_identity: str,
+                      code_version: str) -> None:
+    """`base_identity` and `code_version` key the caches of the base model's evaluation and probe."""
+    name = cfg.registry.model_name
+    track_config(cfg, task)
+    fingerprint, train, validation, test, split, dataset = prepare_data(cfg, task, code_version)
+    trained, training = finetune(train, validation, split, task, cfg.model, cfg.train)
+    rows, sample = sample_test(test, task, cfg.eval)
+    base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, cfg.train.seed,
+                         base_identity)
+    current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length)
+    evaluation = evaluate_candidate(trained, training, rows, sample, base, current, task, cfg.model, cfg.eval,
+                                    cfg.train.max_seq_length)
+    base_answers = probe_base(task, cfg.model, cfg.eval, f"{base_identity} code {code_version}")
+    forgetting = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, cfg.promotion.max_forgetting)
+    registration = register(trained, training, evaluation, task, cfg.model, name, fingerprint)
+    decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, cfg.train,
+                       champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)
+    deploy_if_promoted(decision, name, cfg.deploy)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import mlflow
 from zenml import step
 
+from llmft.contracts import ChampionMove
 from llmft.locations import tracking_uri
-from llmft.promotion import promote_by_hand, rollback
+from llmft.registry.promotion import promote_by_hand, rollback
 
 
 @step(enable_cache=False)
 def move_champion(model_name: str, version: str | None, rollback_to_previous: bool, by: str | None,
-                  reason: str) -> Annotated[dict[str, Any], "promotion"]:
+                  reason: str) -> Annotated[ChampionMove, "promotion"]:
     mlflow.set_tracking_uri(tracking_uri())  # no experiment tracker on this step
     if rollback_to_previous:
         return rollback(model_name, by, reason)

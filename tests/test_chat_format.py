@@ -9,7 +9,7 @@ from llmft.chat_format import (
     encode_messages,
     render_generation_prompt,
 )
-from llmft.extraction import INSTRUCTION
+from llmft.tasks.extraction import INSTRUCTION
 
 
 def test_prompt_masked_response_and_eos_labelled(tokenizer):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_http
 
-from llmft.serving import post_json
+from llmft.serve.deploy import post_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.max_rows=200", "--set", "train.max_steps=14", "--set", "eval.max_samples=6",
@@ -116,7 +116,7 @@ def test_registered_model_loads_in_fresh_offline_process(finetune_summary: dict,
         import json, mlflow
         mlflow.set_tracking_uri("sqlite:///{run_env['LLMFT_HOME']}/mlflow.db")
         model = mlflow.pyfunc.load_model("models:/{finetune_summary['registered_model']['name']}@champion")
-        from llmft.extraction import INSTRUCTION
+        from llmft.tasks.extraction import INSTRUCTION
         out = model.predict({{"messages": [{{"role": "system", "content": INSTRUCTION}},
                                            {{"role": "user", "content": "Lumora mug | red | ceramic | $12.99"}}],
                              "max_tokens": 60}})

@@ -7,11 +7,11 @@ import pytest
 
 from llmft.base_model import load_model
 from llmft.chat_format import build_messages, render_generation_prompt
-from llmft.evaluation import score_generative
-from llmft.extraction import INSTRUCTION
-from llmft.forgetting import load_probe, run_probe
+from llmft.evaluate.forgetting import load_probe, run_probe
+from llmft.evaluate.scoring import score_generative
 from llmft.generation import generate
 from llmft.tasks import SCORERS
+from llmft.tasks.extraction import INSTRUCTION
 
 ROOT = Path(__file__).resolve().parents[1]
 

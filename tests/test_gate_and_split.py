@@ -3,10 +3,10 @@ import json
 import pytest
 
 from llmft.config import load_config
-from llmft.ingest import RawRow
-from llmft.shapes import Example, to_examples
-from llmft.splitting import split_items
-from llmft.validation import DataGateError, enforce, run_gate
+from llmft.data.gate import DataGateError, enforce, run_gate
+from llmft.data.ingest import RawRow
+from llmft.data.shapes import Example, to_examples
+from llmft.data.split import split_items
 
 
 def gate(rows: list[dict], *overrides: str, tokens=lambda ex: len(ex.prompt_key.split()) + 5, max_seq=64):

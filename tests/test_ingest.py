@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmft.ingest import DataError, read_rows, source_fingerprint
+from llmft.data.ingest import DataError, read_rows, source_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"prompt": f"listing {i}", "response": json.dumps({"brand": f"B{i}"})} for i in range(5)]

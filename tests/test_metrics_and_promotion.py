@@ -7,10 +7,10 @@ import pytest
 
 from llmft import classification, model_card, text_metrics
 from llmft.config import ConfigError, PromotionConfig, load_config
-from llmft.extraction import parse_json_object, score
-from llmft.forgetting import answer_matches, load_probe
-from llmft.promotion import decide
+from llmft.evaluate.forgetting import answer_matches, load_probe
+from llmft.registry.promotion import decide
 from llmft.tasks import higher_is_better, metric_names, primary_metric
+from llmft.tasks.extraction import parse_json_object, score
 
 GOLD = json.dumps({"brand": "Lumora", "color": "navy blue", "size": None, "price": 79.99})
 

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from llmft.base_model import load_model
-from llmft.server import Limits, Served, create_app
-from llmft.serving import post_json
+from llmft.serve.app import Limits, Served, create_app
+from llmft.serve.deploy import post_json
 
 LIMITS = Limits(max_tokens=32, default_max_tokens=8, max_input_tokens=200, max_batch_size=8, batch_wait_ms=50)
 TOKEN = "test-admin-token"
@@ -134,7 +134,7 @@ def test_concurrent_requests_are_batched_with_the_same_answers(url: str):
 
 
 def test_a_busy_port_is_refused_before_any_model_loads(url: str, tmp_path, monkeypatch):
-    from llmft.serving import ServingError, deploy
+    from llmft.serve.deploy import ServingError, deploy
 
     monkeypatch.setenv("LLMFT_HOME", str(tmp_path))
     port = int(url.rsplit(":", 1)[1])  # the test server holds it

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from llmft.config import load_config
-from llmft.ingest import DataError, RawRow, read_rows
-from llmft.shapes import Example, Rejection, to_example, to_examples
+from llmft.data.ingest import DataError, RawRow, read_rows
+from llmft.data.shapes import Example, Rejection, to_example, to_examples
 
 
 def data_cfg(*overrides: str):

@@ -6,9 +6,9 @@ import pytest
 
 from llmft.chat_format import build_messages, encode_messages
 from llmft.config import load_config
-from llmft.extraction import INSTRUCTION
-from llmft.methods import PROMPT_TOKEN, load_trained
-from llmft.training import train
+from llmft.tasks.extraction import INSTRUCTION
+from llmft.train.loop import train
+from llmft.train.methods import PROMPT_TOKEN, load_trained
 
 LISTINGS = [("Lumora rain jacket | navy blue | nylon | Size M | $79.99",
              '{"brand": "Lumora", "category": "clothing", "color": "navy blue", "material": "nylon", "size": "M", '
@@ -114,7 +114,7 @@ def test_gradient_accumulation_and_checkpointing(base_model_path: str, tokenizer
 
 def test_two_processes_through_accelerate(base_model_path: str, tokenizer, tmp_path: Path):
     """train.num_processes=2 on CPUs: accelerate starts two gloo ranks, each trains half of every step."""
-    from llmft.launch import run_training
+    from llmft.train.launch import run_training
 
     examples = _sft_examples(tokenizer) * 2
     cfg = _cfg("lora", "train.max_steps=3", "train.batch_size=2", "train.num_processes=2")

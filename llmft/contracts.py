@@ -1,0 +1,197 @@
+"""Typed contracts between pipeline steps: what each step hands to the next.
+
+Pydantic models, so ZenML stores them as named, browsable artifacts and the report and model card
+read attributes (a renamed field fails at import and in the type checker, not in the last step of a
+run). Splits themselves travel as pandas DataFrames (one row per record, with token ids).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class GateCheck(BaseModel):
+    check: str
+    success: bool
+    detail: str
+    rows: list[str] = Field(default_factory=list)  # example locations ("file, line N")
+    config_key: str | None = None  # the setting that changes the outcome
+    passing_value: str | None = None  # a value of it that would pass
+
+
+class GateReport(BaseModel):
+    """The data gate's verdict on the whole input."""
+
+    success: bool
+    verdict: str
+    rows_in: int
+    kept: int
+    duplicates_removed: int
+    duplicate_examples: list[str] = Field(default_factory=list)  # "X duplicates Y" with line numbers
+    warnings: list[str] = Field(default_factory=list)
+    rejected: int
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    truncated: int = 0
+    labels_normalised: dict[str, str] = Field(default_factory=dict)  # raw label -> the label it was merged into
+    pii: dict[str, int] = Field(default_factory=dict)
+    checks: list[GateCheck] = Field(default_factory=list)
+    ge_result: dict[str, Any] = Field(default_factory=dict)
+    docs_dir: str | None = None
+
+
+class SplitInfo(BaseModel):
+    """Sizes and label set of the train/validation/test split."""
+
+    rows: dict[str, int]
+    unused: int  # kept by the gate but left out of training by data.max_train_rows
+    labels: list[str] | None = None  # classification: the label set the head is built for
+    label_counts: dict[str, dict[str, int]] = Field(default_factory=dict)  # split -> label -> rows
+
+
+class DatasetInfo(BaseModel):
+    """What the run trained and evaluated on, with its lineage."""
+
+    fingerprint: str
+    source: str
+    task: str
+    task_reason: str
+    rows_in: int
+    duplicates_removed: int
+    duplicate_examples: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    rejected: int
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    truncated: int = 0
+    pii: dict[str, int] = Field(default_factory=dict)
+    rows: dict[str, int]
+    unused: int
+    labels: list[str] | None = None
+    export_dir: str
+    verdict: str
+    mlflow_run_id: str | None = None
+
+
+class TrainingResult(BaseModel):
+    method: str
+    steps: int
+    train_loss: float
+    first_loss: float
+    last_loss: float
+    validation_loss: float | None
+    best_validation_loss: float | None
+    stopped_early: bool
+    resumed_from_step: int | None
+    tokens: int
+    padding_fraction: float
+    tokens_per_second: float
+    wall_seconds: float
+    trainable_parameters: int
+    total_parameters: int
+    num_processes: int = 1
+    labels: list[str] | None = None
+
+
+class EvalSample(BaseModel):
+    """Which test rows every model is scored on (the same rows for all of them)."""
+
+    n: int
+    of: int  # rows in the test split
+    seed: int | None
+    how: str  # "whole test split", "seeded random sample", "seeded sample stratified by label"
+
+
+class ModelEvaluation(BaseModel):
+    """One model scored on the evaluation sample."""
+
+    role: str  # base, finetuned, champion
+    available: bool = True
+    note: str = ""  # why a champion was not evaluated, or which version was
+    identity: str = ""  # what was evaluated: base model id, registry version, or run
+    version: str | None = None  # registry version (champion)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    outputs: list[str] = Field(default_factory=list)
+    row_scores: list[dict[str, float]] = Field(default_factory=list)
+    extras: dict[str, Any] = Field(default_factory=dict)
+
+
+class Evaluation(BaseModel):
+    """Base, fine-tuned candidate and champion on the same rows, and what the gate compares."""
+
+    task: str
+    primary_metric: str
+    higher_is_better: bool
+    sample: EvalSample
+    metrics: dict[str, dict[str, float] | None]  # base / finetuned / champion (None when not evaluated)
+    champion_version: str | None
+    champion_note: str
+    mlflow_run_id: str | None = None
+
+
+class ProbeRun(BaseModel):
+    """One model on the general-knowledge forgetting probe."""
+
+    applicable: bool
+    reason: str = ""
+    accuracy: float | None = None
+    outputs: list[str] = Field(default_factory=list)
+    correct: list[bool] = Field(default_factory=list)
+
+
+class Forgetting(BaseModel):
+    applicable: bool
+    reason: str = ""
+    questions: int = 0
+    base: float | None = None
+    finetuned: float | None = None
+    drop: float | None = None
+    max_allowed: float
+
+
+class Registration(BaseModel):
+    name: str
+    version: str
+    model_uri: str
+    run_id: str | None = None
+
+
+class PromotionDecision(BaseModel):
+    promoted: bool
+    reasons: list[str]
+    previous_champion: str | None = None
+    champion: str | None = None
+
+
+class Deployment(BaseModel):
+    deployed: bool
+    reason: str = ""
+    action: str = ""
+    endpoint: str | None = None
+    pid: int | None = None
+    model_uri: str | None = None
+    served_uri: str | None = None
+    model_version: str | None = None
+    log_file: str | None = None
+    smoke_request: str | None = None
+    smoke_response: str | None = None
+    curl: str | None = None
+
+
+class ChampionRef(BaseModel):
+    """The registry's champion as it stood when the run started (what evaluation re-measures)."""
+
+    name: str
+    version: str
+    run_id: str | None = None
+    task: str | None = None
+    labels: list[str] | None = None
+
+
+class ChampionMove(BaseModel):
+    """A promotion by hand or a rollback."""
+
+    model: str
+    champion: str
+    previous_champion: str | None
+    action: str  # promote | rollback

@@ -1,0 +1,140 @@
+"""The data stages as plain functions over DataFrames: ingest -> gate and tokenize -> split -> export.
+
+Each pipeline step in `steps/data.py` wraps one of these; tests call them without a ZenML store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llmft.config import DataConfig, ModelConfig, ValidationConfig
+from llmft.contracts import DatasetInfo, GateReport, SplitInfo
+from llmft.data.export import export_dir, public_row, write_jsonl
+from llmft.data.gate import DataGateError, GateResult, run_gate
+from llmft.data.ingest import read_rows
+from llmft.data.shapes import Example, Rejection, to_examples
+from llmft.data.split import split_frame
+from llmft.tasks import get_task
+from llmft.tasks.base import TaskSpec
+
+EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields"]
+ENCODED_COLUMNS = [*EXAMPLE_COLUMNS, "input_ids", "labels", "truncated"]
+REJECTION_COLUMNS = ["where", "kind", "reason", "data"]
+
+
+def ingest_frames(data: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every row of `data.source` as a canonical example, or a rejection with its reason."""
+    rows = read_rows(data.source)
+    if data.max_rows:
+        rows = rows[: data.max_rows]
+    examples, rejections = to_examples(rows, data)
+    return (pd.DataFrame([e.as_row() for e in examples], columns=EXAMPLE_COLUMNS),
+            pd.DataFrame([{"where": r.where, "kind": r.kind, "reason": r.reason,
+                           "data": json.dumps(r.data, default=str, ensure_ascii=False)} for r in rejections],
+                         columns=REJECTION_COLUMNS))
+
+
+def _rejections(frame: pd.DataFrame) -> list[Rejection]:
+    return [Rejection(r["where"], r["reason"], json.loads(r["data"]), r["kind"]) for r in frame.to_dict("records")]
+
+
+def gate_and_tokenize(examples: pd.DataFrame, shape_rejections: pd.DataFrame, spec: TaskSpec, model: ModelConfig,
+                      data: DataConfig, validation: ValidationConfig, max_seq_length: int,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, GateReport]:
+    """The data gate; kept rows come back encoded by the task (input fitted to the token budget)."""
+    from llmft.base_model import load_tokenizer, resolve_base_model
+
+    task = get_task(spec.name)
+    tokenizer = load_tokenizer(resolve_base_model(model.base))
+    docs = Path(tempfile.mkdtemp(prefix="llmft-data-docs-"))
+    result = run_gate([Example.from_row(r) for r in examples.to_dict("records")], _rejections(shape_rejections), data,
+                      validation, lambda ex: task.encode(tokenizer, ex, spec.instruction, max_seq_length),
+                      max_seq_length, docs_dir=docs)
+    return _kept_frame(result), _rejected_frame(result), result.report
+
+
+def _kept_frame(result: GateResult) -> pd.DataFrame:
+    rows = []
+    for r in result.kept:
+        row = r.example.as_row()
+        if r.messages is not None:  # what training saw, so evaluation renders the same prompt
+            row["messages"] = json.dumps(r.messages, ensure_ascii=False)
+        rows.append({**row, "input_ids": r.input_ids, "labels": r.labels, "truncated": r.truncated})
+    return pd.DataFrame(rows, columns=ENCODED_COLUMNS)
+
+
+def _rejected_frame(result: GateResult) -> pd.DataFrame:
+    return pd.DataFrame([{"where": r.where, "kind": r.kind, "reason": r.reason,
+                          "data": json.dumps(r.data, default=str, ensure_ascii=False)} for r in result.rejected],
+                        columns=REJECTION_COLUMNS)
+
+
+def write_gate_files(out: Path, rejected: pd.DataFrame, report: GateReport) -> None:
+    write_jsonl(out / "rejected.jsonl", [{"where": r["where"], "kind": r["kind"], "reason": r["reason"],
+                                          "row": json.loads(r["data"])} for r in rejected.to_dict("records")])
+    (out / "great_expectations_result.json").write_text(json.dumps(report.ge_result, indent=1, default=str))
+    if report.docs_dir and Path(report.docs_dir).is_dir():
+        shutil.copytree(report.docs_dir, out / "data_docs", dirs_exist_ok=True)
+
+
+def enforce_gate(report: GateReport, rejected: pd.DataFrame, source: str, run_name: str) -> None:
+    """A failed gate keeps its evidence for the user, then stops the run before any training."""
+    if report.success:
+        return
+    out = export_dir(run_name)
+    write_gate_files(out, rejected, report)
+    raise DataGateError(f"{source} (report: {out}): {report.verdict}")
+
+
+def split_dataset(clean: pd.DataFrame, spec: TaskSpec, data: DataConfig,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, SplitInfo]:
+    return split_frame(clean, data, get_task(spec.name).classifier)
+
+
+def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, rejected: pd.DataFrame,
+                   report: GateReport, split: SplitInfo, spec: TaskSpec, fingerprint: str, source: str,
+                   max_seq_length: int, run_name: str) -> DatasetInfo:
+    """This run's dataset as files, and its lineage in the active MLflow run (input, gate, plots)."""
+    import mlflow
+
+    from llmft import plots
+
+    out = export_dir(run_name)
+    splits = {"train": train, "validation": validation, "test": test}
+    for name, frame in splits.items():
+        write_jsonl(out / f"{name}.jsonl", [public_row(r) for r in frame.to_dict("records")])
+    write_gate_files(out, rejected, report)
+    info = DatasetInfo(
+        fingerprint=fingerprint, source=source, task=spec.name, task_reason=spec.reason, rows_in=report.rows_in,
+        duplicates_removed=report.duplicates_removed, duplicate_examples=report.duplicate_examples,
+        warnings=report.warnings, rejected=report.rejected, rejected_by_reason=report.rejected_by_reason,
+        truncated=report.truncated, pii=report.pii, rows=split.rows, unused=split.unused, labels=split.labels,
+        export_dir=str(out), verdict=report.verdict)
+    mlflow.log_input(mlflow.data.from_pandas(train[["prompt", "response", "label"]], source=source,
+                                             name=f"train-{fingerprint}", digest=fingerprint), context="training")
+    mlflow.set_tags({"dataset_fingerprint": fingerprint, "dataset_source": source, "data_gate": "passed",
+                     "task": spec.name, "task.reason": spec.reason})
+    mlflow.log_metrics({"data/rows_in": info.rows_in, "data/duplicates_removed": info.duplicates_removed,
+                        "data/rejected": info.rejected, "data/truncated": info.truncated,
+                        **{f"data/rows_{k}": v for k, v in info.rows.items()}})
+    mlflow.log_dict(report.ge_result, "data/great_expectations_result.json")
+    mlflow.log_artifact(str(out / "rejected.jsonl"), "data")
+    if (out / "data_docs").is_dir():
+        mlflow.log_artifacts(str(out / "data_docs"), "data/data_docs")
+    lengths = {k: [len(ids) for ids in v["input_ids"]] for k, v in splits.items()}
+    mlflow.log_figure(plots.token_lengths(lengths, max_seq_length), "plots/token_lengths.png")
+    if split.label_counts:
+        mlflow.log_figure(plots.class_balance(split.label_counts), "plots/class_balance.png")
+    run = mlflow.active_run()
+    info.mlflow_run_id = run.info.run_id if run else None
+    return info
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dict(orient="records")

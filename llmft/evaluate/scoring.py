@@ -1,0 +1,86 @@
+"""Score a model on the held-out test split: batched greedy generation plus teacher-forced loss.
+
+Generation is left-padded and batched over length-sorted prompts (order restored afterwards), with
+a progress bar; `batch_size=1` is the one-prompt-at-a-time path the benchmark compares against.
+Eval loss is the mean cross-entropy over response tokens, the same tokens training learns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmft.chat_format import (
+    IGNORE_INDEX,
+    PadToLongest,
+    encode_messages,
+    render_generation_prompt,
+    truncate,
+    with_system,
+)
+from llmft.evaluate import text_metrics
+from llmft.generation import generate
+from llmft.loss import masked_lm_loss
+
+# predictions, references, sources -> (aggregate metrics, per-row scores)
+TaskScorer = Callable[[list[str], list[str], list[str]], tuple[dict[str, float], list[dict[str, float]]]]
+
+
+def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int) -> float:
+    """Mean cross-entropy over labelled tokens: the loss training minimises, on held-out rows."""
+    import torch
+
+    collate = PadToLongest(tokenizer.pad_token_id)
+    total_loss, total_tokens = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}
+            if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
+                continue
+            loss, count, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            total_loss, total_tokens = total_loss + float(loss), total_tokens + int(count)
+    return total_loss / total_tokens if total_tokens else math.nan
+
+
+@dataclass
+class ModelScores:
+    """One model on the evaluation rows: aggregate metrics, its outputs, per-row scores, extras
+    (a classifier's confusion matrix and per-class scores)."""
+
+    metrics: dict[str, float]
+    outputs: list[str]
+    row_scores: list[dict[str, float]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[dict[str, Any]],
+                     score: TaskScorer, overlap_names: tuple[str, ...], max_new_tokens: int, batch_size: int,
+                     max_seq_length: int, desc: str) -> ModelScores:
+    """Greedy generations, the task's metrics, text overlap, eval loss and perplexity for one model.
+
+    Each row has `messages` (JSON: the conversation as encoded for training, input already fitted
+    to the length budget, ending with the reference assistant turn) and `response`. Rows are
+    rendered and encoded with this model's own tokenizer and chat template, so a champion trained
+    on another tokenizer, or a prompt-tuned model whose template starts with its baked virtual
+    tokens, is scored on exactly what it would be served.
+    """
+    conversations = [with_system(system, json.loads(r["messages"])) for r in rows]
+    prompts = [render_generation_prompt(tokenizer, conv[:-1]) for conv in conversations]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
+    references = [r["response"] for r in rows]
+    sources = [next((m["content"] for m in reversed(conv[:-1]) if m["role"] == "user"), "") for conv in conversations]
+    metrics, per_row = score(outputs, references, sources)  # the task's own metrics first: read first
+    metrics = dict(metrics)
+    row_scores = [dict(r) for r in per_row]
+    overlap, rouge_l = text_metrics.overlap(outputs, references, overlap_names)
+    metrics.update(overlap)
+    for row, value in zip(row_scores, rouge_l, strict=True):
+        row["rougeL"] = value
+    examples = [truncate(encode_messages(tokenizer, conv), max_seq_length) for conv in conversations]
+    metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
+    metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])
+    return ModelScores(metrics=metrics, outputs=outputs, row_scores=row_scores)

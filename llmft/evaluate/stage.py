@@ -1,0 +1,222 @@
+"""The evaluation stages: the same sample of test rows for the base model, the fine-tuned candidate
+and the registry's champion; the forgetting probe for the base and the candidate.
+
+Each model's evaluation is its own function (and its own pipeline step), so the base model's and
+an unchanged champion's scores, and the base model's probe answers, are served from ZenML's cache
+when nothing that determines them changed. `compare` puts them side by side and logs the
+comparison (metrics, predictions table, plots) to the active MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llmft.config import EvalConfig, ModelConfig
+from llmft.contracts import (
+    ChampionRef,
+    EvalSample,
+    Evaluation,
+    Forgetting,
+    ModelEvaluation,
+    ProbeRun,
+    SplitInfo,
+    TrainingResult,
+)
+from llmft.evaluate.sampling import sample_rows
+from llmft.tasks import get_task, primary_metric
+from llmft.tasks.base import EvalSettings, TaskSpec
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[], tuple[Any, Any]]
+
+
+def draw_sample(test_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> tuple[pd.DataFrame, EvalSample]:
+    """The evaluation rows: all of the test split, or a seeded (stratified) sample of eval.max_samples."""
+    label_key = "label" if get_task(spec.name).classifier else None
+    rows, sample = sample_rows(test_split.to_dict(orient="records"), cfg.max_samples, cfg.sample_seed, label_key)
+    return pd.DataFrame(rows, columns=list(test_split.columns)), sample
+
+
+def _settings(cfg: EvalConfig, max_seq_length: int) -> EvalSettings:
+    return EvalSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, max_seq_length=max_seq_length)
+
+
+def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig,
+                max_seq_length: int, labels: list[str] | None, note: str = "",
+                version: str | None = None) -> ModelEvaluation:
+    model, tokenizer = load()
+    scores = get_task(spec.name).evaluate(model, tokenizer, sample.to_dict(orient="records"), spec.instruction,
+                                          _settings(cfg, max_seq_length), labels, desc=f"eval {role}")
+    del model
+    return ModelEvaluation(role=role, identity=identity, version=version, note=note, metrics=scores.metrics,
+                           outputs=scores.outputs, row_scores=scores.row_scores, extras=scores.extras)
+
+
+def evaluate_base(sample: pd.DataFrame, spec: TaskSpec, model: ModelConfig, split: SplitInfo, cfg: EvalConfig,
+                  max_seq_length: int, seed: int) -> ModelEvaluation:
+    """The pretrained model with this task's instruction (a classifier: a new head, seeded)."""
+    from transformers import set_seed
+
+    from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
+
+    base = resolve_base_model(model.base)
+    labels = split.labels if get_task(spec.name).classifier else None
+
+    def load() -> tuple[Any, Any]:
+        set_seed(seed)  # a classifier base has a new head: seeded, so its chance-level numbers repeat
+        return load_model(base, labels), load_tokenizer(base)
+
+    return score_model("base", base_identity(model.base, model.revision), load, sample, spec, cfg, max_seq_length,
+                       labels, note=f"{model.base}, same instruction and rows")
+
+
+def champion_comparable(champion: ChampionRef | None, spec: TaskSpec, labels: list[str] | None,
+                        enabled: bool) -> str | None:
+    """Why the champion cannot be compared with this run's model, or None when it can."""
+    if not enabled:
+        return "champion re-evaluation off (eval.champion=false)"
+    if champion is None:
+        return "no current champion"
+    if champion.task != spec.name:
+        return f"no comparable champion: task {champion.task} vs {spec.name} (champion v{champion.version})"
+    if labels is not None and sorted(champion.labels or []) != sorted(labels):
+        return (f"no comparable champion: champion v{champion.version} has labels {champion.labels}, this data "
+                f"{labels}")
+    return None
+
+
+def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRef | None, split: SplitInfo,
+                      cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
+    """The registry's champion re-measured on this run's rows, never its old numbers."""
+    labels = split.labels if get_task(spec.name).classifier else None
+    why_not = champion_comparable(champion, spec, labels, cfg.champion)
+    if why_not is not None or champion is None:
+        return ModelEvaluation(role="champion", available=False, note=why_not or "no current champion")
+    from llmft.registry.versions import load_components
+
+    return score_model("champion", f"models:/{champion.name}/{champion.version}",
+                       lambda: load_components(champion.name, champion.version), sample, spec, cfg, max_seq_length,
+                       labels, note=f"champion v{champion.version} re-evaluated on this run's rows",
+                       version=champion.version)
+
+
+def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd.DataFrame, spec: TaskSpec,
+                       model: ModelConfig, cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
+    from llmft.base_model import resolve_base_model
+    from llmft.train.methods import load_trained
+
+    base = resolve_base_model(model.base)
+    return score_model("finetuned", str(trained_model), lambda: load_trained(base, trained_model, training.labels),
+                       sample, spec, cfg, max_seq_length, training.labels, note=f"{training.method}, {training.steps} "
+                                                                                "steps")
+
+
+def compare(base: ModelEvaluation, candidate: ModelEvaluation, champion: ModelEvaluation, sample: pd.DataFrame,
+            drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig) -> Evaluation:
+    """The three side by side; metrics, predictions table and plots go to the active MLflow run."""
+    import mlflow
+
+    from llmft import plots
+
+    task = get_task(spec.name)
+    primary = primary_metric(task, cfg.primary_metric)
+    models = [m for m in (base, candidate, champion) if m.available]
+    for m in models:
+        mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
+        for label, scores in m.extras.get("per_class", {}).items():
+            mlflow.log_metrics({f"{m.role}/per_class/{_metric_key(label)}/{k}": v for k, v in scores.items()})
+        if "confusion" in m.extras:
+            mlflow.log_dict({"labels": m.extras["labels"], "matrix": m.extras["confusion"]},
+                            f"evaluation/confusion_{m.role}.json")
+            mlflow.log_figure(plots.confusion_matrix(m.extras["confusion"], m.extras["labels"],
+                                                     f"{m.role}: {drawn.n} test rows"),
+                              f"plots/confusion_matrix_{m.role}.png")
+    rows = sample.to_dict(orient="records")
+    table: dict[str, list[Any]] = {
+        "input": [r["text"] if task.classifier else _last_user(r) for r in rows],
+        "reference": [str(r["label"]) if task.classifier else r["response"] for r in rows]}
+    for m in models:
+        table[f"{m.role}_output"] = m.outputs
+    for m in models:
+        for key in m.row_scores[0] if m.row_scores else ():
+            table[f"{m.role}_{key}"] = [row[key] for row in m.row_scores]
+    mlflow.log_table(table, "evaluation/predictions.json")
+    rates = [k for k in candidate.metrics if k not in ("eval_loss", "perplexity")]
+    mlflow.log_figure(plots.metric_comparison({m.role: m.metrics for m in models}, rates),
+                      "plots/metric_comparison.png")
+    mlflow.log_dict(drawn.model_dump(), "evaluation/sample.json")
+    mlflow.set_tags({"evaluation.champion": champion.note, "evaluation.sample": f"{drawn.n} of {drawn.of} test rows, "
+                                                                                 f"{drawn.how}"})
+    run = mlflow.active_run()
+    return Evaluation(task=spec.name, primary_metric=primary, higher_is_better=task.higher_is_better(primary),
+                      sample=drawn, metrics={"base": base.metrics, "finetuned": candidate.metrics,
+                                             "champion": champion.metrics if champion.available else None},
+                      champion_version=champion.version if champion.available else None,
+                      champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None)
+
+
+def _last_user(row: dict[str, Any]) -> str:
+    messages = json.loads(row["messages"])
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), row.get("prompt", ""))
+
+
+def _metric_key(label: str) -> str:
+    """MLflow metric names allow letters, digits and _-. /: anything else becomes _."""
+    return "".join(ch if ch.isalnum() or ch in "_-. " else "_" for ch in label).strip() or "_"
+
+
+# ---- forgetting probe ----
+
+def probe(load: Loader, cfg: EvalConfig, desc: str) -> ProbeRun:
+    from llmft.evaluate.forgetting import load_probe, run_probe
+
+    model, tokenizer = load()
+    result = run_probe(model, tokenizer, load_probe(), cfg.probe_max_new_tokens, cfg.batch_size, desc=desc)
+    del model
+    return ProbeRun(applicable=True, accuracy=result.accuracy, outputs=result.outputs, correct=result.correct)
+
+
+def probe_base(spec: TaskSpec, model: ModelConfig, cfg: EvalConfig) -> ProbeRun:
+    """The base model's probe answers (without the task instruction, as a user would chat with it)."""
+    if not get_task(spec.name).probe_applies:
+        return ProbeRun(applicable=False, reason="a classifier has no generative head: the forgetting probe does "
+                                                 "not apply")
+    from llmft.base_model import load_model, load_tokenizer, resolve_base_model
+
+    base = resolve_base_model(model.base)
+    return probe(lambda: (load_model(base), load_tokenizer(base)), cfg, "probe base")
+
+
+def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, model: ModelConfig,
+                    cfg: EvalConfig, max_forgetting: float) -> Forgetting:
+    """The candidate on the same probe; the drop from the base is what the gate bounds."""
+    if not base_probe.applicable:
+        return Forgetting(applicable=False, reason=base_probe.reason, max_allowed=max_forgetting)
+    import mlflow
+
+    from llmft.base_model import resolve_base_model
+    from llmft.evaluate.forgetting import load_probe
+    from llmft.train.methods import load_trained
+
+    base = resolve_base_model(model.base)
+    tuned = probe(lambda: load_trained(base, trained_model, training.labels), cfg, "probe finetuned")
+    assert base_probe.accuracy is not None and tuned.accuracy is not None
+    drop = base_probe.accuracy - tuned.accuracy
+    mlflow.log_metrics({"forgetting/base_accuracy": base_probe.accuracy,
+                        "forgetting/finetuned_accuracy": tuned.accuracy, "forgetting/drop": drop})
+    questions = load_probe()
+    mlflow.log_table({"question": [r["question"] for r in questions],
+                      "answers": [" | ".join(r["answers"]) for r in questions],
+                      "base_output": base_probe.outputs, "finetuned_output": tuned.outputs,
+                      "base_correct": base_probe.correct, "finetuned_correct": tuned.correct},
+                     "evaluation/forgetting_probe.json")
+    return Forgetting(applicable=True, questions=len(questions), base=base_probe.accuracy, finetuned=tuned.accuracy,
+                      drop=drop, max_allowed=max_forgetting)

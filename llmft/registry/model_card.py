@@ -1,0 +1,94 @@
+"""The model card: one markdown page per registered version, logged to MLflow and set as the
+version's description, so the registry UI says what a model is before anyone serves it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmft.config import TrainConfig
+from llmft.contracts import DatasetInfo, Evaluation, Forgetting, PromotionDecision, TrainingResult
+from llmft.tasks import get_task
+from llmft.tasks.base import TaskSpec
+
+SHIPPED_DEMOS = ("data/products.jsonl", "data/sentiment.jsonl")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: DatasetInfo, training: TrainingResult,
+           train: TrainConfig, evaluation: Evaluation, forgetting: Forgetting, decision: PromotionDecision,
+           max_new_tokens: int) -> str:
+    task = get_task(spec.name)
+    metrics = evaluation.metrics
+    columns = [role for role in ("base", "finetuned", "champion") if metrics.get(role)]
+    primary = evaluation.primary_metric
+    rows = dataset.rows
+    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    sample = evaluation.sample
+    lines = [
+        f"# {name} v{version}",
+        "",
+        f"Task **{spec.name}** ({spec.reason}), method **{training.method}** on base model `{base_model}`. "
+        f"Decision: **{verdict}**.",
+        "",
+        *task.card_lines(training.labels),
+        "",
+    ]
+    if spec.instruction:
+        lines += [f"Instruction (system message at training, evaluation and serving): \"{spec.instruction}\"", ""]
+    lines += [
+        "## Data",
+        "",
+        f"- source `{dataset.source}`, fingerprint `{dataset.fingerprint}`",
+        f"- rows in {dataset.rows_in}, duplicates removed {dataset.duplicates_removed}, rejected {dataset.rejected} "
+        f"{json.dumps(dataset.rejected_by_reason)}, truncated to fit {dataset.truncated}",
+        f"- split train / validation / test: {rows.get('train')} / {rows.get('validation')} / {rows.get('test')}; "
+        f"{sample.n} test rows scored ({sample.how}{f', seed {sample.seed}' if sample.seed is not None else ''})",
+        *[f"- warning: {w}" for w in dataset.warnings],
+        "",
+        "## Training",
+        "",
+        f"- {training.steps} steps, loss {_fmt(training.first_loss)} → {_fmt(training.last_loss)}, "
+        f"validation loss {_fmt(training.validation_loss)}",
+        f"- learning rate {train.learning_rate}, batch {train.batch_size} × {train.gradient_accumulation_steps} "
+        f"accumulation, max sequence {train.max_seq_length}",
+        "",
+        "## Metrics (same test rows for every column)",
+        "",
+        "| metric | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for metric in metrics["finetuned"] or {}:
+        mark = " (primary)" if metric == primary else ""
+        lines.append(f"| {metric}{mark} | " + " | ".join(_fmt((metrics[c] or {}).get(metric)) for c in columns) + " |")
+    lines += ["", f"Champion: {evaluation.champion_note}."]
+    lines += ["", "## Forgetting probe", ""]
+    if forgetting.applicable:
+        lines.append(f"{forgetting.questions} general-knowledge questions: base {_fmt(forgetting.base)}, "
+                     f"fine-tuned {_fmt(forgetting.finetuned)}, drop {_fmt(forgetting.drop)} "
+                     f"(allowed {forgetting.max_allowed}).")
+    else:
+        lines.append(forgetting.reason or "not run")
+    lines += ["", "## Promotion gate", ""] + [f"- {r}" for r in decision.reasons]
+    lines += [
+        "",
+        "## Known limitations",
+        "",
+        "- Scored on a held-out split of the same source as training: it says nothing about data from "
+        "elsewhere.",
+        "- Greedy decoding at evaluation; sampled answers can differ.",
+    ]
+    if not task.classifier:
+        lines.append(f"- Generation capped at {max_new_tokens} new tokens; longer answers are cut.")
+        lines.append("- The forgetting probe is short and English-only: it catches gross loss of general ability, "
+                     "not subtle drift.")
+    if dataset.source in SHIPPED_DEMOS:
+        lines.append("- Trained on the shipped synthetic dataset: a demonstration, not a production model.")
+    return "\n".join(lines) + "\n"

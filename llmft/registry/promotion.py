@@ -1,0 +1,174 @@
+"""The promotion gate, promotion by hand, and rollback.
+
+The gate passes a candidate only when all of these hold, each reported with its numbers:
+- it beats the base model by `promotion.min_delta` on the primary metric;
+- it matches or beats the current champion, re-measured on the same test rows in the same run;
+- its general-knowledge probe accuracy dropped by at most `promotion.max_forgetting`.
+Metrics where lower is better (eval_loss, perplexity, wer) are compared the other way round.
+
+Every move of `champion` (gate, by hand, rollback) records on the version that now holds it who
+moved it, why, when, and which version held it before; rollback follows that record back. The
+ZenML Model Control Plane version linked to each MLflow version mirrors it: champion ->
+production, a challenger the gate refused -> staging (its earlier holder is archived).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from llmft.config import PromotionConfig
+from llmft.contracts import ChampionMove
+from llmft.errors import UserFacingError
+from llmft.registry import versions as registry
+
+log = logging.getLogger(__name__)
+
+PREVIOUS = "champion.previous"
+
+
+class PromotionError(UserFacingError, ValueError):
+    """A manual promotion or rollback that cannot be done."""
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reasons: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _at_least(a: float, b: float, higher_is_better: bool) -> bool:
+    return a >= b if higher_is_better else a <= b
+
+
+def _verdict(ok: bool, check: str, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'} {check}: {text}"
+
+
+def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,
+           champion_version: str | None, forgetting_drop: float | None, cfg: PromotionConfig,
+           champion_note: str = "no current champion") -> Decision:
+    word, sign = (">=", "+") if higher_is_better else ("<=", "-")
+    need = base + cfg.min_delta if higher_is_better else base - cfg.min_delta
+    checks = [(_at_least(candidate, need, higher_is_better), "base",
+               f"{metric} {candidate:.4f} {word} base {base:.4f} {sign} min_delta {cfg.min_delta} = {need:.4f} "
+               f"(delta {candidate - base:+.4f})")]
+    if champion is None:
+        checks.append((True, "champion", champion_note))
+    elif not cfg.beat_champion:
+        checks.append((True, "champion", f"not required (promotion.beat_champion=false; v{champion_version} "
+                                         f"re-measured {champion:.4f})"))
+    else:
+        checks.append((_at_least(candidate, champion, higher_is_better), "champion",
+                       f"{metric} {candidate:.4f} {word} champion v{champion_version} {champion:.4f}, re-measured "
+                       f"on this test split (delta {candidate - champion:+.4f})"))
+    if forgetting_drop is None:
+        checks.append((True, "forgetting", "probe not applicable to this task"))
+    else:
+        checks.append((forgetting_drop <= cfg.max_forgetting, "forgetting",
+                       f"probe accuracy drop {forgetting_drop:+.4f} <= max_forgetting {cfg.max_forgetting}"))
+    return Decision(promoted=all(ok for ok, _, _ in checks), reasons=[_verdict(*c) for c in checks])
+
+
+def champion_still(name: str, evaluated: str | None) -> str | None:
+    """Compare-and-set guard: why promotion must not proceed because the champion moved during the
+    run (another run promoted), or None when it is still the version this run measured."""
+    now = registry.current_alias_version(name)
+    if now == evaluated or (evaluated is None and now is None):
+        return None
+    return (f"FAIL champion: @champion moved to v{now} during this run (this run measured "
+            f"{'v' + evaluated if evaluated else 'none'}); run again to compare with it")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def make_champion(name: str, version: str, how: str, by: str | None = None, reason: str = "") -> str | None:
+    """Move `champion` to `version`, recording who/why/when and the previous holder; returns it."""
+    previous = registry.current_alias_version(name)
+    registry.set_alias(name, version)
+    record = {"champion.how": how, "champion.by": by or getpass.getuser(), "champion.reason": reason or how,
+              "champion.at": _now()}
+    if previous is not None and previous != version:
+        record[PREVIOUS] = previous
+    registry.set_version_tags(name, version, record)
+    mirror_zenml_stage(name, version, "production")
+    return previous
+
+
+def promote_by_hand(name: str, version: str, by: str | None, reason: str) -> ChampionMove:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"registered model {name!r} has no version {version}") from None
+    current = registry.current_alias_version(name)
+    if current == version:
+        raise PromotionError(f"{name} v{version} is already @{registry.CHAMPION}")
+    previous = make_champion(name, version, "manual", by, reason)
+    log.info("promoted %s v%s by hand (previous champion: %s)", name, version, previous)
+    return ChampionMove(model=name, champion=version, previous_champion=previous, action="promote")
+
+
+def rollback(name: str, by: str | None, reason: str) -> ChampionMove:
+    """Move `champion` back to the version that held it before the current one."""
+    current = registry.current_alias_version(name)
+    if current is None:
+        raise PromotionError(f"registered model {name!r} has no @{registry.CHAMPION} to roll back")
+    target = registry.version_tags(name, current).get(PREVIOUS)
+    if not target:
+        raise PromotionError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
+    registry.set_version_tags(name, current, {"rolled_back.by": by or getpass.getuser(),
+                                              "rolled_back.reason": reason or "rollback", "rolled_back.at": _now()})
+    # the restored version keeps its own record (and so its own previous holder): rollback can repeat
+    registry.set_alias(name, target)
+    registry.set_version_tags(name, target, {"champion.how": "rollback", "champion.at": _now(),
+                                             "champion.by": by or getpass.getuser(),
+                                             "champion.reason": f"rollback from v{current}: {reason or 'rollback'}"})
+    mirror_zenml_stage(name, target, "production")
+    log.info("rolled %s back from v%s to v%s", name, current, target)
+    return ChampionMove(model=name, champion=target, previous_champion=current, action="rollback")
+
+
+def mirror_zenml_stage(name: str, version: str, stage: str) -> None:
+    """Set the stage of the ZenML model version linked to this MLflow version (if one is linked)."""
+    zenml_version = registry.version_tags(name, version).get("zenml_model_version_id")
+    if not zenml_version:
+        log.info("%s v%s has no linked ZenML model version; stage not mirrored", name, version)
+        return
+    from uuid import UUID
+
+    from zenml.client import Client
+
+    try:
+        Client().update_model_version(model_name_or_id=name, version_name_or_id=UUID(zenml_version), stage=stage,
+                                      force=True)
+    except (KeyError, ValueError):
+        log.warning("ZenML model version %s of %s not found; stage not mirrored", zenml_version, name)
+
+
+def drop_unregistered_zenml_version(run_name: str) -> None:
+    """After a failed run: delete the ZenML model version that run (found by its unique name, never
+    "the newest run", which may be a concurrent one) created, if no registry version was linked to
+    it, so the Model Control Plane holds no half-registered candidates."""
+    from zenml.client import Client
+
+    try:
+        client = Client()
+        run = client.get_pipeline_run(run_name)
+        version = run.model_version
+        if version is not None and "mlflow_version" not in version.run_metadata:
+            client.delete_model_version(version.id)
+            log.info("deleted ZenML model version %s of %s: the failed run registered nothing", version.number,
+                     version.model.name)
+    except Exception as exc:  # cleanup must never hide the run's own error
+        log.warning("could not clean up the failed run's ZenML model version: %s", exc)

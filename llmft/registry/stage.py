@@ -1,0 +1,122 @@
+"""The register and promote stages: the candidate becomes a new registry version (`challenger`)
+with its lineage; the gate decides whether it becomes `champion`, and the model card says why."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from llmft.config import ModelConfig, PromotionConfig, TrainConfig
+from llmft.contracts import (
+    DatasetInfo,
+    Evaluation,
+    Forgetting,
+    PromotionDecision,
+    Registration,
+    TrainingResult,
+)
+from llmft.registry import model_card
+from llmft.registry import versions as registry
+from llmft.registry.promotion import champion_still, decide, make_champion, mirror_zenml_stage
+from llmft.tasks import get_task
+from llmft.tasks.base import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def register_candidate(trained_model: Path, training: TrainingResult, evaluation: Evaluation, spec: TaskSpec,
+                       model: ModelConfig, name: str, fingerprint: str, lineage: dict[str, str],
+                       zenml_model: Any | None = None) -> Registration:
+    """A new registry version with its lineage tags, as the `challenger`, linked to the ZenML model version."""
+    import json
+
+    import mlflow
+
+    from llmft.base_model import resolve_base_model
+    from llmft.train.methods import is_adapter, load_trained
+
+    tags = {**lineage, "git_commit": git_commit(), "dataset_fingerprint": fingerprint, "base_model": model.base,
+            "method": training.method, "task": spec.name, "primary_metric": evaluation.primary_metric}
+    if training.labels is not None:
+        tags["labels"] = json.dumps(training.labels)
+    if spec.instruction:
+        tags["instruction"] = spec.instruction[:4900]
+    if zenml_model is not None:
+        tags.update({"zenml_model_version_id": str(zenml_model.id), "zenml_model_version": str(zenml_model.number)})
+    for role, values in evaluation.metrics.items():
+        tags.update({f"metric.{role}.{k}": f"{v:.4f}" for k, v in (values or {}).items()})
+    if is_adapter(trained_model):  # the small adapter too, for reuse on the same base
+        mlflow.log_artifacts(str(trained_model), "adapter")
+        tags["adapter_uri"] = f"runs:/{mlflow.active_run().info.run_id}/adapter"
+    loaded, tokenizer = load_trained(resolve_base_model(model.base), trained_model, training.labels)
+    version = registry.register_model(loaded, tokenizer, name, tags, get_task(spec.name).registry_flavor)
+    if zenml_model is not None:
+        zenml_model.log_metadata({"mlflow_model": version.name, "mlflow_version": version.version,
+                                  "mlflow_model_uri": version.model_uri})
+    return Registration(**version.as_dict())
+
+
+def promote_candidate(registration: Registration, evaluation: Evaluation, forgetting: Forgetting,
+                      training: TrainingResult, dataset: DatasetInfo, spec: TaskSpec, promotion: PromotionConfig,
+                      train: TrainConfig, champion_at_start: str | None, base_model: str,
+                      max_new_tokens: int) -> PromotionDecision:
+    """The gate: beats the base, matches the re-measured champion, forgot little; the champion must
+    still be the one this run started with (compare-and-set). Then the model card."""
+    import mlflow
+
+    metric = evaluation.primary_metric
+    metrics = evaluation.metrics
+    champion = metrics.get("champion")
+    decision = decide(metric, evaluation.higher_is_better, metrics["finetuned"][metric], metrics["base"][metric],
+                      champion[metric] if champion else None, evaluation.champion_version, forgetting.drop,
+                      promotion, champion_note=evaluation.champion_note)
+    name, version = registration.name, registration.version
+    moved = champion_still(name, champion_at_start)
+    reasons = decision.reasons + ([moved] if moved else [])
+    promoted = decision.promoted and moved is None
+    previous = registry.current_alias_version(name)
+    if promoted:
+        make_champion(name, version, "gate", reason="passed the promotion gate")
+    else:
+        mirror_zenml_stage(name, version, "staging")
+    for reason in reasons:
+        log.info("promotion %s", reason)
+    verdict = "promoted" if promoted else "rejected"
+    mlflow.set_tags({"promotion.decision": verdict, "promotion.reasons": " | ".join(reasons)[:4900]})
+    result = PromotionDecision(promoted=promoted, reasons=reasons, previous_champion=previous,
+                               champion=version if promoted else previous)
+    mlflow.log_metric("promotion/promoted", float(promoted))
+    mlflow.log_dict(result.model_dump(), "promotion/decision.json")
+    registry.set_version_tags(name, version, {"promotion.decision": verdict,
+                                              "promotion.reasons": " | ".join(reasons)[:4900]})
+    card = model_card.render(name, version, spec, base_model, dataset, training, train, evaluation, forgetting,
+                             result, max_new_tokens)
+    mlflow.log_text(card, "model_card.md")
+    registry.set_description(name, version, card)
+    mlflow.set_tag("mlflow.note.content", run_description(spec, dataset, training, evaluation, result))
+    return result
+
+
+def run_description(spec: TaskSpec, dataset: DatasetInfo, training: TrainingResult, evaluation: Evaluation,
+                    decision: PromotionDecision) -> str:
+    """The MLflow run's description: task, data, what trained, verdict."""
+    metric = evaluation.primary_metric
+    tuned, base = evaluation.metrics["finetuned"] or {}, evaluation.metrics["base"] or {}
+    return (f"{spec.name} ({spec.reason}) on {dataset.source}: {dataset.rows['train']} training rows, "
+            f"{training.method} for {training.steps} steps. {metric}: base {base.get(metric, float('nan')):.4f} -> "
+            f"fine-tuned {tuned.get(metric, float('nan')):.4f} on {evaluation.sample.n} test rows. "
+            f"{'Promoted to champion.' if decision.promoted else 'Not promoted.'}")

@@ -1,0 +1,140 @@
+"""MLflow model registry: log the merged model, register a version with lineage tags, aliases.
+
+The LoRA adapter is merged into the full-precision base before logging, so the registered model
+is self-contained and loads offline with `mlflow.pyfunc.load_model`. If anything fails after the
+version was created, the version is deleted: the registry never holds a half-registered model.
+Aliases, not the deprecated stages: `challenger` is the newest candidate, `champion` is served.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llmft.contracts import ChampionRef
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+# what the served model needs at inference; pinned to the versions that trained it
+_SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "accelerate")
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    model_uri: str
+    run_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def serving_requirements() -> list[str]:
+    reqs = []
+    for pkg in _SERVING_PACKAGES:
+        try:
+            version = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{pkg}=={version.split('+')[0]}")
+    return reqs
+
+
+def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
+                   flavor_task: str = "llm/v1/chat") -> RegisteredVersion:
+    """Log model+tokenizer as a transformers model (`llm/v1/chat` for generative tasks,
+    `text-classification` for classifiers), register a new version, tag it and make it the
+    `challenger`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name="model",
+        task=flavor_task,
+        # mlflow's own requirement inference imports torchvision, which is not installed
+        pip_requirements=serving_requirements(),
+        registered_model_name=name,
+        await_registration_for=60,
+    )
+    version = str(info.registered_model_version)
+    try:
+        set_version_tags(name, version, tags)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    except Exception:
+        log.error("tagging %s v%s failed; deleting the version so nothing is half-registered", name, version)
+        client.delete_model_version(name, version)
+        raise
+    run = mlflow.active_run()
+    return RegisteredVersion(name=name, version=version, model_uri=f"models:/{name}/{version}",
+                             run_id=run.info.run_id if run else None)
+
+
+def current_alias_version(name: str, alias: str = CHAMPION) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def champion_ref(name: str) -> ChampionRef | None:
+    """The current champion with what makes it comparable (task, label set), or None."""
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    tags = dict(found.tags)
+    labels = json.loads(tags["labels"]) if tags.get("labels") else None
+    return ChampionRef(name=name, version=str(found.version), run_id=found.run_id, task=tags.get("task"),
+                       labels=labels)
+
+
+def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def load_components(name: str, version: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a registered version, in full precision, for re-evaluation."""
+    import mlflow
+
+    parts = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
+    model = parts["model"].float()
+    model.config.use_cache = True
+    return model, parts["tokenizer"]
+
+
+def set_description(name: str, version: str, text: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().update_model_version(name, version, description=text)

@@ -1,0 +1,285 @@
+"""Run the model server (llmft.serve.app) as a managed background process.
+
+State lives in `<project home>/serve/`: `server.json` (pid, host, port, model URI and version),
+`server.log`, and `admin.token` (mode 0600; the bearer token for hot swaps, never logged).
+
+`deploy` keeps one server per project folder:
+- none running: start one, wait for /health, send a smoke request; only then report it up;
+- one running on the same host and port: ask it to load the new champion next to the old one; it
+  swaps only after the new one loaded and answered a smoke request, so a bad model never takes
+  traffic and the old one keeps serving;
+- one running elsewhere (port changed): start the new one first, check it, then stop the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from llmft.config import DeployConfig, ServerLimits
+from llmft.contracts import Deployment
+from llmft.errors import UserFacingError
+from llmft.locations import project_home, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+class ServingError(UserFacingError, RuntimeError):
+    """The server could not be started, or a model did not answer correctly."""
+
+
+@dataclass
+class ServerProcess:
+    pid: int
+    host: str
+    port: int
+    model_uri: str
+    log_file: str
+    version: str | None = None
+    started_at: float = 0.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}/invocations"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _state_dir() -> Path:
+    path = project_home() / "serve"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def current() -> ServerProcess | None:
+    state = _state_dir() / "server.json"
+    if not state.is_file():
+        return None
+    dep = ServerProcess(**json.loads(state.read_text()))
+    return dep if _pid_alive(dep.pid) else None
+
+
+def _save(dep: ServerProcess) -> None:
+    (_state_dir() / "server.json").write_text(json.dumps(asdict(dep)))
+
+
+def _admin_token() -> Path:
+    path = _state_dir() / "admin.token"
+    if not path.is_file():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path
+
+
+def post_json(url: str, payload: Any, timeout: float = 120.0, headers: dict[str, str] | None = None
+              ) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except json.JSONDecodeError:
+            return exc.code, body.decode(errors="replace")
+
+
+def health(dep: ServerProcess, timeout: float = 3.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{dep.base_url}/health", timeout=timeout) as resp:
+            return json.loads(resp.read()) if resp.status == 200 else None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+        return None
+
+
+def _ours(dep: ServerProcess, info: dict[str, Any] | None) -> bool:
+    """Is the server answering on dep's port the process we started (not some other one)?"""
+    return info is not None and info.get("pid") == dep.pid
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_healthy(dep: ServerProcess, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServingError(f"server exited with code {proc.returncode}; see {dep.log_file}")
+        if _ours(dep, health(dep, timeout=2.0)):
+            return
+        time.sleep(0.5)
+    raise ServingError(f"server not healthy after {timeout_s:.0f}s; see {dep.log_file}")
+
+
+def smoke(dep: ServerProcess, payload: dict[str, Any]) -> str:
+    """Send one request; the answer as text (a chat reply, or `label (score)` from a classifier)."""
+    status, body = post_json(dep.endpoint, payload)
+    if status != 200:
+        raise ServingError(f"smoke request got HTTP {status}: {str(body)[:200]}")
+    try:
+        if "predictions" in body:
+            first = body["predictions"][0]
+            return f"{first['label']} ({float(first['score']):.3f})"
+        return body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ServingError(f"smoke request got an unexpected response: {str(body)[:200]}") from None
+
+
+def _spawn(model_uri: str, host: str, port: int, limits: ServerLimits, timeout_s: float, tracking_uri: str,
+           version: str | None) -> ServerProcess:
+    if not _port_free(host, port):
+        raise ServingError(f"{host}:{port} is in use by another process: stop it or set deploy.port")
+    log_file = _state_dir() / "server.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    args = [sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--host", host, "--port", str(port),
+            "--admin-token-file", str(_admin_token())]
+    args += ["--limits", limits.model_dump_json()]
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # own process group: outlives run.py, stopped as a group
+    dep = ServerProcess(pid=proc.pid, host=host, port=port, model_uri=model_uri, log_file=str(log_file),
+                     version=version, started_at=time.time())
+    try:
+        _wait_healthy(dep, proc, timeout_s)
+    except ServingError:
+        _kill_group(proc.pid)
+        raise
+    return dep
+
+
+def hot_swap(dep: ServerProcess, model_uri: str, timeout_s: float) -> dict[str, Any]:
+    """Ask the running server to load `model_uri`, smoke-test it and swap; raise if it refused."""
+    token = _admin_token().read_text().strip()
+    status, body = post_json(f"{dep.base_url}/admin/load", {"model_uri": model_uri}, timeout=timeout_s,
+                             headers={"Authorization": f"Bearer {token}"})
+    if status != 200 or not isinstance(body, dict) or not body.get("swapped"):
+        reason = body.get("reason") if isinstance(body, dict) else str(body)[:300]
+        still = body.get("serving_version") if isinstance(body, dict) else dep.version
+        raise ServingError(f"new model {model_uri} was refused, v{still} keeps serving: {reason}")
+    return body
+
+
+def deploy(model_uri: str, version: str | None, host: str, port: int, limits: ServerLimits, timeout_s: float,
+           tracking_uri: str) -> tuple[ServerProcess, str]:
+    """Serve `model_uri` (a pinned `models:/NAME/VERSION`); returns the deployment and what happened."""
+    running = current()
+    if running is not None and _ours(running, health(running)) and (running.host, running.port) == (host, port):
+        if running.model_uri == model_uri:
+            return running, f"already serving v{version}"
+        swapped = hot_swap(running, model_uri, timeout_s)
+        previous = swapped.get("previous_version")
+        dep = ServerProcess(**{**asdict(running), "model_uri": model_uri, "version": version})
+        _save(dep)
+        return dep, f"swapped v{previous} -> v{version} with no restart"
+    dep = _spawn(model_uri, host, port, limits, timeout_s, tracking_uri, version)
+    _save(dep)
+    if running is not None and running.pid != dep.pid:
+        _kill_group(running.pid)  # the new one is up and healthy: only now stop the old one
+        return dep, f"started v{version} on port {port}; stopped the old server on port {running.port}"
+    return dep, f"started v{version}"
+
+
+def _kill_group(pid: int, grace_s: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def stop() -> ServerProcess | None:
+    """Stop the managed server, if any; returns what was stopped."""
+    state = _state_dir() / "server.json"
+    dep = current()
+    if dep is not None:
+        _kill_group(dep.pid)
+    state.unlink(missing_ok=True)
+    return dep
+
+
+def status() -> dict[str, Any]:
+    dep = current()
+    if dep is None:
+        return {"running": False}
+    info = health(dep)
+    return {"running": True, "healthy": info is not None, "endpoint": dep.endpoint, "pid": dep.pid,
+            "log_file": dep.log_file, "model_uri": dep.model_uri, "version": dep.version,
+            "uptime_s": round(time.time() - dep.started_at, 1) if dep.started_at else None, "server": info}
+
+
+def deploy_champion(name: str, cfg: DeployConfig) -> Deployment:
+    """Serve the current champion (pinned to its version), health-checked and smoke-tested with a
+    request its task must answer."""
+    import mlflow
+
+    from llmft.registry.versions import CHAMPION, current_alias_version, version_tags
+    from llmft.tasks import get_task
+
+    # a step without the experiment tracker may run after one that reset MLflow's URI
+    mlflow.set_tracking_uri(tracking_uri())
+    version = current_alias_version(name)
+    if version is None:
+        raise ServingError(f"registered model {name!r} has no @{CHAMPION} version yet: "
+                           "run `python run.py --pipeline finetune` first")
+    task = get_task(version_tags(name, version).get("task", "chat"))
+    dep, action = deploy(f"models:/{name}/{version}", version, cfg.host, cfg.port, cfg.server_limits(),
+                         cfg.startup_timeout_s, tracking_uri())
+    payload = task.smoke_request(None)  # the server adds the instruction the model was trained with
+    if "max_tokens" in payload:
+        payload = {**payload, "max_tokens": min(int(payload["max_tokens"]), cfg.smoke_max_tokens)}
+    try:
+        answer = smoke(dep, payload)
+    except ServingError:
+        if action.startswith("started"):  # a fresh server that cannot answer is not left running
+            stop()
+        raise
+    log.info("%s: %s", action, dep.endpoint)
+    return Deployment(
+        deployed=True, action=action, endpoint=dep.endpoint, pid=dep.pid, model_uri=f"models:/{name}@{CHAMPION}",
+        served_uri=dep.model_uri, model_version=version, log_file=dep.log_file,
+        smoke_request=json.dumps(payload, ensure_ascii=False), smoke_response=answer,
+        curl="curl -s " + dep.endpoint + " -H 'Content-Type: application/json' -d '" + json.dumps(payload) + "'")

@@ -1,0 +1,118 @@
+"""The Task contract: what a kind of data needs from training, evaluation, promotion and serving.
+
+A task owns how a record becomes model input and target (`encode`), its instruction, its metrics,
+the primary metric the promotion gate compares and which way it points, how a model is scored on
+test rows (`evaluate`), the smoke request a deployed model must answer, and what the model card
+says about it. Everything outside `llmft.tasks` asks the task object; nothing branches on the
+task's name. A new task is one module with a `Task` subclass, added to `llmft.tasks.TASKS`.
+
+`TaskSpec` is the resolved choice for one run (name, why, instruction); it crosses the pipeline
+as a typed step parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from llmft.chat_format import encode_to_fit, with_system
+from llmft.data.shapes import Example
+from llmft.evaluate import text_metrics
+from llmft.evaluate.scoring import ModelScores, score_generative
+
+
+class TaskSpec(BaseModel):
+    """The task of one run, resolved once before the pipeline starts."""
+
+    name: str
+    reason: str  # "inferred from columns document/summary" or "set by task=..."
+    instruction: str | None = None  # the system message every row gets (None: the data's own, if any)
+
+    def announce(self) -> str:
+        return f"task: {self.name} ({self.reason}; set task=... to override)"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_new_tokens: int
+    batch_size: int
+    max_seq_length: int
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # token labels (causal LM), or [] for a classifier (its label is the class)
+    truncated: bool = False
+    messages: list[dict[str, str]] | None = None  # what was encoded (system included, input shortened)
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one sentence for the model card
+    primary_metric: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]
+    classifier: ClassVar[bool] = False  # a sequence-classification head instead of the LM head
+    registry_flavor: ClassVar[str] = "llm/v1/chat"
+    probe_applies: ClassVar[bool] = True  # the general-knowledge probe needs a generative head
+    refused_methods: ClassVar[dict[str, str]] = {}
+
+    def higher_is_better(self, metric: str) -> bool:
+        return metric not in text_metrics.LOWER_IS_BETTER
+
+    def instruction(self, examples: list[Example]) -> str | None:
+        """The default system message for this data (`data.system_prompt` replaces it)."""
+        return None
+
+    @abstractmethod
+    def encode(self, tokenizer: Any, example: Example, system: str | None, max_seq_length: int) -> Encoded | None:
+        """Token ids and labels within `max_seq_length`, or None when the target alone cannot fit."""
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], system: str | None,
+                 settings: EvalSettings, labels: list[str] | None, desc: str) -> ModelScores:
+        """Score one model on evaluation rows (split rows: messages/response or text/label)."""
+
+    @abstractmethod
+    def smoke_request(self, system: str | None) -> dict[str, Any]:
+        """A request body a served model of this task must answer."""
+
+    def card_lines(self, labels: list[str] | None) -> list[str]:
+        return [self.summary]
+
+
+class GenerativeTask(Task):
+    """Tasks that answer in text through the chat template, scored on greedy generations."""
+
+    overlap_metrics: ClassVar[tuple[str, ...]] = text_metrics.NAMES
+
+    def encode(self, tokenizer: Any, example: Example, system: str | None, max_seq_length: int) -> Encoded | None:
+        fitted = encode_to_fit(tokenizer, with_system(system, example.messages), max_seq_length)
+        if fitted is None:
+            return None
+        encoded, messages, truncated = fitted
+        return Encoded(encoded["input_ids"], encoded["labels"], truncated, messages)
+
+    def score(self, predictions: list[str], references: list[str],
+              sources: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """Task metrics on top of the text overlap ones (none by default)."""
+        return {}, [{} for _ in predictions]
+
+    def evaluate(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], system: str | None,
+                 settings: EvalSettings, labels: list[str] | None, desc: str) -> ModelScores:
+        return score_generative(model, tokenizer, system, rows, self.score, self.overlap_metrics,
+                                settings.max_new_tokens, settings.batch_size, settings.max_seq_length, desc)
+
+    def smoke_request(self, system: str | None) -> dict[str, Any]:
+        messages = with_system(system, [{"role": "user", "content": "Say hello in one short sentence."}])
+        return {"messages": messages, "max_tokens": 32, "temperature": 0}
+
+
+def prompt_of(row: dict[str, Any]) -> str:
+    """The last user turn of a split row: what the model was asked."""
+    messages = json.loads(row["messages"])
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

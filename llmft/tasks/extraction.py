@@ -1,0 +1,146 @@
+"""Extraction: text in, a JSON object of fields out (the default demo: product attributes).
+
+The instruction is written from the data: the keys the reference objects use, the allowed values
+of fields with few distinct values, which fields are numbers, and null for what is not stated.
+Base and fine-tuned models get the same instruction (a fair zero-shot baseline). Scores are
+fractions in [0, 1]:
+- json_validity: the output parses as a JSON object;
+- field_accuracy (primary): per (record, field) pair, the predicted value equals the gold value
+  after normalisation (case and whitespace for strings, 0.01 tolerance for numbers, null == null);
+  unparseable outputs score 0 on every field;
+- all_fields_correct: every field of a record correct (text-level exact match is a generic metric).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from llmft.data.shapes import Example
+from llmft.evaluate import text_metrics
+from llmft.tasks.base import GenerativeTask
+
+PRIMARY_METRIC = "field_accuracy"
+_MAX_ENUM = 8  # a string field with at most this many distinct values is described by its values
+
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in a model output, tolerating code fences and trailing chatter."""
+    text = _FENCE.sub("", text.strip())
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, str):
+        text = " ".join(value.lower().split())
+        if text in ("", "null", "none", "n/a"):
+            return None
+        try:  # "$49.99" vs 49.99
+            return round(float(text.lstrip("$").replace(",", "")), 2)
+        except ValueError:
+            return text
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return round(float(value), 2)
+    return value
+
+
+def _equal(pred: Any, gold: Any) -> bool:
+    p, g = _norm(pred), _norm(gold)
+    if isinstance(p, float) and isinstance(g, float):
+        return abs(p - g) <= 0.01
+    return p == g
+
+
+def score_one(prediction: str, reference: str) -> dict[str, float]:
+    gold = parse_json_object(reference)
+    if gold is None:  # a reference that is not a JSON object is one field: the whole answer
+        same = " ".join(prediction.lower().split()) == " ".join(reference.lower().split())
+        return {"json_valid": float(parse_json_object(prediction) is not None), "fields_correct": float(same),
+                "fields_total": 1.0, "exact": float(same)}
+    pred = parse_json_object(prediction)
+    if pred is None:
+        return {"json_valid": 0.0, "fields_correct": 0.0, "fields_total": float(len(gold)), "exact": 0.0}
+    correct = sum(_equal(pred.get(k), v) for k, v in gold.items())
+    return {"json_valid": 1.0, "fields_correct": float(correct), "fields_total": float(len(gold)),
+            "exact": float(correct == len(gold))}
+
+
+def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Aggregate scores, and per row: json_valid and field_accuracy (for the predictions table)."""
+    if not predictions or len(predictions) != len(references):
+        raise ValueError(f"need equal, non-zero numbers of predictions and references "
+                         f"({len(predictions)} vs {len(references)})")
+    rows = [score_one(p, r) for p, r in zip(predictions, references, strict=True)]
+    n = len(rows)
+    total = sum(r["fields_total"] for r in rows)
+    aggregate = {
+        "json_validity": sum(r["json_valid"] for r in rows) / n,
+        "field_accuracy": sum(r["fields_correct"] for r in rows) / total if total else 0.0,
+        "all_fields_correct": sum(r["exact"] for r in rows) / n,
+    }
+    per_row = [{"json_valid": r["json_valid"],
+                "field_accuracy": r["fields_correct"] / r["fields_total"] if r["fields_total"] else 0.0}
+               for r in rows]
+    return aggregate, per_row
+
+
+def objects(examples: list[Example]) -> list[dict[str, Any]]:
+    """The reference JSON objects of the examples (targets that parse as one)."""
+    found = []
+    for ex in examples:
+        if ex.messages:
+            obj = parse_json_object(ex.target)
+            if obj is not None and ex.target.strip().startswith("{"):
+                found.append(obj)
+    return found
+
+
+def instruction_for(examples: list[Example]) -> str:
+    """An instruction naming the keys, enumerable values and numeric fields seen in the targets."""
+    objs = objects(examples)
+    ordered = list(dict.fromkeys(k for obj in objs for k in obj))  # first-seen order, as the data writes them
+    lines = [f"Extract the fields from the text. Answer with only a JSON object with the keys {', '.join(ordered)}."]
+    for key in ordered:
+        values = [obj[key] for obj in objs if obj.get(key) is not None]
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            lines.append(f"{key} is a number.")
+            continue
+        distinct = sorted({str(v) for v in values if isinstance(v, str)})
+        if values and len(distinct) <= _MAX_ENUM and len(values) >= 3 * len(distinct):
+            lines.append(f"{key} is one of {', '.join(distinct)}.")
+    lines.append("Use null for anything not stated.")
+    return " ".join(lines)
+
+
+class ExtractionTask(GenerativeTask):
+    name = "extraction"
+    summary = "Extraction: the model reads a text and answers with a JSON object of the fields it states."
+    primary_metric = PRIMARY_METRIC
+    overlap_metrics = text_metrics.NAMES
+    metric_names = ("json_validity", "field_accuracy", "all_fields_correct", *overlap_metrics, "eval_loss",
+                    "perplexity")
+
+    def instruction(self, examples: list[Example]) -> str | None:
+        return instruction_for(examples)
+
+    def score(self, predictions: list[str], references: list[str],
+              sources: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
+        return score(predictions, references)
+
+    def smoke_request(self, system: str | None) -> dict[str, Any]:
+        return super().smoke_request(system) | {
+            "messages": [*([{"role": "system", "content": system}] if system else []),
+                         {"role": "user", "content": "Lumora rain jacket | navy blue | 100% nylon | Size M | $79.99"}],
+            "max_tokens": 48}

@@ -1,0 +1,66 @@
+"""The fine-tune stage: split frames in, a trained model folder and its `TrainingResult` out.
+
+Logs the training parameters, loss curve and throughput to the active MLflow run. Checkpoints go
+to a folder keyed by everything that determines the run (settings, task, the training rows), so a
+killed run started again with the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llmft.config import ModelConfig, TrainConfig
+from llmft.contracts import SplitInfo, TrainingResult
+from llmft.locations import checkpoints_root
+from llmft.tasks import get_task
+from llmft.tasks.base import TaskSpec
+
+
+def training_examples(frame: pd.DataFrame, labels: list[str] | None) -> list[dict[str, Any]]:
+    """Rows as the trainer takes them: token ids with token labels, or with a class index."""
+    if labels is None:
+        return [{"input_ids": list(map(int, r.input_ids)), "labels": list(map(int, r.labels))}
+                for r in frame.itertuples()]
+    index = {name: i for i, name in enumerate(labels)}
+    return [{"input_ids": list(map(int, r.input_ids)), "label": index[str(r.label)]} for r in frame.itertuples()]
+
+
+def checkpoint_key(spec: TaskSpec, model: ModelConfig, train: TrainConfig, train_rows: list[dict[str, Any]]) -> str:
+    """Same command, same data -> same key: a killed run finds its checkpoints again."""
+    settings = {"task": spec.model_dump(), "model": model.model_dump(mode="json"),
+                "train": train.model_dump(mode="json", exclude={"resume"})}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for row in train_rows:
+        digest.update(json.dumps(row, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: SplitInfo, spec: TaskSpec,
+             model: ModelConfig, train: TrainConfig) -> tuple[Path, TrainingResult]:
+    import mlflow
+
+    from llmft import plots
+    from llmft.base_model import resolve_base_model
+    from llmft.train.launch import run_training
+
+    labels = split.labels if get_task(spec.name).classifier else None
+    train_rows, validation_rows = training_examples(train_split, labels), training_examples(validation_split, labels)
+    mlflow.log_params({"data.rows.train": len(train_rows), "data.rows.validation": len(validation_rows)})
+    out = Path(tempfile.mkdtemp(prefix="llmft-train-"))
+    checkpoints = checkpoints_root() / checkpoint_key(spec, model, train, train_rows)
+    result = run_training(resolve_base_model(model.base), train_rows, validation_rows, train, out, labels,
+                          init_text=spec.instruction, checkpoint_dir=checkpoints)
+    mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
+    mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
+                        "train/padding_fraction": result.padding_fraction,
+                        "train/trainable_parameters": result.trainable_parameters})
+    mlflow.set_tags({"train.resumed_from_step": str(result.resumed_from_step),
+                     "train.stopped_early": str(result.stopped_early)})
+    summary = {k: v for k, v in result.as_dict().items() if k not in ("history", "output_dir")}
+    return Path(result.output_dir), TrainingResult(**summary, labels=labels)

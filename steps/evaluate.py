@@ -1,0 +1,71 @@
+"""Evaluation steps. The base model's and the champion's scores, and the base model's probe answers,
+are their own cached steps: keyed by the evaluation rows, the model's identity and the settings, an
+unchanged one is served from ZenML's cache (the run summary lists them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from llmft.config import EvalConfig, ModelConfig
+from llmft.contracts import (
+    ChampionRef,
+    EvalSample,
+    Evaluation,
+    Forgetting,
+    ModelEvaluation,
+    ProbeRun,
+    SplitInfo,
+    TrainingResult,
+)
+from llmft.evaluate import stage
+from llmft.stack import TRACKER_NAME
+from llmft.tasks.base import TaskSpec
+
+
+@step
+def sample_test(test_split: pd.DataFrame, task: TaskSpec, eval_cfg: EvalConfig) -> tuple[
+    Annotated[pd.DataFrame, "eval_rows"], Annotated[EvalSample, "eval_sample"]
+]:
+    rows, sample = stage.draw_sample(test_split, task, eval_cfg)
+    return rows, sample
+
+
+@step
+def evaluate_base(eval_rows: pd.DataFrame, task: TaskSpec, model: ModelConfig, split_info: SplitInfo,
+                  eval_cfg: EvalConfig, max_seq_length: int, seed: int,
+                  base_identity: str) -> Annotated[ModelEvaluation, "base_evaluation"]:
+    """`base_identity` (weights' fingerprint) is only here to key the cache."""
+    return stage.evaluate_base(eval_rows, task, model, split_info, eval_cfg, max_seq_length, seed)
+
+
+@step
+def evaluate_champion(eval_rows: pd.DataFrame, task: TaskSpec, champion: ChampionRef | None, split_info: SplitInfo,
+                      eval_cfg: EvalConfig, max_seq_length: int) -> Annotated[ModelEvaluation, "champion_evaluation"]:
+    return stage.evaluate_champion(eval_rows, task, champion, split_info, eval_cfg, max_seq_length)
+
+
+@step(experiment_tracker=TRACKER_NAME, enable_cache=False)
+def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows: pd.DataFrame,
+                       eval_sample: EvalSample, base_evaluation: ModelEvaluation,
+                       champion_evaluation: ModelEvaluation, task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
+                       max_seq_length: int) -> Annotated[Evaluation, "evaluation"]:
+    """The candidate on the same rows, then all three side by side in MLflow."""
+    candidate = stage.evaluate_candidate(trained_model, training, eval_rows, task, model, eval_cfg, max_seq_length)
+    return stage.compare(base_evaluation, candidate, champion_evaluation, eval_rows, eval_sample, task, eval_cfg)
+
+
+@step
+def probe_base(task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
+               base_identity: str) -> Annotated[ProbeRun, "base_probe"]:
+    return stage.probe_base(task, model, eval_cfg)
+
+
+@step(experiment_tracker=TRACKER_NAME, enable_cache=False)
+def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, model: ModelConfig,
+                    eval_cfg: EvalConfig, max_forgetting: float) -> Annotated[Forgetting, "forgetting"]:
+    """General-knowledge probe on the candidate: did fine-tuning break the rest?"""
+    return stage.probe_candidate(trained_model, training, base_probe, model, eval_cfg, max_forgetting)
