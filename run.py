@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "cron or a systemd timer")
     parser.add_argument("--ui", action="store_true", help="open the MLflow UI on the project's store")
     parser.add_argument("--ui-port", type=int, default=5000, help="port for --ui (default: %(default)s)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", action="store_true", help="only the task line, errors and the closing table")
+    noise.add_argument("--verbose", action="store_true", help="everything the libraries log, warnings included")
     return parser.parse_args(argv)
 
 
@@ -130,11 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     from llmft.stack import configure_environment
 
     configure_environment()  # before zenml is imported anywhere
+    from llmft import console
+
+    console.configure(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL)
     hide_user_error_tracebacks()
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("llmft").addHandler(handler)  # zenml configures its own loggers
-    logging.getLogger("llmft").setLevel(logging.INFO)
     from llmft import locations, report
     from llmft.serve import deploy as serving
 
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolved.cfg
 
     from llmft.stack import StackError, ensure_experiment, ensure_stack
+
+    console.attach_noise_filter()
 
     try:
         uri = ensure_stack(cfg.compute.stack)

@@ -132,7 +132,8 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    max_samples: int | None = Field(None, ge=1, description="cap on test rows scored; null = the whole test split")
+    max_samples: int | None = Field(200, ge=1, description="cap on test rows scored (a seeded sample, stratified by "
+                                                          "label); null = the whole test split")
     max_new_tokens: int = Field(72, ge=1)
     batch_size: int = Field(16, ge=1, description="prompts generated together (left padding)")
     sample_seed: int = Field(0, description="seed of the capped evaluation sample (eval.max_samples)")
@@ -268,8 +269,20 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if key not in valid_keys():
         raise ConfigError(f"--set {key}: unknown config key; valid keys: {', '.join(valid_keys())}")
-    # YAML parsing gives ints, floats, bools, null and lists the way users write them in the file.
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), _override_value(raw)
+
+
+def _override_value(raw: str) -> Any:
+    """YAML scalars and lists the way users write them in the file (ints, floats, bools, null,
+    [a, b]); anything YAML reads as a mapping or cannot parse (a sentence with a colon) is the
+    plain string."""
+    if not raw.strip():
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, dict) else value
 
 
 def _line_of(path: Path, dotted: list[str]) -> int | None:

@@ -67,9 +67,11 @@ def generate(model: Any, tokenizer: Any, prompt_texts: list[str], max_new_tokens
     order = sorted(range(len(prompt_texts)), key=lambda i: len(prompt_texts[i]))
     outputs: list[str] = [""] * len(prompt_texts)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        idx = order[start:start + batch_size]
-        done = complete_batch(model, tokenizer, [prompt_texts[i] for i in idx], [max_new_tokens] * len(idx))
-        for i, completion in zip(idx, done, strict=True):
-            outputs[i] = completion.text
+    with tqdm(total=len(order), desc=desc, unit="row", dynamic_ncols=True) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            done = complete_batch(model, tokenizer, [prompt_texts[i] for i in idx], [max_new_tokens] * len(idx))
+            for i, completion in zip(idx, done, strict=True):
+                outputs[i] = completion.text
+            bar.update(len(idx))
     return outputs

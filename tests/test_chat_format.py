@@ -7,9 +7,11 @@ from llmft.chat_format import (
     build_messages,
     check_labels,
     encode_messages,
+    encode_to_fit,
     render_generation_prompt,
 )
-from llmft.tasks.extraction import INSTRUCTION
+
+INSTRUCTION = "Extract the fields from the text. Answer with only a JSON object with the keys brand, price."
 
 
 def test_prompt_masked_response_and_eos_labelled(tokenizer):
@@ -68,3 +70,40 @@ def test_multi_turn_labels_every_assistant_turn_and_masks_the_rest(tokenizer):
             current = []
     spans.append(current)
     assert [tokenizer.decode(s) for s in spans] == ["hello there<|im_end|>", "goodbye<|im_end|>"]
+
+
+def test_served_prompt_is_byte_identical_to_the_trained_one(tokenizer):
+    """The server renders through the training formatter, with the instruction the model was trained on."""
+    from llmft.serve.app import Served, serving_prompt
+
+    conversation = [{"role": "user", "content": "Lumora mug, blue, $9.99"}]
+    trained = encode_messages(tokenizer, build_messages(INSTRUCTION, conversation[0]["content"], "{}"))
+    served = serving_prompt(Served("models:/m/1", "1", "chat", None, tokenizer, instruction=INSTRUCTION), conversation)
+    prompt_ids = tokenizer(served, add_special_tokens=False)["input_ids"]
+    assert trained["input_ids"][: len(prompt_ids)] == prompt_ids
+    assert trained["labels"][len(prompt_ids) - 1] == IGNORE_INDEX and trained["labels"][len(prompt_ids)] != IGNORE_INDEX
+    assert served == render_generation_prompt(tokenizer, build_messages(INSTRUCTION, conversation[0]["content"]))
+
+
+def test_encode_to_fit_cuts_the_input_keeps_the_target(tokenizer):
+    document = " ".join(f"sentence {i} about the harbour." for i in range(200))
+    messages = [{"role": "system", "content": "Summarize."}, {"role": "user", "content": document},
+                {"role": "assistant", "content": "A harbour report."}]
+    encoded, fitted, truncated = encode_to_fit(tokenizer, messages, 96)
+    assert truncated and len(encoded["input_ids"]) <= 96
+    assert fitted[-1] == messages[-1] and fitted[0] == messages[0]
+    assert document.startswith(fitted[1]["content"][:50]) and len(fitted[1]["content"]) < len(document)
+    labelled = [t for t in encoded["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(labelled) == "A harbour report.<|im_end|>"
+    short = encode_to_fit(tokenizer, messages[:1] + [{"role": "user", "content": "hi"}, messages[2]], 96)
+    assert short is not None and short[2] is False
+
+
+def test_encode_to_fit_drops_oldest_turns_then_gives_up_when_the_target_cannot_fit(tokenizer):
+    turns = []
+    for i in range(12):
+        turns += [{"role": "user", "content": f"question number {i} " * 5}, {"role": "assistant", "content": f"a{i}"}]
+    encoded, fitted, truncated = encode_to_fit(tokenizer, turns, 80)
+    assert truncated and fitted[-2:] == turns[-2:] and len(fitted) < len(turns)
+    assert encode_to_fit(tokenizer, [{"role": "user", "content": "q"},
+                                     {"role": "assistant", "content": "word " * 400}], 80) is None

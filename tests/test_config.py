@@ -83,6 +83,22 @@ def test_gpu_profile_sends_only_the_finetune_step_to_a_gpu_operator():
     assert load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options() == {}
 
 
-def test_prompt_tuning_is_refused_for_classification():
-    with pytest.raises(ConfigError, match="prompt_tuning is for generative tasks"):
-        load_config(ROOT / "configs" / "classify.yaml", ["train.method=full", "train.method=prompt_tuning"])
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("Answer: briefly, please", "Answer: briefly, please"),  # YAML would read a mapping: kept as the text
+    ("[unclosed", "[unclosed"),  # not valid YAML: the text itself
+    ("null", None), ("0.5", 0.5), ("[a, b]", ["a", "b"]),
+])
+def test_override_values_are_yaml_scalars_or_the_plain_string(raw, expected):
+    assert load_config(None, [f"data.system_prompt={raw}"] if not isinstance(expected, (float, list))
+                       else [f"data.labels={raw}"] if isinstance(expected, list)
+                       else [f"promotion.min_delta={raw}"]).model_dump(mode="json") is not None
+    from llmft.config import _override_value
+
+    assert _override_value(raw) == expected
+
+
+def test_shipped_configs_pin_no_labels_and_no_registry_name():
+    """A data.source override must never inherit the demo's labels or model name."""
+    for name in ("finetune.yaml", "classify.yaml", "gpu.yaml"):
+        cfg = load_config(ROOT / "configs" / name)
+        assert cfg.data.labels is None and cfg.registry.model_name is None, name

@@ -10,8 +10,10 @@ from llmft.chat_format import build_messages, render_generation_prompt
 from llmft.evaluate.forgetting import load_probe, run_probe
 from llmft.evaluate.scoring import score_generative
 from llmft.generation import generate
-from llmft.tasks import SCORERS
-from llmft.tasks.extraction import INSTRUCTION
+from llmft.tasks import get_task
+
+INSTRUCTION = ("Extract the fields from the text. Answer with only a JSON object with the keys brand, category, "
+               "color, material, size, price. Use null for anything not stated.")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +43,10 @@ def test_score_generative_reports_every_metric_and_per_row_scores(model, tokeniz
     test = [{"messages": json.dumps([{"role": "user", "content": r["prompt"]},
                                      {"role": "assistant", "content": r["response"]}]),
              "prompt": r["prompt"], "response": r["response"]} for r in rows[:3]]
-    scored = score_generative(model, tokenizer, INSTRUCTION, test, {"json_fields": SCORERS["json_fields"][0]},
-                              16, 3, 384, desc="test")
-    assert set(scored.metrics) == {"json_validity", "field_accuracy", "all_fields_correct", "rouge1", "rouge2",
-                                   "rougeL", "bleu", "exact_match", "wer", "eval_loss", "perplexity"}
+    task = get_task("extraction")
+    scored = score_generative(model, tokenizer, INSTRUCTION, test, task.score, task.overlap_metrics, 16, 3, 384,
+                              desc="test")
+    assert set(scored.metrics) == set(task.metric_names)
     assert 0 < scored.metrics["eval_loss"] < 5 and scored.metrics["perplexity"] > 1
     assert len(scored.outputs) == 3 and len(scored.row_scores) == 3
     assert set(scored.row_scores[0]) == {"json_valid", "field_accuracy", "rougeL"}

@@ -7,84 +7,126 @@ from llmft.data.gate import DataGateError, enforce, run_gate
 from llmft.data.ingest import RawRow
 from llmft.data.shapes import Example, to_examples
 from llmft.data.split import split_items
+from llmft.tasks.base import Encoded
 
 
-def gate(rows: list[dict], *overrides: str, tokens=lambda ex: len(ex.prompt_key.split()) + 5, max_seq=64):
+def words_encoder(max_seq: int):
+    """A stand-in tokenizer (one token per word, 5 for the template) with the tasks' truncation rule:
+    the input is cut, the target kept; None when the target alone does not fit."""
+    def encode(ex: Example) -> Encoded | None:
+        target = len(ex.target.split()) + 1 if ex.shape != "text_label" else 0
+        tokens = len(ex.prompt_key.split()) + 5 + target
+        if target + 5 > max_seq:
+            return None
+        return Encoded(list(range(min(tokens, max_seq))), [], truncated=tokens > max_seq)
+    return encode
+
+
+def gate(rows: list[dict], *overrides: str, encode=None, max_seq=64):
     cfg = load_config(None, list(overrides))
     raw = [RawRow(f"d.jsonl, line {i}", r) for i, r in enumerate(rows, start=1)]
     examples, rejections = to_examples(raw, cfg.data)
-    return run_gate(examples, rejections, cfg.data, cfg.validation, tokens, max_seq)
+    return run_gate(examples, rejections, cfg.data, cfg.validation, encode or words_encoder(max_seq), max_seq)
 
 
 GOOD = [{"prompt": f"listing number {i}", "response": f'{{"n": {i}}}'} for i in range(40)]
 
 
+def kept_examples(result) -> list[Example]:
+    return [r.example for r in result.kept]
+
+
 def test_gate_passes_clean_data():
     result = gate(GOOD)
-    assert result.success, result.verdict
-    assert result.verdict.startswith("data gate passed: 40 rows in, 40 kept, 0 duplicates removed, 0 rejected")
-    assert result.ge_result["success"] is True
+    assert result.success, result.report.verdict
+    assert result.report.verdict.startswith("data gate passed: 40 rows in, 40 kept, 0 duplicates removed, 0 rejected")
+    assert result.report.ge_result["success"] is True
 
 
-def test_exact_and_normalised_duplicates_are_removed_and_counted():
+def test_exact_and_normalised_duplicates_are_removed_counted_and_shown():
     rows = [*GOOD, GOOD[0], {"prompt": "  LISTING number 1 ", "response": '{"n": 1}'}]
     result = gate(rows)
-    assert result.success, result.verdict
-    assert result.duplicates_removed == 2 and len(result.kept) == 40
+    assert result.success, result.report.verdict
+    assert result.report.duplicates_removed == 2 and len(result.kept) == 40
     reasons = sorted(r.reason for r in result.rejected)
     assert reasons == ["exact duplicate of d.jsonl, line 1", "normalised duplicate of d.jsonl, line 2"]
+    assert result.report.duplicate_examples == ["d.jsonl, line 41 is an exact duplicate of d.jsonl, line 1",
+                                                "d.jsonl, line 42 is a normalised duplicate of d.jsonl, line 2"]
 
 
-def test_too_many_duplicates_fail_the_gate():
-    result = gate(GOOD[:20] + GOOD[:5])
-    assert not result.success
-    assert "expect_column_mean_to_be_between(is_duplicate)" in result.verdict
+def test_many_duplicates_are_a_warning_unless_a_limit_is_set():
+    dialog = GOOD[:20] * 3  # two thirds duplicates, as in a real dialog corpus
+    result = gate(dialog)
+    assert result.success and len(result.kept) == 20
+    assert result.report.warnings == ["66.7% of rows were duplicates (40 of 60, removed); set "
+                                      "validation.max_duplicate_fraction to refuse such data"]
+    refused = gate(dialog, "validation.max_duplicate_fraction=0.05")
+    assert not refused.success
+    assert "66.7% of rows are duplicates, over validation.max_duplicate_fraction=0.05" in refused.report.verdict
+    assert "set validation.max_duplicate_fraction=0.67 to accept" in refused.report.verdict
+    assert gate(dialog, "validation.max_duplicate_fraction=0.67").success
 
 
 def test_empty_fields_are_rejected_with_reason_and_counted():
     result = gate([*GOOD, {"prompt": "   ", "response": "x"}, {"prompt": "ok then", "response": ""}])
     assert result.success
-    assert result.rejected_by_reason == {"empty": 2}
+    assert result.report.rejected_by_reason == {"empty": 2}
     assert {r.reason for r in result.rejected} == {"empty user turn", "empty assistant turn"}
 
 
-def test_every_row_rejected_fails_with_one_line():
+def test_short_prompts_are_valid():
+    result = gate([*GOOD, {"prompt": "Hi", "response": "Hello! How can I help?"}])
+    assert result.success and len(result.kept) == 41
+
+
+def test_every_row_rejected_fails_with_one_line_naming_the_key_and_a_passing_value():
     result = gate([{"prompt": " ", "response": "x"}] * 10)
     assert not result.success and len(result.kept) == 0
     with pytest.raises(DataGateError) as err:
-        enforce(result, "d.jsonl")
-    assert "\n" not in str(err.value) and "10 rows in, 0 kept" in str(err.value)
+        enforce(result.report, "d.jsonl")
+    msg = str(err.value)
+    assert "\n" not in msg and "10 rows in, 0 kept" in msg
+    assert "0 rows kept, need at least validation.min_rows=8" in msg
+    assert "100.0% of rows rejected, over validation.max_rejected_fraction=0.2" in msg
+    assert "set validation.max_rejected_fraction=1.00 to accept" in msg
+    assert "first rejected: d.jsonl, line 1: empty user turn" in msg
 
 
-def test_single_row_fails_minimum_rows():
+def test_single_row_fails_minimum_rows_with_the_key():
     result = gate(GOOD[:1])
     assert not result.success
-    assert "expect_column_sum_to_be_between(kept)" in result.verdict and "observed 1" in result.verdict
+    assert "1 rows kept, need at least validation.min_rows=8" in result.report.verdict
+    assert "set validation.min_rows=1 to accept" in result.report.verdict
 
 
-def test_huge_record_is_rejected_by_length_without_tokenizing():
-    huge = {"prompt": "x" * 10_000_000, "response": "y"}
+def test_huge_record_is_cut_before_tokenizing_and_truncated():
+    huge = {"prompt": "x " * 5_000_000, "response": "y"}
+    from llmft.chat_format import CHARS_PER_TOKEN_BOUND
 
-    def tokens(ex: Example) -> int:
-        assert len(ex.prompt_key) < 1000, "the 10 MB record must not reach the tokenizer"
-        return 10
-
-    result = gate([*GOOD, huge], tokens=tokens)
-    assert result.success
-    assert result.rejected_by_reason == {"length": 1}
-    assert "prompt has 10000000 chars" in result.rejected[0].reason
+    assert CHARS_PER_TOKEN_BOUND * 64 < 10_000  # what encode_to_fit keeps of a 10 MB input
+    result = gate([*GOOD, huge])
+    assert result.success and result.report.truncated == 1 and len(result.kept) == 41
 
 
 @pytest.mark.parametrize("policy,success,kept", [("drop", True, 39), ("truncate", True, 40), ("fail", False, 40)])
 def test_token_length_policies(policy, success, kept):
     rows = [*GOOD[:39], {"prompt": "long " * 100, "response": "r"}]
     result = gate(rows, f"validation.length_policy={policy}")
-    assert result.success is success, result.verdict
+    assert result.success is success, result.report.verdict
     assert len(result.kept) == kept
+    assert result.report.truncated == (0 if policy == "drop" else 1)
     if policy == "drop":
-        assert result.rejected[0].reason == "105 tokens > train.max_seq_length=64"
+        assert result.rejected[0].reason == "over train.max_seq_length=64 tokens (validation.length_policy=drop)"
     if policy == "fail":
-        assert "expect_column_values_to_be_between(tokens)" in result.verdict and "d.jsonl, line 40" in result.verdict
+        assert "validation.length_policy=fail" in result.report.verdict and "d.jsonl, line 40" in result.report.verdict
+        assert "set validation.length_policy=truncate to accept" in result.report.verdict
+
+
+def test_a_row_is_dropped_only_when_its_target_alone_cannot_fit():
+    rows = [*GOOD, {"prompt": "short question", "response": "word " * 80}]
+    result = gate(rows)
+    assert result.success and result.report.rejected_by_reason == {"too_long": 1}
+    assert result.rejected[0].reason == "the target alone does not fit train.max_seq_length=64 tokens"
 
 
 PII_ROWS = [*GOOD, {"prompt": "mail jane.doe@example.com or call +1 415-555-0132",
@@ -93,22 +135,23 @@ PII_ROWS = [*GOOD, {"prompt": "mail jane.doe@example.com or call +1 415-555-0132
 
 def test_pii_redact():
     result = gate(PII_ROWS, "validation.pii_action=redact")
-    assert result.success and result.pii == {"email": 1, "phone": 1, "card": 1}
-    row = next(e for e in result.kept if "mail" in e.prompt_key)
+    assert result.success and result.report.pii == {"email": 1, "phone": 1, "card": 1}
+    row = next(e for e in kept_examples(result) if "mail" in e.prompt_key)
     assert row.messages[0]["content"] == "mail [EMAIL] or call [PHONE]" and row.target == "card [CARD]"
 
 
 def test_pii_warn_keeps_text_and_fail_stops_without_copying_the_row():
     warned = gate(PII_ROWS, "validation.pii_action=warn")
-    assert warned.success and any("jane.doe@example.com" in e.prompt_key for e in warned.kept)
+    assert warned.success and any("jane.doe@example.com" in e.prompt_key for e in kept_examples(warned))
     failed = gate(PII_ROWS, "validation.pii_action=fail")
-    assert not failed.success and "pii_matches" in failed.verdict and "d.jsonl, line 41" in failed.verdict
+    assert not failed.success and "personal data" in failed.report.verdict
+    assert "d.jsonl, line 41" in failed.report.verdict and "validation.pii_action=redact" in failed.report.verdict
     assert failed.rejected[0].data == {} and "jane" not in json.dumps([r.data for r in failed.rejected])
 
 
 def test_rejected_rows_are_scrubbed_of_pii():
-    rows = [*GOOD, {"prompt": "x", "response": "reach me at bob@example.org"}]  # rejected: prompt too short
-    result = gate(rows)
+    rows = [*GOOD, {"prompt": "x", "response": "reach me at bob@example.org"}]
+    result = gate(rows, "validation.min_prompt_chars=2")  # rejected: prompt too short
     assert result.rejected[0].kind == "length"
     assert "bob@example.org" not in json.dumps(result.rejected[0].data)
 
@@ -116,14 +159,32 @@ def test_rejected_rows_are_scrubbed_of_pii():
 LABELLED = [{"text": f"review number {i}", "label": ["positive", "negative", "neutral"][i % 3]} for i in range(60)]
 
 
-def test_classification_labels_unknown_and_balance():
-    rows = [*LABELLED, {"text": "odd one", "label": "sarcastic"}]
-    result = gate(rows, "data.labels=[positive, negative, neutral]")
-    assert result.success, result.verdict
-    assert result.rejected_by_reason == {"unknown_label": 1}
+def test_pinned_labels_and_other_labels_in_the_data_name_data_labels():
+    rows = [*LABELLED, {"text": "odd one", "label": "sarcastic"}, {"text": "odd two", "label": "sarcastic"}]
+    result = gate(rows, "data.labels=[positive, negative]")
+    assert not result.success
+    verdict = result.report.verdict
+    assert "data.labels pins [positive, negative] but the data has labels" in verdict
+    assert "neutral (20)" in verdict and "sarcastic (2)" in verdict and "set data.labels=null to accept" in verdict
+
+
+def test_label_spellings_are_merged_and_rare_labels_dropped():
+    rows = [*LABELLED, {"text": "a b", "label": "Positive"}, {"text": "c d", "label": "POSITIVE "},
+            {"text": "e f", "label": "sarcastic"}]
+    result = gate(rows)
+    assert result.success, result.report.verdict
+    assert result.report.labels_normalised == {"Positive": "positive", "POSITIVE": "positive"}
+    assert {e.label for e in kept_examples(result)} == {"positive", "negative", "neutral"}
+    assert result.report.rejected_by_reason == {"rare_label": 1}
+    assert "label 'sarcastic' has only 1 rows" in result.rejected[0].reason
+
+
+def test_class_balance_limit_is_opt_in_and_names_its_key():
     skewed = LABELLED + [{"text": f"more praise {i}", "label": "positive"} for i in range(600)]
-    result = gate(skewed, "validation.min_class_fraction=0.05", "validation.max_duplicate_fraction=1")
-    assert not result.success and "expect_column_min_to_be_between(label_share)" in result.verdict
+    assert gate(skewed).success
+    result = gate(skewed, "validation.min_class_fraction=0.05")
+    assert not result.success and "validation.min_class_fraction=0.05" in result.report.verdict
+    assert "set validation.min_class_fraction=0.03 to accept" in result.report.verdict
 
 
 RECORDS = [{"prompt": f"Product listing {i}", "response": str(i)} for i in range(400)]

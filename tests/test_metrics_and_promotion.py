@@ -5,11 +5,14 @@ import math
 
 import pytest
 
-from llmft import classification, model_card, text_metrics
 from llmft.config import ConfigError, PromotionConfig, load_config
+from llmft.contracts import DatasetInfo, EvalSample, Evaluation, Forgetting, PromotionDecision, TrainingResult
+from llmft.evaluate import text_metrics
 from llmft.evaluate.forgetting import answer_matches, load_probe
+from llmft.registry import model_card
 from llmft.registry.promotion import decide
-from llmft.tasks import higher_is_better, metric_names, primary_metric
+from llmft.tasks import classification, get_task, primary_metric
+from llmft.tasks.base import TaskSpec
 from llmft.tasks.extraction import parse_json_object, score
 
 GOLD = json.dumps({"brand": "Lumora", "color": "navy blue", "size": None, "price": 79.99})
@@ -80,6 +83,9 @@ def test_classification_metrics_hand_checked():
     assert m["macro_precision"] == pytest.approx((0.5 + 1 + 1) / 3)
     assert m["macro_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    per_class = classification.per_class(predicted, reference, labels)
+    assert per_class["a"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1.0})
+    assert per_class["b"]["recall"] == 0.5 and per_class["c"]["f1"] == 1.0
 
 
 def test_probe_set_and_answer_matching():
@@ -118,34 +124,54 @@ def test_gate_passes_only_when_every_check_passes():
 
 
 def test_gate_lower_is_better():
-    assert not higher_is_better("eval_loss") and not higher_is_better("wer") and higher_is_better("rougeL")
+    extraction = get_task("extraction")
+    assert not extraction.higher_is_better("eval_loss") and not extraction.higher_is_better("wer")
+    assert extraction.higher_is_better("rougeL")
+    assert not get_task("summarization").higher_is_better("unsupported_content")
     assert decide("eval_loss", False, 0.2, 0.8, 0.3, "1", None, CFG).promoted
     assert not decide("eval_loss", False, 0.78, 0.8, None, None, None, CFG).promoted  # not 0.05 lower
     assert not decide("eval_loss", False, 0.4, 0.8, 0.3, "1", None, CFG).promoted
 
 
-def test_primary_metric_is_checked_against_reported_metrics():
-    cfg = load_config(None)
-    assert primary_metric(cfg) == "field_accuracy"
-    assert {"rouge1", "rouge2", "rougeL", "bleu", "exact_match", "wer", "perplexity", "json_validity"} <= set(
-        metric_names(cfg))
-    assert primary_metric(load_config(None, ["eval.primary_metric=rougeL"])) == "rougeL"
+def test_gate_says_why_there_is_no_champion():
+    note = "no comparable champion: task classification vs chat (champion v4)"
+    decision = decide("rougeL", True, 0.5, 0.1, None, None, 0.0, CFG, champion_note=note)
+    assert decision.promoted and decision.reasons[1] == f"PASS champion: {note}"
+
+
+@pytest.mark.parametrize(("task", "primary"), [("chat", "rougeL"), ("summarization", "rougeLsum"),
+                                               ("classification", "macro_f1"), ("extraction", "field_accuracy")])
+def test_primary_metric_is_checked_against_reported_metrics(task: str, primary: str):
+    assert primary_metric(get_task(task), None) == primary
+    assert primary in get_task(task).metric_names
+    assert primary_metric(get_task(task), "eval_loss") == "eval_loss"
     with pytest.raises(ConfigError, match=r"eval\.primary_metric .json_validity. is not reported"):
-        primary_metric(load_config(None, ["eval.scorers=[]", "eval.primary_metric=json_validity"]))
-    assert primary_metric(load_config("configs/classify.yaml")) == "macro_f1"
+        primary_metric(get_task("chat"), "json_validity")
 
 
 def test_model_card_has_data_metrics_decision_and_limitations():
-    cfg = load_config(None).model_dump(mode="json")
-    evaluation = {"primary_metric": "field_accuracy", "samples": 12, "champion_version": "2",
-                  "metrics": {"base": {"field_accuracy": 0.1, "eval_loss": 0.8},
-                              "finetuned": {"field_accuracy": 0.8, "eval_loss": 0.1},
-                              "champion": {"field_accuracy": 0.7, "eval_loss": 0.2}}}
-    forgetting = {"applicable": True, "questions": 60, "base": 0.6, "finetuned": 0.58, "drop": 0.02,
-                  "max_allowed": 0.1}
-    decision = decide("field_accuracy", True, 0.8, 0.1, 0.7, "2", 0.02, CFG).as_dict()
-    card = model_card.render("m", "3", cfg, {"fingerprint": "abc", "rows_in": 50, "rows": {"train": 30}},
-                             {"steps": 10, "first_loss": 1.0, "last_loss": 0.2}, evaluation, forgetting, decision)
+    cfg = load_config(None)
+    spec = TaskSpec(name="extraction", reason="inferred from responses", instruction="Extract the fields.")
+    evaluation = Evaluation(
+        task="extraction", primary_metric="field_accuracy", higher_is_better=True,
+        sample=EvalSample(n=12, of=40, seed=0, how="seeded random sample"), champion_version="2",
+        champion_note="champion v2 re-evaluated on this run's rows",
+        metrics={"base": {"field_accuracy": 0.1, "eval_loss": 0.8}, "finetuned": {"field_accuracy": 0.8,
+                                                                                  "eval_loss": 0.1},
+                 "champion": {"field_accuracy": 0.7, "eval_loss": 0.2}})
+    forgetting = Forgetting(applicable=True, questions=60, base=0.6, finetuned=0.58, drop=0.02, max_allowed=0.1)
+    decision = decide("field_accuracy", True, 0.8, 0.1, 0.7, "2", 0.02, CFG)
+    dataset = DatasetInfo(fingerprint="abc", source="d.jsonl", task="extraction", task_reason="r", rows_in=50,
+                          duplicates_removed=3, rejected=1, rows={"train": 30, "validation": 5, "test": 11}, unused=0,
+                          export_dir="/x", verdict="passed", warnings=["10.0% of rows were duplicates"])
+    training = TrainingResult(method="lora", steps=10, train_loss=0.5, first_loss=1.0, last_loss=0.2,
+                              validation_loss=0.3, best_validation_loss=0.3, stopped_early=False,
+                              resumed_from_step=None, tokens=100, padding_fraction=0.0, tokens_per_second=10.0,
+                              wall_seconds=1.0, trainable_parameters=1, total_parameters=2)
+    card = model_card.render("m", "3", spec, cfg.model.base, dataset, training, cfg.train, evaluation, forgetting,
+                             PromotionDecision(promoted=decision.promoted, reasons=decision.reasons), 72)
     assert card.startswith("# m v3")
     assert "fingerprint `abc`" in card and "| field_accuracy (primary) | 0.1000 | 0.8000 | 0.7000 |" in card
     assert "promoted to champion" in card and "PASS forgetting" in card and "## Known limitations" in card
+    assert "12 test rows scored (seeded random sample, seed 0)" in card and "Extract the fields." in card
+    assert "warning: 10.0% of rows were duplicates" in card

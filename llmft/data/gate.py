@@ -165,7 +165,8 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
             rejected.append(Rejection(ex.where, f"{kind} duplicate of {first}", ex.as_row(), kind="duplicate"))
             row["is_duplicate"] = 1
             if len(duplicate_examples) < 2:
-                duplicate_examples.append(f"{ex.where} is an {kind} duplicate of {first}")
+                article = "an" if kind == "exact" else "a"
+                duplicate_examples.append(f"{ex.where} is {article} {kind} duplicate of {first}")
             continue
         seen_exact[exact], seen_norm[norm] = ex.where, ex.where
         candidates.append((ex, row))

@@ -70,9 +70,11 @@ def predict(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_siz
     classes: list[int] = [0] * len(input_ids)
     probs: list[list[float]] = [[] for _ in input_ids]
     model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+    bar = tqdm(total=len(order), desc=desc, unit="row", disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode(), bar:
+        for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
+            bar.update(len(idx))
             batch = pad([{"input_ids": input_ids[i]} for i in idx])
             logits = model(input_ids=batch["input_ids"].to(model.device),
                            attention_mask=batch["attention_mask"].to(model.device)).logits.float()

@@ -45,8 +45,9 @@ def infer_task(examples: list[Example]) -> tuple[str, str]:
     json_targets = len(objects(examples))
     if json_targets >= _JSON_SHARE * len(examples):
         return "extraction", f"inferred from responses: {json_targets} of {len(examples)} are JSON objects"
-    shape = "messages" if fields in ("messages", "conversations") else f"columns {fields}"
-    return "chat", f"inferred from {shape}: free-text responses"
+    if "/" not in fields:  # a column of whole conversations
+        return "chat", f"inferred from conversations in column {fields}"
+    return "chat", f"inferred from columns {fields}: free-text responses"
 
 
 def resolve_task(cfg: Config, examples: list[Example]) -> TaskSpec:

@@ -149,6 +149,43 @@ def _callbacks(counter: _TokenCounter, cfg: TrainConfig, log_to_mlflow: bool) ->
     return Metrics(), EarlyStopping()
 
 
+def _progress_callback() -> Any:
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One bar for training: steps, ETA, the latest loss and learning rate, the last validation
+        loss (the Trainer's own bar prints every log as a raw dict under it)."""
+
+        def __init__(self) -> None:
+            self.bar: Any = None
+            self.shown: dict[str, str] = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                                dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is None or not logs:
+                return
+            for key, short in (("loss", "loss"), ("learning_rate", "lr"), ("eval_loss", "val_loss")):
+                if isinstance(logs.get(key), (int, float)):
+                    self.shown[short] = f"{logs[key]:.3g}" if short == "lr" else f"{logs[key]:.4f}"
+            self.bar.set_postfix(self.shown, refresh=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return Progress()
+
+
 def _trainer_class(selective_logits: bool, counter: _TokenCounter) -> Any:
     from transformers import Trainer
 
@@ -266,6 +303,10 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=validation_examples or None, data_collator=collator,
                           callbacks=[metrics_cb, early_cb])
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_progress_callback())
     resumed_from_step = int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, resumed_from_step)

@@ -1,0 +1,186 @@
+"""Task objects: inference from real column names, label inference, naming, sampling, task metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llmft.config import ConfigError, load_config
+from llmft.data.ingest import DataError, RawRow, read_rows
+from llmft.data.shapes import to_examples
+from llmft.data.split import split_frame
+from llmft.evaluate.sampling import sample_rows
+from llmft.resolve import derive_model_name
+from llmft.tasks import TASKS, get_task
+from llmft.tasks.extraction import instruction_for
+from llmft.tasks.inference import infer_task, resolve_task
+from llmft.tasks.summarization import unsupported_share
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "tests" / "data" / "real"
+
+
+def examples(rows: list[dict], *overrides: str):
+    cfg = load_config(None, list(overrides))
+    raw = [RawRow(f"d.jsonl, line {i}", r) for i, r in enumerate(rows, start=1)]
+    return to_examples(raw, cfg.data)[0]
+
+
+def long_text(i: int) -> str:
+    return f"The council met on day {i} and discussed the harbour, the budget and the new school buildings."
+
+
+@pytest.mark.parametrize(("rows", "task", "reason"), [
+    ([{"document": long_text(i), "summary": f"Council meeting {i}."} for i in range(10)], "summarization",
+     "inferred from columns document/summary"),
+    ([{"article": long_text(i), "highlights": f"Meeting {i}."} for i in range(10)], "summarization",
+     "inferred from columns article/highlights"),
+    ([{"dialogue": long_text(i), "summary": f"They met {i}."} for i in range(10)], "summarization",
+     "inferred from columns dialogue/summary"),
+    ([{"text": long_text(i), "label": ["sport", "politics"][i % 2]} for i in range(10)], "classification",
+     "inferred from columns text/label"),
+    ([{"sentence": f"great film {i}", "label": i % 2} for i in range(10)], "classification",
+     "inferred from columns sentence/label"),
+    ([{"review": f"great film {i}", "sentiment": "positive"} for i in range(10)], "classification",
+     "inferred from columns review/sentiment"),
+    ([{"question": f"What is {i}+1?", "answer": f"It is {i + 1}."} for i in range(10)], "chat",
+     "inferred from columns question/answer: free-text responses"),
+    ([{"instruction": "Name a colour", "input": "", "output": f"Blue {i}"} for i in range(10)], "chat",
+     "inferred from columns instruction/input/output: free-text responses"),
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"hello {i}"}]}
+      for i in range(10)], "chat", "inferred from conversations in column messages"),
+    ([{"conversation": ["Are you a robot?", f"Maybe {i}.", "Really?"]} for i in range(10)], "chat",
+     "inferred from conversations in column conversation"),
+    ([{"instruction": "Summarize this text", "input": long_text(i), "output": f"Met {i}."} for i in range(10)],
+     "summarization", "inferred from prompts: 10 of 10 ask for a summary"),
+    ([{"prompt": f"Lumora jacket {i} $9.99", "response": f'{{"brand": "Lumora", "price": {i}}}'}
+      for i in range(10)], "extraction", "inferred from responses: 10 of 10 are JSON objects"),
+    ([{"": str(i), "spam": i % 2, "text": f"Free entry to win a prize number {i} now"} for i in range(20)],
+     "classification", "inferred from columns text/spam"),
+])
+def test_task_is_inferred_from_public_column_names(rows, task, reason):
+    assert infer_task(examples(rows)) == (task, reason)
+
+
+def test_the_turns_shape_drops_an_unanswered_last_turn():
+    ex = examples([{"conversation": ["Are you a robot?", "Maybe.", "Really?"]}])[0]
+    assert [m["role"] for m in ex.messages] == ["user", "assistant"]
+
+
+def test_a_set_task_is_checked_against_the_data():
+    labelled = examples([{"text": f"great film {i}", "label": "pos"} for i in range(4)])
+    with pytest.raises(ConfigError, match="task=chat trains on conversations.*task=classification or task=auto"):
+        resolve_task(load_config(None, ["task=chat"]), labelled)
+    chat = examples([{"prompt": "hi", "response": "hello"}])
+    with pytest.raises(ConfigError, match="task=classification needs text/label rows"):
+        resolve_task(load_config(None, ["task=classification"]), chat)
+    with pytest.raises(ConfigError, match="train.method=prompt_tuning does not suit task classification"):
+        resolve_task(load_config(None, ["train.method=prompt_tuning"]), labelled)
+
+
+def test_chat_keeps_the_datas_own_system_message_and_adds_one_only_when_set():
+    chat = examples([{"prompt": "hi", "response": "hello"}])
+    assert resolve_task(load_config(None), chat).instruction is None
+    assert resolve_task(load_config(None, ["data.system_prompt=Be brief"]), chat).instruction == "Be brief"
+
+
+def test_extraction_instruction_is_written_from_the_data():
+    rows = [{"prompt": f"item {i}", "response": f'{{"brand": "B{i % 2}", "category": "{["home", "sports"][i % 2]}", '
+                                                f'"price": {i}.5}}'} for i in range(12)]
+    text = instruction_for(examples(rows))
+    assert text.startswith("Extract the fields from the text. Answer with only a JSON object with the keys brand, "
+                           "category, price.")
+    assert "category is one of home, sports." in text and "price is a number." in text
+    assert text.endswith("Use null for anything not stated.")
+
+
+def test_every_task_reports_its_primary_metric():
+    for task in TASKS.values():
+        assert task.primary_metric in task.metric_names
+    with pytest.raises(ConfigError, match="not a task"):
+        get_task("translation")
+
+
+@pytest.mark.parametrize(("source", "task", "name"), [
+    ("data/bbc-news.csv", "classification", "bbc-news-classification"),
+    ("/tmp/My Dialogs/", "chat", "my-dialogs-chat"),
+    ("org/cnn_dailymail:train", "summarization", "cnn-dailymail-summarization"),
+    ("data/products.jsonl", "extraction", "products-extraction"),
+])
+def test_registry_name_is_derived_from_source_and_task(source, task, name):
+    assert derive_model_name(source, task) == name
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"prompt": r["text"], "text": r["text"], "label": r["label"]} for r in rows])
+
+
+def test_labels_are_inferred_from_the_training_split_unless_pinned():
+    rows = [{"text": f"text {i}", "label": ["b", "a", "c"][i % 3]} for i in range(90)]
+    cfg = load_config(None, ["data.max_train_rows=null"])
+    train, validation, test, info = split_frame(frame(rows), cfg.data, classifier=True)
+    assert info.labels == ["a", "b", "c"]
+    assert sum(info.rows.values()) == 90 and set(info.label_counts["test"]) == {"a", "b", "c"}
+    pinned = load_config(None, ["data.labels=[c, b, a]", "data.max_train_rows=null"])
+    assert split_frame(frame(rows), pinned.data, classifier=True)[3].labels == ["c", "b", "a"]
+    with pytest.raises(DataError, match="needs at least 2"):
+        split_frame(frame([{"text": f"t {i}", "label": "only"} for i in range(30)]), cfg.data, classifier=True)
+
+
+def test_integer_labels_take_optional_names():
+    rows = [{"text": f"story {i}", "label": i % 3} for i in range(9)]
+    assert {e.label for e in examples(rows)} == {"0", "1", "2"}
+    named = examples(rows, "data.label_names=[World, Sports, Business]")
+    assert {e.label for e in named} == {"World", "Sports", "Business"}
+    cfg = load_config(None, ["data.label_names=[World, Sports]"])
+    kept, rejected = to_examples([RawRow("d.csv, line 2", {"text": "x y", "label": 1}),
+                                  RawRow("d.csv, line 3", {"text": "x z", "label": 7})], cfg.data)
+    assert [e.label for e in kept] == ["Sports"]
+    assert rejected[0].reason == "integer label 7 has no name in data.label_names (2 names)"
+
+
+def test_capped_evaluation_is_a_seeded_stratified_sample_never_the_head():
+    # a file sorted by class: the head would hold one class only
+    rows = [{"label": label, "i": i} for label in ("a", "b", "c", "d", "e") for i in range(40)]
+    chosen, sample = sample_rows(rows, 20, seed=3, label_key="label")
+    assert Counter(r["label"] for r in chosen) == {"a": 4, "b": 4, "c": 4, "d": 4, "e": 4}
+    assert sample.n == 20 and sample.of == 200 and sample.seed == 3 and "stratified" in sample.how
+    assert sample_rows(rows, 20, seed=3, label_key="label")[0] == chosen  # seeded: the same rows again
+    assert sample_rows(rows, 20, seed=4, label_key="label")[0] != chosen
+    uneven = [{"label": "big", "i": i} for i in range(90)] + [{"label": "small", "i": i} for i in range(10)]
+    picked = Counter(r["label"] for r in sample_rows(uneven, 10, 0, "label")[0])
+    assert picked == {"big": 9, "small": 1}
+    tiny_budget = Counter(r["label"] for r in sample_rows(rows, 3, 0, "label")[0])
+    assert sum(tiny_budget.values()) == 3
+    plain, info = sample_rows(rows, 30, seed=0)
+    assert len(plain) == 30 and info.how == "seeded random sample" and len({r["label"] for r in plain}) > 1
+    whole, info = sample_rows(rows, None, seed=0)
+    assert len(whole) == 200 and info.how == "whole test split" and info.seed is None
+
+
+def test_summarization_faithfulness_and_length_ratio():
+    source = "The council approved a budget of 4.5 million for parks on Tuesday."
+    assert unsupported_share("Council approved 4.5 million for parks.", source) == 0.0
+    assert unsupported_share("Mayor Smith approved 9 million.", source) == pytest.approx(3 / 5)
+    task = get_task("summarization")
+    metrics, rows = task.score(["a b c d", "a b"], ["a b", "a b c d"], ["a b c d", "a b c d"])
+    assert metrics["length_ratio"] == pytest.approx((2.0 + 0.5) / 2) and len(rows) == 2
+
+
+def test_extraction_scorer_takes_prose_references():
+    metrics, rows = get_task("extraction").score(["Paris", '{"a": 1}'], ["paris", '{"a": 1}'], ["", ""])
+    assert metrics["field_accuracy"] == 1.0 and rows[0]["field_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(("name", "task", "fields"), [
+    ("dialog.jsonl", "chat", "conversation"), ("classification.jsonl", "classification", "text/label"),
+    ("summarization.jsonl", "summarization", "document/summary"), ("messy.csv", "classification", "text/spam"),
+])
+def test_real_corpus_slices_are_recognised(name, task, fields):
+    cfg = load_config(ROOT / "configs" / "finetune.yaml", [f"data.source={REAL / name}"])
+    found, rejected = to_examples(read_rows(cfg.data.source), cfg.data)
+    assert not rejected and len(found) >= 60
+    assert resolve_task(cfg, found).name == task and found[0].fields == fields
