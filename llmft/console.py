@@ -59,6 +59,8 @@ def configure(level: int) -> None:
 def attach_noise_filter() -> None:
     """ZenML installs its console handlers on import: filter them too (their records skip loggers'
     own filters when they come from child loggers)."""
+    import zenml  # noqa: F401  (installs its handlers on the root logger)
+
     noise = _DropNoise()
     for handler in logging.getLogger().handlers:
         handler.addFilter(noise)

@@ -95,7 +95,7 @@ def test_encode_to_fit_cuts_the_input_keeps_the_target(tokenizer):
     assert document.startswith(fitted[1]["content"][:50]) and len(fitted[1]["content"]) < len(document)
     labelled = [t for t in encoded["labels"] if t != IGNORE_INDEX]
     assert tokenizer.decode(labelled) == "A harbour report.<|im_end|>"
-    short = encode_to_fit(tokenizer, messages[:1] + [{"role": "user", "content": "hi"}, messages[2]], 96)
+    short = encode_to_fit(tokenizer, [*messages[:1], {"role": "user", "content": "hi"}, messages[2]], 96)
     assert short is not None and short[2] is False
 
 
@@ -103,7 +103,7 @@ def test_encode_to_fit_drops_oldest_turns_then_gives_up_when_the_target_cannot_f
     turns = []
     for i in range(12):
         turns += [{"role": "user", "content": f"question number {i} " * 5}, {"role": "assistant", "content": f"a{i}"}]
-    encoded, fitted, truncated = encode_to_fit(tokenizer, turns, 80)
+    _encoded, fitted, truncated = encode_to_fit(tokenizer, turns, 80)
     assert truncated and fitted[-2:] == turns[-2:] and len(fitted) < len(turns)
     assert encode_to_fit(tokenizer, [{"role": "user", "content": "q"},
                                      {"role": "assistant", "content": "word " * 400}], 80) is None

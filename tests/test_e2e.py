@@ -15,6 +15,7 @@ import pytest
 from conftest import wait_http
 
 from llmft.serve.deploy import post_json
+from llmft.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.max_rows=200", "--set", "train.max_steps=14", "--set", "eval.max_samples=6",
@@ -56,14 +57,19 @@ def test_finetune_summary_contract(finetune_summary: dict):
     for key in ("pipeline", "zenml_run_id", "mlflow_run_id", "tracking_uri", "primary_metric", "wall_seconds",
                 "promoted", "promotion_reasons"):
         assert key in s
+    assert s["task"] == "extraction" and s["task_reason"] == "inferred from responses: 200 of 200 are JSON objects"
     assert s["primary_metric"] == "field_accuracy"
+    assert s["registered_model"]["name"] == "products-extraction"  # derived from the source and the task
+    assert s["eval_sample"] == {"n": 6, "of": s["dataset"]["rows"]["test"], "seed": 0, "how": "seeded random sample"}
     for model in ("base", "finetuned"):
         m = s["metrics"][model]
+        assert set(m) == set(get_task("extraction").metric_names)
         for rate in ("json_validity", "field_accuracy", "all_fields_correct", "rouge1", "rouge2", "rougeL", "bleu",
-                     "exact_match"):
+                     "chrf", "exact_match"):
             assert 0.0 <= m[rate] <= 1.0
         assert m["eval_loss"] > 0 and m["perplexity"] >= 1 and m["wer"] >= 0
     assert s["metrics"]["champion"] is None and s["champion_evaluated"] is None  # the first run has none
+    assert s["champion_note"] == "no current champion"
     assert s["forgetting"]["applicable"] and s["forgetting"]["questions"] >= 50
     assert s["forgetting"]["drop"] == pytest.approx(s["forgetting"]["base"] - s["forgetting"]["finetuned"])
     assert set(s["dataset"]["rows"]) == {"train", "validation", "test"}
@@ -85,6 +91,8 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     assert run.data.params["train.max_steps"] == "14"
     assert run.data.params["train.method"] == "lora"
     assert run.data.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
+    assert run.data.tags["task"] == "extraction" and run.data.tags["task.reason"].startswith("inferred from")
+    assert run.data.tags["mlflow.note.content"].startswith("extraction (inferred from responses")  # description
     assert "finetuned/field_accuracy" in run.data.metrics
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(losses) == 14
@@ -100,7 +108,8 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     version = client.get_model_version(name, "1")
     assert version.tags["zenml_run_id"] == finetune_summary["zenml_run_id"]
     assert version.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
-    assert version.tags["method"] == "lora"
+    assert version.tags["method"] == "lora" and version.tags["task"] == "extraction"
+    assert version.tags["instruction"].startswith("Extract the fields from the text.")
     assert version.tags["git_commit"] and version.tags["zenml_pipeline_version"] != "unknown"
     assert version.tags["zenml_model_version"] == "1"
     assert "metric.finetuned.field_accuracy" in version.tags
@@ -115,8 +124,9 @@ def test_registered_model_loads_in_fresh_offline_process(finetune_summary: dict,
     code = textwrap.dedent(f"""
         import json, mlflow
         mlflow.set_tracking_uri("sqlite:///{run_env['LLMFT_HOME']}/mlflow.db")
-        model = mlflow.pyfunc.load_model("models:/{finetune_summary['registered_model']['name']}@champion")
-        from llmft.tasks.extraction import INSTRUCTION
+        name = "{finetune_summary['registered_model']['name']}"
+        model = mlflow.pyfunc.load_model(f"models:/{{name}}@champion")
+        INSTRUCTION = mlflow.MlflowClient().get_model_version_by_alias(name, "champion").tags["instruction"]
         out = model.predict({{"messages": [{{"role": "system", "content": INSTRUCTION}},
                                            {{"role": "user", "content": "Lumora mug | red | ceramic | $12.99"}}],
                              "max_tokens": 60}})
@@ -165,8 +175,9 @@ def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: 
     proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", f"data.source={bad}")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: finetune pipeline failed at step 'validate': DataGateError:"), last
-    assert "rejected (empty: 5)" in last and "is_rejected" in last and "bad.jsonl, line 11: empty user turn" in last
+    assert last.startswith("error: finetune pipeline failed at step 'gate_and_tokenize': DataGateError:"), last
+    assert "rejected (empty: 5)" in last and "bad.jsonl, line 11: empty user turn" in last
+    assert "over validation.max_rejected_fraction=0.2" in last and "set validation.max_rejected_fraction=0.34" in last
     assert "Traceback" not in proc.stderr
     report_dir = Path(last.split("(report: ")[1].split(")")[0])
     rejected = [json.loads(line) for line in (report_dir / "rejected.jsonl").read_text().splitlines()]
@@ -175,7 +186,8 @@ def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: 
     name = finetune_summary["registered_model"]["name"]
     versions = _mlflow_client(run_env).search_model_versions(f"name='{name}'")
     assert [str(v.version) for v in versions] == ["1"]
-    assert _zenml_stages(run_env, name, every=True) == {"1": "production"}  # the failed run left no ZenML version
+    assert _zenml_stages(run_env, name, every=True) == {"1": "production"}
+    assert _zenml_stages(run_env, "bad-extraction", every=True) == {}  # the failed run left no ZenML version
 
 
 def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_path: Path):
@@ -216,7 +228,7 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
     again = tmp_path / "again.json"
     assert run_py(run_env, *args, "--summary", str(again), timeout=300).returncode == 0
     s2 = json.loads(again.read_text())
-    assert {"ingest", "validate", "split_tokenize"} <= set(s2["cached_steps"])
+    assert {"ingest_data", "gate_and_tokenize", "split_data"} <= set(s2["cached_steps"])
     assert s2["dataset"]["fingerprint"] == d["fingerprint"] and s2["dataset"]["rows"] == d["rows"]
 
     with data.open("a") as fh:  # a changed file must never be served from the cache
@@ -226,7 +238,7 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
     assert run_py(run_env, *args, "--summary", str(changed), timeout=300).returncode == 0
     s3 = json.loads(changed.read_text())
     assert s3["dataset"]["fingerprint"] != d["fingerprint"]
-    assert not {"ingest", "validate", "split_tokenize"} & set(s3["cached_steps"])
+    assert not {"ingest_data", "gate_and_tokenize", "split_data"} & set(s3["cached_steps"])
     assert sum(s3["dataset"]["rows"].values()) == 32
     for name in ("train", "validation", "test"):  # appending never moves an existing record
         before = {json.dumps(r) for r in map(json.loads, (export / f"{name}.jsonl").read_text().splitlines())}
@@ -240,10 +252,10 @@ def test_malformed_line_is_named(run_env: dict[str, str], tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n' * 6 + '{"prompt": "a", \n')
     proc = run_py(run_env, "--pipeline", "finetune", "--set", f"data.source={bad}")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # found while resolving the task, before any pipeline starts
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: finetune pipeline failed at step 'ingest': DataError:"), last
-    assert f"{bad}, line 7: malformed JSON" in last
+    assert last.startswith(f"error: {bad}, line 7: malformed JSON"), last
+    assert "Traceback" not in proc.stderr
 
 
 def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], tmp_path: Path):
@@ -253,14 +265,22 @@ def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], 
     data.write_text("\n".join([*lines, '"a strange one",sarcastic']) + "\n")
     out = tmp_path / "summary.json"
     proc = run_py(run_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
-                  "--set", "data.labels=[positive, negative, neutral]", "--summary", str(out), timeout=300)
+                  "--summary", str(out), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "task: classification (inferred from columns text/label" in proc.stdout
     s = json.loads(out.read_text())
-    assert s["dataset"]["rejected_by_reason"] == {"unknown_label": 1}
+    assert s["task"] == "classification" and s["dataset"]["labels"] == ["negative", "neutral", "positive"]
+    assert s["dataset"]["rejected_by_reason"] == {"rare_label": 1}  # one "sarcastic" row cannot be learned
     test_rows = [json.loads(line) for line in Path(s["dataset"]["export_dir"], "test.jsonl").read_text().splitlines()]
     assert {r["label"] for r in test_rows} == set(labels)  # stratified: every class is measured
     client = _mlflow_client(run_env)
     assert "plots/class_balance.png" in {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
+    # labels pinned by the user, and the data has others: one line naming data.labels, with counts
+    pinned = run_py(run_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
+                    "--set", "data.labels=[positive, negative]", timeout=300)
+    last = pinned.stderr.strip().splitlines()[-1]
+    assert pinned.returncode == 1 and "data.labels pins [positive, negative] but the data has labels" in last, last
+    assert "neutral (20)" in last and "sarcastic (1)" in last and "set data.labels=null to accept" in last
 
 
 def _zenml_stages(run_env: dict[str, str], name: str, every: bool = False) -> dict[str, str]:

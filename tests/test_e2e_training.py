@@ -24,7 +24,9 @@ def test_classification_end_to_end(run_env: dict[str, str], tmp_path: Path):
     proc = run_py(run_env, *CLASSIFY, "--set", "train.max_steps=24", "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(out.read_text())
-    assert s["primary_metric"] == "macro_f1"
+    assert s["task"] == "classification" and s["primary_metric"] == "macro_f1"
+    assert s["labels"] == ["negative", "neutral", "positive"]  # inferred: classify.yaml pins none
+    assert s["eval_sample"]["how"] == "seeded sample stratified by label"
     base, tuned = s["metrics"]["base"], s["metrics"]["finetuned"]
     assert set(tuned) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "eval_loss"}
     assert tuned["macro_f1"] > base["macro_f1"] and s["promoted"], s["promotion_reasons"]
@@ -36,7 +38,10 @@ def test_classification_end_to_end(run_env: dict[str, str], tmp_path: Path):
     mlflow.set_tracking_uri(s["tracking_uri"])
     plots = {a.path for a in MlflowClient().list_artifacts(s["mlflow_run_id"], "plots")}
     assert {"plots/confusion_matrix_finetuned.png", "plots/loss_curve.png"} <= plots
-    model = mlflow.pyfunc.load_model("models:/review-sentiment-classifier@champion")
+    metrics = MlflowClient().get_run(s["mlflow_run_id"]).data.metrics
+    assert {"finetuned/per_class/positive/f1", "finetuned/per_class/negative/recall"} <= set(metrics)
+    assert s["registered_model"]["name"] == "sentiment-classification"
+    model = mlflow.pyfunc.load_model("models:/sentiment-classification@champion")
     predictions = model.predict(["Ordered the blender: the build quality is terrible. Avoid.",
                                  "Got this yoga mat as a gift: love the grip. Five stars."])
     assert set(predictions["label"]) <= {"negative", "neutral", "positive"}

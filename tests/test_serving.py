@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from llmft.base_model import load_model
-from llmft.serve.app import Limits, Served, create_app
+from llmft.config import ServerLimits
+from llmft.serve.app import Served, create_app
 from llmft.serve.deploy import post_json
 
-LIMITS = Limits(max_tokens=32, default_max_tokens=8, max_input_tokens=200, max_batch_size=8, batch_wait_ms=50)
+LIMITS = ServerLimits(max_tokens=32, default_max_tokens=8, max_input_tokens=200, max_batch_size=8, batch_wait_ms=50)
 TOKEN = "test-admin-token"
 
 
@@ -53,7 +54,7 @@ def classifier_url(base_model_path: str, tokenizer):
 
     labels = ["negative", "neutral", "positive"]
     set_seed(0)
-    model = load_model(base_model_path, "classification", labels)
+    model = load_model(base_model_path, labels)
     yield from _serve(Served("embedded-classifier", None, "classification", model, tokenizer, labels))
 
 

@@ -72,12 +72,12 @@ def test_the_turns_shape_drops_an_unanswered_last_turn():
 
 def test_a_set_task_is_checked_against_the_data():
     labelled = examples([{"text": f"great film {i}", "label": "pos"} for i in range(4)])
-    with pytest.raises(ConfigError, match="task=chat trains on conversations.*task=classification or task=auto"):
+    with pytest.raises(ConfigError, match=r"task=chat trains on conversations.*task=classification or task=auto"):
         resolve_task(load_config(None, ["task=chat"]), labelled)
     chat = examples([{"prompt": "hi", "response": "hello"}])
     with pytest.raises(ConfigError, match="task=classification needs text/label rows"):
         resolve_task(load_config(None, ["task=classification"]), chat)
-    with pytest.raises(ConfigError, match="train.method=prompt_tuning does not suit task classification"):
+    with pytest.raises(ConfigError, match=r"train\.method=prompt_tuning does not suit task classification"):
         resolve_task(load_config(None, ["train.method=prompt_tuning"]), labelled)
 
 
@@ -121,7 +121,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
 def test_labels_are_inferred_from_the_training_split_unless_pinned():
     rows = [{"text": f"text {i}", "label": ["b", "a", "c"][i % 3]} for i in range(90)]
     cfg = load_config(None, ["data.max_train_rows=null"])
-    train, validation, test, info = split_frame(frame(rows), cfg.data, classifier=True)
+    _train, _validation, _test, info = split_frame(frame(rows), cfg.data, classifier=True)
     assert info.labels == ["a", "b", "c"]
     assert sum(info.rows.values()) == 90 and set(info.label_counts["test"]) == {"a", "b", "c"}
     pinned = load_config(None, ["data.labels=[c, b, a]", "data.max_train_rows=null"])

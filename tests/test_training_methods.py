@@ -6,9 +6,11 @@ import pytest
 
 from llmft.chat_format import build_messages, encode_messages
 from llmft.config import load_config
-from llmft.tasks.extraction import INSTRUCTION
 from llmft.train.loop import train
 from llmft.train.methods import PROMPT_TOKEN, load_trained
+
+INSTRUCTION = ("Extract the fields from the text. Answer with only a JSON object with the keys brand, category, "
+               "color, material, size, price. Use null for anything not stated.")
 
 LISTINGS = [("Lumora rain jacket | navy blue | nylon | Size M | $79.99",
              '{"brand": "Lumora", "category": "clothing", "color": "navy blue", "material": "nylon", "size": "M", '
@@ -44,11 +46,11 @@ def test_method_trains_and_loads_in_full_precision(method: str, base_model_path:
     assert 0 < result.trainable_parameters <= result.total_parameters
     if method in ("lora", "dora", "qlora", "prompt_tuning"):
         assert result.trainable_parameters < 0.05 * result.total_parameters
-    model, tok = load_trained(base_model_path, result.output_dir, "extraction")
+    model, tok = load_trained(base_model_path, result.output_dir)
     weight = model.model.layers[0].self_attn.q_proj.weight
     assert weight.dtype == torch.float32 and not hasattr(weight, "quant_state")  # never a 4-bit artifact
     if method == "freeze":  # only the last blocks moved
-        base, _ = load_trained(base_model_path, base_model_path, "extraction")
+        base, _ = load_trained(base_model_path, base_model_path)
         assert torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
         assert not torch.equal(model.model.layers[-1].mlp.up_proj.weight, base.model.layers[-1].mlp.up_proj.weight)
     if method == "prompt_tuning":
@@ -67,8 +69,8 @@ def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokeni
     examples = _sft_examples(tokenizer)
     result = train(base_model_path, examples, [], _cfg("prompt_tuning", "train.max_steps=2"), tmp_path,
                    init_text=INSTRUCTION, log_to_mlflow=False)
-    peft_model = PeftModel.from_pretrained(load_model(base_model_path, "extraction"), result.output_dir).eval()
-    baked, baked_tok = load_trained(base_model_path, result.output_dir, "extraction")
+    peft_model = PeftModel.from_pretrained(load_model(base_model_path), result.output_dir).eval()
+    baked, baked_tok = load_trained(base_model_path, result.output_dir)
     messages = build_messages(INSTRUCTION, LISTINGS[0][0])
     plain_ids = tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False,
                           return_tensors="pt")["input_ids"]
@@ -118,7 +120,7 @@ def test_two_processes_through_accelerate(base_model_path: str, tokenizer, tmp_p
 
     examples = _sft_examples(tokenizer) * 2
     cfg = _cfg("lora", "train.max_steps=3", "train.batch_size=2", "train.num_processes=2")
-    result = run_training(base_model_path, examples, [], cfg, tmp_path, "extraction", None, None, None,
+    result = run_training(base_model_path, examples, [], cfg, tmp_path, None, None, None,
                           log_to_mlflow=False)
     assert result.num_processes == 2 and result.steps == 3
     lengths = [len(e["input_ids"]) for e in examples]

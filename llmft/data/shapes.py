@@ -114,7 +114,8 @@ def _text_label(data: dict[str, Any], cfg: DataConfig) -> tuple[str, str] | None
     if cfg.columns.text or cfg.columns.label:
         pair = (_col(cfg, "text"), _col(cfg, "label"))
         return pair if pair[0] in data and pair[1] in data else None
-    label = next((c for c in LABEL_COLUMNS if c in data and _label_like(data[c])), None)
+    # a column named like a label is one; `target` only when its value looks like a label
+    label = next((c for c in LABEL_COLUMNS if c in data and (c != "target" or _label_like(data[c]))), None)
     text = next((c for c in TEXT_COLUMNS if c in data and isinstance(data[c], str)), None)
     return (text, label) if text and label else None
 

