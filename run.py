@@ -75,7 +75,6 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
 
     from llmft.base_model import base_identity
     from llmft.resolve import code_version
-    from llmft.tasks.base import TaskSpec
 
     cfg, spec = run.cfg, run.spec
     model_name = str(cfg.registry.model_name)
@@ -119,8 +118,7 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
     if name == "data":
         from pipelines.data import data_pipeline
 
-        return data_pipeline.with_options(settings=settings)(cfg=cfg, task=TaskSpec.model_validate(spec.model_dump()),
-                                                             code_version=code_version())
+        return data_pipeline.with_options(settings=settings)(cfg=cfg, task=spec, code_version=code_version())
     from pipelines.deploy import deploy_pipeline
 
     return deploy_pipeline.with_options(settings=settings)(model_name=model_name, deploy=cfg.deploy)

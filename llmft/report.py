@@ -33,6 +33,15 @@ def cached_steps(run: Any) -> list[str]:
     return sorted(name for name, step in run.steps.items() if str(step.status.value) == "cached")
 
 
+def step_seconds(run: Any) -> dict[str, float]:
+    """Wall seconds of each step that ran (cached steps take none)."""
+    out = {}
+    for name, step in run.steps.items():
+        if step.start_time and step.end_time and str(step.status.value) != "cached":
+            out[name] = round((step.end_time - step.start_time).total_seconds(), 1)
+    return out
+
+
 def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
     evaluation: Evaluation = _load(run, "evaluate_candidate", "evaluation")
     registered: Registration = _load(run, "register", "registration")
@@ -67,6 +76,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "labels": training.labels,
         "deployment": deployment.model_dump(),
         "cached_steps": cached_steps(run),
+        "step_seconds": step_seconds(run),
         "train": {k: getattr(training, k) for k in TRAIN_KEYS},
         "wall_seconds": round(wall_seconds, 1),
     }

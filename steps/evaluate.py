@@ -55,7 +55,8 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows:
                        max_seq_length: int) -> Annotated[Evaluation, "evaluation"]:
     """The candidate on the same rows, then all three side by side in MLflow."""
     candidate = stage.evaluate_candidate(trained_model, training, eval_rows, task, model, eval_cfg, max_seq_length)
-    return stage.compare(base_evaluation, candidate, champion_evaluation, eval_rows, eval_sample, task, eval_cfg)
+    return stage.compare(base_evaluation, candidate, champion_evaluation, eval_rows, eval_sample, task, eval_cfg,
+                         max_seq_length)
 
 
 @step

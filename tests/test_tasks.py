@@ -184,3 +184,34 @@ def test_real_corpus_slices_are_recognised(name, task, fields):
     found, rejected = to_examples(read_rows(cfg.data.source), cfg.data)
     assert not rejected and len(found) >= 60
     assert resolve_task(cfg, found).name == task and found[0].fields == fields
+
+
+def test_champion_is_compared_only_when_comparable():
+    from llmft.contracts import ChampionRef
+    from llmft.evaluate.stage import champion_comparable
+    from llmft.tasks.base import TaskSpec
+
+    spec = TaskSpec(name="classification", reason="r")
+    same = ChampionRef(name="m", version="2", task="classification", labels=["b", "a"])
+    assert champion_comparable(same, spec, ["a", "b"], True) is None
+    assert champion_comparable(None, spec, ["a", "b"], True) == "no current champion"
+    assert champion_comparable(same, spec, ["a", "b"], False) == "champion re-evaluation off (eval.champion=false)"
+    other_task = same.model_copy(update={"task": "chat"})
+    assert champion_comparable(other_task, spec, ["a", "b"], True) == (
+        "no comparable champion: task chat vs classification (champion v2)")
+    assert "has labels ['b', 'a'], this data ['a', 'b', 'c']" in champion_comparable(same, spec, ["a", "b", "c"], True)
+
+
+def test_scores_key_follows_rows_and_settings():
+    from llmft.evaluate.stage import scores_key
+    from llmft.tasks.base import TaskSpec
+
+    rows = pd.DataFrame([{"messages": "[]", "response": "x", "text": "", "label": None},
+                         {"messages": "[]", "response": "y", "text": "", "label": float("nan")}])
+    spec = TaskSpec(name="chat", reason="r")
+    cfg = load_config(None).eval
+    key = scores_key(rows, spec, cfg, 384)
+    assert key == scores_key(rows.copy(), spec, cfg, 384)
+    assert key != scores_key(rows.iloc[:1], spec, cfg, 384)
+    assert key != scores_key(rows, spec, cfg.model_copy(update={"max_new_tokens": 8}), 384)
+    assert key != scores_key(rows, spec.model_copy(update={"instruction": "Be brief"}), cfg, 384)

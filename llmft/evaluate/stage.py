@@ -93,15 +93,61 @@ def champion_comparable(champion: ChampionRef | None, spec: TaskSpec, labels: li
     return None
 
 
+SCORES_ARTIFACT = "evaluation/candidate_scores.json"
+
+
+def scores_key(sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig, max_seq_length: int) -> str:
+    """What determines a model's scores besides the model: the rows, the task and instruction, the
+    generation settings and the project's code (greedy decoding is deterministic)."""
+    import hashlib
+
+    from llmft.resolve import code_version
+
+    digest = hashlib.sha256()
+    for row in sample[["messages", "response", "text", "label"]].itertuples(index=False):
+        digest.update("\x1f".join(str(value) for value in row).encode() + b"\x1e")
+    settings = {"task": spec.model_dump(), "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+                "max_seq_length": max_seq_length, "code": code_version()}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def _scores_from_its_own_run(champion: ChampionRef, key: str) -> ModelEvaluation | None:
+    """The champion's scores as its own run measured them, when that run scored these very rows with
+    the same settings and code: a re-measurement would give the same numbers."""
+    import mlflow
+
+    if not champion.run_id:
+        return None
+    try:
+        saved = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/{SCORES_ARTIFACT}")
+    except Exception:  # an older run, or artifacts gone: measure instead
+        return None
+    if saved.get("key") != key:
+        return None
+    found = ModelEvaluation.model_validate(saved["evaluation"])
+    return found.model_copy(update={"role": "champion", "version": champion.version,
+                                    "identity": f"models:/{champion.name}/{champion.version}",
+                                    "note": f"champion v{champion.version}: same rows, settings and code as its own "
+                                            "run's evaluation, scores reused"})
+
+
 def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRef | None, split: SplitInfo,
                       cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
-    """The registry's champion re-measured on this run's rows, never its old numbers."""
+    """The registry's champion measured on this run's rows, never numbers from other rows."""
     labels = split.labels if get_task(spec.name).classifier else None
     why_not = champion_comparable(champion, spec, labels, cfg.champion)
     if why_not is not None or champion is None:
         return ModelEvaluation(role="champion", available=False, note=why_not or "no current champion")
+    import mlflow
+
+    from llmft.locations import tracking_uri
     from llmft.registry.versions import load_components
 
+    mlflow.set_tracking_uri(tracking_uri())  # no experiment tracker on this (cached) step
+    reused = _scores_from_its_own_run(champion, scores_key(sample, spec, cfg, max_seq_length))
+    if reused is not None:
+        return reused
     return score_model("champion", f"models:/{champion.name}/{champion.version}",
                        lambda: load_components(champion.name, champion.version), sample, spec, cfg, max_seq_length,
                        labels, note=f"champion v{champion.version} re-evaluated on this run's rows",
@@ -120,7 +166,7 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd
 
 
 def compare(base: ModelEvaluation, candidate: ModelEvaluation, champion: ModelEvaluation, sample: pd.DataFrame,
-            drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig) -> Evaluation:
+            drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig, max_seq_length: int) -> Evaluation:
     """The three side by side; metrics, predictions table and plots go to the active MLflow run."""
     import mlflow
 
@@ -153,6 +199,8 @@ def compare(base: ModelEvaluation, candidate: ModelEvaluation, champion: ModelEv
     mlflow.log_figure(plots.metric_comparison({m.role: m.metrics for m in models}, rates),
                       "plots/metric_comparison.png")
     mlflow.log_dict(drawn.model_dump(), "evaluation/sample.json")
+    mlflow.log_dict({"key": scores_key(sample, spec, cfg, max_seq_length), "evaluation": candidate.model_dump()},
+                    SCORES_ARTIFACT)
     mlflow.set_tags({"evaluation.champion": champion.note, "evaluation.sample": f"{drawn.n} of {drawn.of} test rows, "
                                                                                  f"{drawn.how}"})
     run = mlflow.active_run()

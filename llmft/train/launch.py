@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ def run_training(base_path: str, train_examples: list[dict[str, Any]], validatio
         raise TrainingLaunchError(f"training across {cfg.num_processes} processes failed (exit {proc.returncode}); "
                                   "see the worker output above")
     data = json.loads(result_file.read_text())
-    return TrainResult(**{f.name: data[f.name] for f in fields(TrainResult)})
+    return TrainResult.model_validate(data)
 
 
 def _worker(spec_dir: Path) -> None:
@@ -96,7 +95,7 @@ def _worker(spec_dir: Path) -> None:
     else:
         result = go()
     if rank == 0:
-        (spec_dir / "result.json").write_text(json.dumps(result.as_dict()))
+        (spec_dir / "result.json").write_text(result.model_dump_json())
 
 
 if __name__ == "__main__":

@@ -17,42 +17,27 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
 
 from llmft.base_model import load_model, load_tokenizer
 from llmft.chat_format import PadToLongest, check_labels
 from llmft.config import TrainConfig
+from llmft.contracts import TrainingResult
 from llmft.loss import masked_lm_loss
 from llmft.train import methods
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainResult:
-    output_dir: str  # an adapter (adapter_config.json) or a whole model
-    method: str
-    steps: int
-    train_loss: float
-    first_loss: float
-    last_loss: float
-    validation_loss: float | None
-    best_validation_loss: float | None
-    stopped_early: bool
-    resumed_from_step: int | None
-    tokens: int
-    padding_fraction: float
-    tokens_per_second: float
-    wall_seconds: float
-    trainable_parameters: int
-    total_parameters: int
-    num_processes: int = 1
-    history: list[dict[str, float]] = field(default_factory=list)
+class TrainResult(TrainingResult):
+    """What training returns: the summary every step sees, plus where the result is and the
+    per-step history (for the loss-curve plot)."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    output_dir: str  # an adapter (adapter_config.json) or a whole model
+    history: list[dict[str, float]] = Field(default_factory=list)
 
 
 class ClassificationBatches:

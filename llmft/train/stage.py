@@ -62,5 +62,5 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
                         "train/trainable_parameters": result.trainable_parameters})
     mlflow.set_tags({"train.resumed_from_step": str(result.resumed_from_step),
                      "train.stopped_early": str(result.stopped_early)})
-    summary = {k: v for k, v in result.as_dict().items() if k not in ("history", "output_dir")}
+    summary = result.model_dump(exclude={"history", "output_dir", "labels"})
     return Path(result.output_dir), TrainingResult(**summary, labels=labels)

@@ -1,0 +1,77 @@
+"""End to end on real rows: one small slice per kind of data users bring (tests/data/real/, drawn from
+public corpora on the package registries by scripts/fetch_real_data.py), with only `data.source` and
+tiny run settings set. Each must infer its task, go through the gate with its duplicates, long
+records and odd labels, train, evaluate and reach a readable promotion decision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_e2e import ROOT, run_py
+
+pytestmark = pytest.mark.e2e
+
+REAL = ROOT / "tests" / "data" / "real"
+FAST = ["--set", "train.max_steps=8", "--set", "eval.max_samples=10", "--set", "eval.max_new_tokens=32",
+        "--set", "train.eval_steps=null", "--set", "train.save_steps=1000"]
+
+
+def finetune(run_env: dict[str, str], tmp_path: Path, name: str, *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "summary.json"
+    proc = run_py(run_env, "--pipeline", "finetune", "--set", f"data.source={REAL / name}", *FAST, *extra,
+                  "--summary", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout + proc.stderr
+
+
+def readable_decision(s: dict) -> None:
+    assert [r.split(":")[0].split(" ", 1)[1] for r in s["promotion_reasons"]] == ["base", "champion", "forgetting"]
+    assert s["promoted"] == all(r.startswith("PASS") for r in s["promotion_reasons"])
+
+
+def test_dialog_corpus_is_chat(run_env: dict[str, str], tmp_path: Path):
+    s, console = finetune(run_env, tmp_path, "dialog.jsonl")
+    assert s["task"] == "chat" and s["task_reason"] == "inferred from conversations in column conversation"
+    assert console.startswith("task: chat (inferred from conversations in column conversation; set task=")
+    assert s["registered_model"]["name"] == "dialog-chat" and s["primary_metric"] == "rougeL"
+    assert s["dataset"]["duplicates_removed"] >= 1  # the corpus repeats a conversation
+    assert s["dataset"]["duplicate_examples"][0].startswith(f"{REAL / 'dialog.jsonl'}, line ")
+    assert s["metrics"]["finetuned"]["eval_loss"] < s["metrics"]["base"]["eval_loss"]  # it learned the replies
+    assert s["forgetting"]["applicable"]
+    readable_decision(s)
+    # a clean console: progress bars and step lines, never the trainer's raw log dicts
+    assert "{'loss'" not in console and "'grad_norm'" not in console and "Failed to disable MLflow" not in console
+
+
+def test_news_corpus_is_classification_with_inferred_labels(run_env: dict[str, str], tmp_path: Path):
+    s, _ = finetune(run_env, tmp_path, "classification.jsonl", "--set", "train.max_seq_length=256")
+    assert s["task"] == "classification" and s["primary_metric"] == "macro_f1"
+    assert s["labels"] == ["business", "entertainment", "politics", "sport", "tech"]
+    assert s["dataset"]["duplicates_removed"] == 4 and s["dataset"]["truncated"] > 0  # long articles are cut
+    assert s["eval_sample"]["how"] == "seeded sample stratified by label" and s["eval_sample"]["n"] == 10
+    assert not s["forgetting"]["applicable"]
+    readable_decision(s)
+
+
+def test_summarization_corpus_with_document_summary_columns(run_env: dict[str, str], tmp_path: Path):
+    s, _ = finetune(run_env, tmp_path, "summarization.jsonl", "--set", "eval.max_new_tokens=48")
+    assert s["task"] == "summarization" and s["task_reason"] == "inferred from columns document/summary"
+    assert s["primary_metric"] == "rougeLsum"
+    tuned = s["metrics"]["finetuned"]
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "length_ratio", "unsupported_content"} <= set(tuned)
+    assert tuned["eval_loss"] < s["metrics"]["base"]["eval_loss"]
+    readable_decision(s)
+
+
+def test_messy_csv_with_integer_labels_and_a_huge_record(run_env: dict[str, str], tmp_path: Path):
+    s, console = finetune(run_env, tmp_path, "messy.csv", "--set", "train.max_seq_length=128")
+    assert s["task"] == "classification" and s["task_reason"] == "inferred from columns text/spam"
+    assert s["labels"] == ["0", "1"]
+    d = s["dataset"]
+    assert d["rows_in"] == 100 and d["duplicates_removed"] >= 8 and d["truncated"] >= 1  # the 28k-character record
+    assert d["warnings"] and "duplicates" in d["warnings"][0]
+    assert "validation.max_duplicate_fraction" in d["warnings"][0]
+    assert "warning: " in console
+    readable_decision(s)
