@@ -48,9 +48,6 @@ class ColumnsConfig(_Section):
     label: str | None = None
 
 
-TASKS = ("chat", "summarization", "classification", "extraction")
-
-
 class DataConfig(_Section):
     source: str = "data/products.jsonl"
     format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "turns", "text_label"] = "auto"

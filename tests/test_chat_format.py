@@ -78,7 +78,7 @@ def test_served_prompt_is_byte_identical_to_the_trained_one(tokenizer):
 
     conversation = [{"role": "user", "content": "Lumora mug, blue, $9.99"}]
     trained = encode_messages(tokenizer, build_messages(INSTRUCTION, conversation[0]["content"], "{}"))
-    served = serving_prompt(Served("models:/m/1", "1", "chat", None, tokenizer, instruction=INSTRUCTION), conversation)
+    served = serving_prompt(Served("models:/m/1", "1", False, None, tokenizer, instruction=INSTRUCTION), conversation)
     prompt_ids = tokenizer(served, add_special_tokens=False)["input_ids"]
     assert trained["input_ids"][: len(prompt_ids)] == prompt_ids
     assert trained["labels"][len(prompt_ids) - 1] == IGNORE_INDEX and trained["labels"][len(prompt_ids)] != IGNORE_INDEX

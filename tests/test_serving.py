@@ -45,7 +45,7 @@ def _serve(served: Served):
 
 @pytest.fixture(scope="module")
 def url(base_model_path: str, tokenizer):
-    yield from _serve(Served("embedded-base", None, "chat", load_model(base_model_path), tokenizer))
+    yield from _serve(Served("embedded-base", None, False, load_model(base_model_path), tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def classifier_url(base_model_path: str, tokenizer):
     labels = ["negative", "neutral", "positive"]
     set_seed(0)
     model = load_model(base_model_path, labels)
-    yield from _serve(Served("embedded-classifier", None, "classification", model, tokenizer, labels))
+    yield from _serve(Served("embedded-classifier", None, True, model, tokenizer, labels))
 
 
 def _health(url: str) -> dict:

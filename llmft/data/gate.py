@@ -122,7 +122,7 @@ def _row_problem(ex: Example, cfg: ValidationConfig) -> tuple[str, str] | None:
 
 def _share_to_pass(share: float) -> str:
     """A limit just above an observed share, rounded up to two decimals."""
-    return f"{min(math.ceil(share * 100 + 1e-9) / 100, 1.0):.2f}"
+    return f"{min(math.ceil(round(share * 100, 6)) / 100, 1.0):.2f}"
 
 
 def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: DataConfig, cfg: ValidationConfig,

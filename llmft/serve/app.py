@@ -63,11 +63,12 @@ class Served:
 
     model_uri: str
     version: str | None
-    task: str  # "chat" or "classification"
+    classifier: bool  # a sequence-classification head (labels and scores) or a generative LM
     model: Any
     tokenizer: Any
     labels: list[str] = field(default_factory=list)
     instruction: str | None = None  # the system message the model was trained with, applied to every request
+    task: str | None = None  # the registered version's task tag, for /health
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -77,7 +78,7 @@ def load_served(model_uri: str) -> Served:
 
     parts = mlflow.transformers.load_model(model_uri, return_type="components")
     model, tokenizer = parts["model"].float().eval(), parts["tokenizer"]
-    version, instruction = None, None
+    version, instruction, task = None, None, None
     if model_uri.startswith("models:/"):
         name, _, ref = model_uri[len("models:/"):].partition("@")
         client = MlflowClient()
@@ -86,14 +87,15 @@ def load_served(model_uri: str) -> Served:
         else:
             name, _, number = name.rpartition("/")
             found = client.get_model_version(name, number)
-        version, instruction = str(found.version), dict(found.tags).get("instruction") or None
+        tags = dict(found.tags)
+        version, instruction, task = str(found.version), tags.get("instruction") or None, tags.get("task")
     if type(model).__name__.endswith("ForSequenceClassification"):
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-        return Served(model_uri, version, "classification", model, tokenizer, labels)
+        return Served(model_uri, version, True, model, tokenizer, labels, task=task)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = True
-    return Served(model_uri, version, "chat", model, tokenizer, instruction=instruction)
+    return Served(model_uri, version, False, model, tokenizer, instruction=instruction, task=task)
 
 
 # ---- request parsing: every refusal names the field ----
@@ -276,7 +278,7 @@ def classify(served: Served, ids: list[list[int]]) -> dict[str, Any]:
 
 def smoke(served: Served, limits: ServerLimits) -> str:
     """A candidate must answer before it takes traffic: a non-empty reply, or a known label."""
-    if served.task == "classification":
+    if served.classifier:
         ids = parse_texts({"inputs": [SMOKE_TEXT]}, served, limits)
         label = classify(served, ids)["predictions"][0]["label"]
         if label not in served.labels:
@@ -318,7 +320,7 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
     async def health() -> dict[str, Any]:
         current = batcher.served
         return {"status": "ok", "pid": os.getpid(), "model_uri": current.model_uri, "version": current.version,
-                "task": current.task,
+                "task": current.task, "classifier": current.classifier,
                 "loaded_at": current.loaded_at, "uptime_s": round(time.time() - started, 1),
                 "limits": limits.model_dump(), **batcher.stats, **counters}
 
@@ -328,7 +330,7 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
         try:
             body = await body_of(request)
             current = batcher.served
-            if current.task == "classification":
+            if current.classifier:
                 ids = parse_texts(body, current, limits)
                 return await asyncio.to_thread(batcher.run_exclusive, classify, ids)
             parsed = parse_chat(body, current, limits)
