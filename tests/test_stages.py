@@ -40,7 +40,7 @@ def test_resolve_names_the_task_and_the_model(summarization):
 
 
 def test_gate_encodes_with_the_task_cutting_long_documents(summarization, tokenizer):
-    run, clean, rejected, report = summarization
+    run, clean, _, report = summarization
     assert report.success and report.rows_in == 102 and report.kept == len(clean) == 102
     assert report.truncated == int(clean["truncated"].sum()) > 0  # 160 tokens cannot hold the longer abstracts
     for row in clean.itertuples():
