@@ -101,6 +101,17 @@ def markdown(rows: list[dict], steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, rows: list[dict], steps: int) -> str:
+    """Merge into earlier results (a rerun of some corpora keeps the others) and write JSON and markdown."""
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    merged = {r["corpus"]: r for r in previous.get("rows", [])} | {r["corpus"]: r for r in rows}
+    ordered = [merged[name] for name in ZOO if name in merged]
+    out.with_suffix(".json").write_text(json.dumps({"steps": steps, "rows": ordered}, indent=1) + "\n")
+    table = markdown(ordered, steps)
+    out.with_suffix(".md").write_text(table)
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -110,6 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     names = args.only or list(ZOO)
     sources = fetch(names, Path(args.cache) / "real_data")
+    out = Path(args.out)
     rows = []
     with tempfile.TemporaryDirectory(prefix="llmft-real-data-") as workdir:
         for name in names:
@@ -118,13 +130,8 @@ def main() -> int:
             print(json.dumps({k: row.get(k) for k in ("task", "rows_in", "kept", "base", "finetuned", "promoted",
                                                       "wall_seconds", "error")}), flush=True)
             rows.append(row)
-    out = Path(args.out)
-    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
-    merged = {r["corpus"]: r for r in previous.get("rows", [])} | {r["corpus"]: r for r in rows}
-    ordered = [merged[name] for name in ZOO if name in merged]
-    out.with_suffix(".json").write_text(json.dumps({"steps": args.steps, "rows": ordered}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(ordered, args.steps))
-    print(markdown(ordered, args.steps))
+            table = write_results(out, rows, args.steps)  # after each corpus: a long run keeps what it measured
+    print(table)
     return 0 if all("error" not in r for r in rows) else 1
 
 

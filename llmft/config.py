@@ -129,7 +129,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    max_samples: int | None = Field(200, ge=1, description="cap on test rows scored (a seeded sample, stratified by "
+    max_samples: int | None = Field(100, ge=1, description="cap on test rows scored (a seeded sample, stratified by "
                                                           "label); null = the whole test split")
     max_new_tokens: int = Field(72, ge=1)
     batch_size: int = Field(16, ge=1, description="prompts generated together (left padding)")
