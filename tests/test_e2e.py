@@ -335,7 +335,7 @@ def test_champion_is_re_measured_on_the_changed_test_split(weak_summary: dict, f
     # data.split_seed=3 reshuffles the split: v1 is scored now, on these rows, not on its old numbers
     def test_prompts(summary: dict) -> set[str]:
         lines = Path(summary["dataset"]["export_dir"], "test.jsonl").read_text().splitlines()
-        return {json.loads(line)["messages"][0]["content"] for line in lines}
+        return {next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user") for line in lines}
 
     assert weak_summary["dataset"]["fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert test_prompts(weak_summary) != test_prompts(finetune_summary)  # same data, another test split
