@@ -48,7 +48,7 @@ def test_dialog_corpus_is_chat(run_env: dict[str, str], tmp_path: Path):
 def test_news_corpus_is_classification_with_inferred_labels(run_env: dict[str, str], tmp_path: Path):
     s, _ = finetune(run_env, tmp_path, "classification.jsonl", "--set", "train.max_seq_length=256")
     assert s["task"] == "classification" and s["primary_metric"] == "macro_f1"
-    assert s["labels"] == ["business", "entertainment", "politics", "sport", "tech"]
+    assert s["labels"] == ["business", "entertainment", "politics", "sports", "tech"]
     assert s["dataset"]["duplicates_removed"] == 4 and s["dataset"]["truncated"] > 0  # long articles are cut
     assert s["eval_sample"]["how"] == "seeded sample stratified by label" and s["eval_sample"]["n"] == 10
     assert not s["forgetting"]["applicable"]
