@@ -163,10 +163,7 @@ def _alternating(turns: list[str]) -> list[dict[str, str]]:
 
 
 def _require(data: dict[str, Any], cfg: DataConfig, name: str) -> Any:
-    column = _col(cfg, name)
-    if column not in data:
-        raise _RowProblem(f"missing field {column!r}")
-    return data[column]
+    return _require_column(data, _col(cfg, name))
 
 
 class _RowProblem(Exception):
@@ -202,10 +199,7 @@ def to_example(row: RawRow, cfg: DataConfig) -> Example | Rejection:
     try:
         if shape == "prompt_response":
             pair = _pair(row.data, cfg) or (_col(cfg, "prompt"), _col(cfg, "response"))
-            for column in pair:
-                if column not in row.data:
-                    raise _RowProblem(f"missing field {column!r}")
-            prompt, response = _text(row.data[pair[0]]), _text(row.data[pair[1]])
+            prompt, response = (_text(_require_column(row.data, column)) for column in pair)
             messages = [{"role": "user", "content": prompt or ""}, {"role": "assistant", "content": response or ""}]
             fields = "/".join(pair)
         elif shape == "alpaca":

@@ -9,7 +9,6 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -135,6 +134,3 @@ def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
     info.mlflow_run_id = run.info.run_id if run else None
     return info
 
-
-def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return frame.to_dict(orient="records")

@@ -12,7 +12,6 @@ as a typed step parameter.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -111,8 +110,3 @@ class GenerativeTask(Task):
         messages = with_system(system, [{"role": "user", "content": "Say hello in one short sentence."}])
         return {"messages": messages, "max_tokens": 32, "temperature": 0}
 
-
-def prompt_of(row: dict[str, Any]) -> str:
-    """The last user turn of a split row: what the model was asked."""
-    messages = json.loads(row["messages"])
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
