@@ -106,7 +106,10 @@ class GenerativeTask(Task):
         return score_generative(model, tokenizer, system, rows, self.score, self.overlap_metrics,
                                 settings.max_new_tokens, settings.batch_size, settings.max_seq_length, desc)
 
+    smoke_prompt: ClassVar[str] = "Say hello in one short sentence."
+    smoke_max_tokens: ClassVar[int] = 32
+
     def smoke_request(self, system: str | None) -> dict[str, Any]:
-        messages = with_system(system, [{"role": "user", "content": "Say hello in one short sentence."}])
-        return {"messages": messages, "max_tokens": 32, "temperature": 0}
+        messages = with_system(system, [{"role": "user", "content": self.smoke_prompt}])
+        return {"messages": messages, "max_tokens": self.smoke_max_tokens, "temperature": 0}
 

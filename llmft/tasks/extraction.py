@@ -131,6 +131,8 @@ class ExtractionTask(GenerativeTask):
     overlap_metrics = text_metrics.NAMES
     metric_names = ("json_validity", "field_accuracy", "all_fields_correct", *overlap_metrics, "eval_loss",
                     "perplexity")
+    smoke_prompt = "Lumora rain jacket | navy blue | 100% nylon | Size M | $79.99"
+    smoke_max_tokens = 48
 
     def instruction(self, examples: list[Example]) -> str | None:
         return instruction_for(examples)
@@ -138,9 +140,3 @@ class ExtractionTask(GenerativeTask):
     def score(self, predictions: list[str], references: list[str],
               sources: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
         return score(predictions, references)
-
-    def smoke_request(self, system: str | None) -> dict[str, Any]:
-        return super().smoke_request(system) | {
-            "messages": [*([{"role": "system", "content": system}] if system else []),
-                         {"role": "user", "content": "Lumora rain jacket | navy blue | 100% nylon | Size M | $79.99"}],
-            "max_tokens": 48}

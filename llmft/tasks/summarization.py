@@ -46,6 +46,9 @@ class SummarizationTask(GenerativeTask):
     primary_metric = "rougeLsum"
     overlap_metrics: ClassVar[tuple[str, ...]] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
     metric_names = (*overlap_metrics, "length_ratio", "unsupported_content", "eval_loss", "perplexity")
+    smoke_prompt = ("The city council met on Tuesday and approved a new budget for public parks. The plan adds "
+                    "three playgrounds and extends opening hours during the summer.")
+    smoke_max_tokens = 48
 
     def instruction(self, examples: list[Example]) -> str | None:
         return INSTRUCTION
@@ -59,10 +62,3 @@ class SummarizationTask(GenerativeTask):
         n = max(len(rows), 1)
         return ({"length_ratio": sum(r["length_ratio"] for r in rows) / n,
                  "unsupported_content": sum(r["unsupported_content"] for r in rows) / n}, rows)
-
-    def smoke_request(self, system: str | None) -> dict[str, object]:
-        text = ("The city council met on Tuesday and approved a new budget for public parks. The plan adds "
-                "three playgrounds and extends opening hours during the summer.")
-        return super().smoke_request(system) | {
-            "messages": [*([{"role": "system", "content": system}] if system else []),
-                         {"role": "user", "content": text}], "max_tokens": 48}
