@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from llmft.config import EMBEDDED_MODEL
+from llmft.config import EMBEDDED_MODEL, ModelConfig
 from llmft.errors import UserFacingError
 from llmft.locations import model_cache
 
@@ -29,6 +29,10 @@ _EMBEDDED = {
 
 class BaseModelError(UserFacingError, RuntimeError):
     """The configured base model cannot be found or loaded."""
+
+
+# folders whose own code the user allowed (model.trust_remote_code=true); nothing else runs any
+_TRUSTED: set[str] = set()
 
 
 def embedded_gguf(spec: str) -> Path:
@@ -70,8 +74,20 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             raise
 
 
-def resolve_base_model(spec: str) -> str:
-    """Return a local directory (embedded default, local dir) or the hub id itself."""
+def resolve_base_model(model: ModelConfig | str) -> str:
+    """A local directory holding `model.base`: the embedded default (converted once), a local
+    directory, or a hub id downloaded at `model.revision`. Refuses a model that would run its own
+    Python code unless `model.trust_remote_code` is set."""
+    cfg = model if isinstance(model, ModelConfig) else ModelConfig(base=model)
+    path = _locate(cfg.base, cfg.revision)
+    _check_custom_code(path, cfg)
+    return path
+
+
+def _locate(spec: str, revision: str | None) -> str:
+    if revision is not None and (spec in _EMBEDDED or Path(spec).expanduser().exists()):
+        raise BaseModelError(f"model.revision={revision} applies to hub ids only, and model.base={spec} is not "
+                             "one; set model.revision=null")
     if spec in _EMBEDDED:
         target = model_cache() / "models" / _EMBEDDED[spec][2]
         if not (target / "model.safetensors").is_file():
@@ -87,13 +103,50 @@ def resolve_base_model(spec: str) -> str:
         return str(path.resolve())
     if spec.count("/") != 1:
         raise BaseModelError(f"model.base={spec}: not a local directory and not a hub id (org/name)")
-    return spec  # hub id: transformers downloads it (online users only)
+    from huggingface_hub import snapshot_download
+
+    try:  # pinned to model.revision, so every step and every retrain reads the same weights
+        return snapshot_download(spec, revision=revision)
+    except Exception as exc:  # offline, unknown repo or revision: one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BaseModelError(f"model.base={spec} (model.revision={revision or 'main'}): cannot download: "
+                             f"{first}") from None
+
+
+def _check_custom_code(path: str, cfg: ModelConfig) -> None:
+    """Model folders can ship Python that transformers would import; run it only when the user
+    said so, because a hub id or a shared folder is not code this project reviewed."""
+    custom = custom_code_reason(Path(path) / "config.json")
+    if custom is None:
+        return
+    if not cfg.trust_remote_code:
+        raise BaseModelError(f"model.base={cfg.base}: {custom}; review that code, then set "
+                             "model.trust_remote_code=true to run it")
+    _TRUSTED.add(path)
+
+
+def custom_code_reason(config_json: Path) -> str | None:
+    """Why loading the model in this config would execute code from the model folder, or None."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"{config_json}: cannot read the model config: {exc}") from None
+    if config.get("auto_map"):
+        return f"config.json maps classes to the model's own code ({', '.join(sorted(config['auto_map']))})"
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        return f"model_type {model_type!r} is not built into transformers, so it needs the model's own code"
+    return None
 
 
 def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=name_or_path in _TRUSTED)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -108,7 +161,7 @@ def load_model(name_or_path: str, labels: list[str] | None = None, four_bit: boo
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
-    kwargs: dict = {"dtype": torch.float32}
+    kwargs: dict = {"dtype": torch.float32, "trust_remote_code": name_or_path in _TRUSTED}
     if four_bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -35,7 +35,8 @@ def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None,
     rows, sample = sample_test(test, task, cfg.eval)
     base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, cfg.train.seed,
                          base_identity)
-    current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length)
+    current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length,
+                                cfg.model.trust_remote_code)
     evaluation = evaluate_candidate(trained, training, rows, sample, base, current, task, cfg.model, cfg.eval,
                                     cfg.train.max_seq_length)
     base_answers = probe_base(task, cfg.model, cfg.eval, f"{base_identity} code {code_version}")

@@ -44,8 +44,9 @@ def evaluate_base(eval_rows: pd.DataFrame, task: TaskSpec, model: ModelConfig, s
 
 @step
 def evaluate_champion(eval_rows: pd.DataFrame, task: TaskSpec, champion: ChampionRef | None, split_info: SplitInfo,
-                      eval_cfg: EvalConfig, max_seq_length: int) -> Annotated[ModelEvaluation, "champion_evaluation"]:
-    return stage.evaluate_champion(eval_rows, task, champion, split_info, eval_cfg, max_seq_length)
+                      eval_cfg: EvalConfig, max_seq_length: int,
+                      trust_remote_code: bool = False) -> Annotated[ModelEvaluation, "champion_evaluation"]:
+    return stage.evaluate_champion(eval_rows, task, champion, split_info, eval_cfg, max_seq_length, trust_remote_code)
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)

@@ -50,7 +50,7 @@ def gate_and_tokenize(examples: pd.DataFrame, shape_rejections: pd.DataFrame, sp
     from llmft.base_model import load_tokenizer, resolve_base_model
 
     task = get_task(spec.name)
-    tokenizer = load_tokenizer(resolve_base_model(model.base))
+    tokenizer = load_tokenizer(resolve_base_model(model))
     docs = Path(tempfile.mkdtemp(prefix="llmft-data-docs-"))
     result = run_gate([Example.from_row(r) for r in examples.to_dict("records")], _rejections(shape_rejections), data,
                       validation, lambda ex: task.encode(tokenizer, ex, spec.instruction, max_seq_length),

@@ -67,7 +67,7 @@ def evaluate_base(sample: pd.DataFrame, spec: TaskSpec, model: ModelConfig, spli
 
     from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
 
-    base = resolve_base_model(model.base)
+    base = resolve_base_model(model)
     labels = split.labels if get_task(spec.name).classifier else None
 
     def load() -> tuple[Any, Any]:
@@ -133,7 +133,7 @@ def _scores_from_its_own_run(champion: ChampionRef, key: str) -> ModelEvaluation
 
 
 def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRef | None, split: SplitInfo,
-                      cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
+                      cfg: EvalConfig, max_seq_length: int, trust_remote_code: bool = False) -> ModelEvaluation:
     """The registry's champion measured on this run's rows, never numbers from other rows."""
     labels = split.labels if get_task(spec.name).classifier else None
     why_not = champion_comparable(champion, spec, labels, cfg.champion)
@@ -149,7 +149,7 @@ def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRe
     if reused is not None:
         return reused
     return score_model("champion", f"models:/{champion.name}/{champion.version}",
-                       lambda: load_components(champion.name, champion.version), sample, spec, cfg, max_seq_length,
+                       lambda: load_components(champion.name, champion.version, trust_remote_code), sample, spec, cfg, max_seq_length,
                        labels, note=f"champion v{champion.version} re-evaluated on this run's rows",
                        version=champion.version)
 
@@ -159,7 +159,7 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd
     from llmft.base_model import resolve_base_model
     from llmft.train.methods import load_trained
 
-    base = resolve_base_model(model.base)
+    base = resolve_base_model(model)
     return score_model("finetuned", str(trained_model), lambda: load_trained(base, trained_model, training.labels),
                        sample, spec, cfg, max_seq_length, training.labels, note=f"{training.method}, {training.steps} "
                                                                                 "steps")
@@ -239,7 +239,7 @@ def probe_base(spec: TaskSpec, model: ModelConfig, cfg: EvalConfig) -> ProbeRun:
                                                  "not apply")
     from llmft.base_model import load_model, load_tokenizer, resolve_base_model
 
-    base = resolve_base_model(model.base)
+    base = resolve_base_model(model)
     return probe(lambda: (load_model(base), load_tokenizer(base)), cfg, "probe base")
 
 
@@ -254,7 +254,7 @@ def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: P
     from llmft.evaluate.forgetting import load_probe
     from llmft.train.methods import load_trained
 
-    base = resolve_base_model(model.base)
+    base = resolve_base_model(model)
     tuned = probe(lambda: load_trained(base, trained_model, training.labels), cfg, "probe finetuned")
     assert base_probe.accuracy is not None and tuned.accuracy is not None
     drop = base_probe.accuracy - tuned.accuracy

@@ -62,7 +62,7 @@ def register_candidate(trained_model: Path, training: TrainingResult, evaluation
     if is_adapter(trained_model):  # the small adapter too, for reuse on the same base
         mlflow.log_artifacts(str(trained_model), "adapter")
         tags["adapter_uri"] = f"runs:/{mlflow.active_run().info.run_id}/adapter"
-    loaded, tokenizer = load_trained(resolve_base_model(model.base), trained_model, training.labels)
+    loaded, tokenizer = load_trained(resolve_base_model(model), trained_model, training.labels)
     version = registry.register_model(loaded, tokenizer, name, tags, get_task(spec.name).registry_flavor)
     if zenml_model is not None:
         zenml_model.log_metadata({"mlflow_model": version.name, "mlflow_version": version.version,

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from llmft.contracts import ChampionRef
+from llmft.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,56 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
         client.set_model_version_tag(name, version, key, str(value))
 
 
-def load_components(name: str, version: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a registered version, in full precision, for re-evaluation."""
+class RegistryLoadError(UserFacingError, RuntimeError):
+    """A registered model that cannot or must not be loaded."""
+
+
+def load_registered(model_uri: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The components (`model`, `tokenizer`) of a registered transformers model. MLflow would pass
+    `trust_remote_code=True` for classes transformers does not know, so anyone able to register a
+    version could run code wherever it is loaded; such versions are refused unless the user set
+    `model.trust_remote_code: true`."""
     import mlflow
 
-    parts = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except Exception as exc:  # unknown name/version/alias, unreachable store: one line
+        raise RegistryLoadError(f"{model_uri}: cannot download: {str(exc).splitlines()[0]}") from None
+    reason = remote_code_reason(local)
+    if reason is not None and not trust_remote_code:
+        raise RegistryLoadError(f"{model_uri}: {reason}; refusing to run code from the registry "
+                                "(set model.trust_remote_code=true only for a version you reviewed)")
+    return mlflow.transformers.load_model(str(local), return_type="components")
+
+
+def remote_code_reason(local: Path) -> str | None:
+    """Why loading this MLflow transformers model would import code shipped with it, or None."""
+    import transformers
+    import yaml
+
+    from llmft.base_model import custom_code_reason
+
+    try:
+        flavors = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "not an MLflow model (no readable MLmodel file)"
+    conf = flavors.get("transformers")
+    if not isinstance(conf, dict):
+        return f"not a transformers model (flavors: {', '.join(sorted(flavors))})"
+    if conf.get("code"):
+        return "it ships code files"
+    classes = [conf.get("pipeline_model_type"), conf.get("instance_type")]
+    classes += [conf.get(f"{name}_type") for name in conf.get("components") or []]
+    unknown = sorted({c for c in classes if c and not hasattr(transformers, c)})
+    if unknown:
+        return f"classes {', '.join(unknown)} are not part of transformers"
+    config_json = local / "model" / "config.json"
+    return custom_code_reason(config_json) if config_json.is_file() else None
+
+
+def load_components(name: str, version: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a registered version, in full precision, for re-evaluation."""
+    parts = load_registered(f"models:/{name}/{version}", trust_remote_code)
     model = parts["model"].float()
     model.config.use_cache = True
     return model, parts["tokenizer"]

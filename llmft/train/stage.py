@@ -54,7 +54,7 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     mlflow.log_params({"data.rows.train": len(train_rows), "data.rows.validation": len(validation_rows)})
     out = Path(tempfile.mkdtemp(prefix="llmft-train-"))
     checkpoints = checkpoints_root() / checkpoint_key(spec, model, train, train_rows)
-    result = run_training(resolve_base_model(model.base), train_rows, validation_rows, train, out, labels,
+    result = run_training(resolve_base_model(model), train_rows, validation_rows, train, out, labels,
                           init_text=spec.instruction, checkpoint_dir=checkpoints)
     mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
     mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
