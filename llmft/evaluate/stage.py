@@ -149,9 +149,9 @@ def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRe
     if reused is not None:
         return reused
     return score_model("champion", f"models:/{champion.name}/{champion.version}",
-                       lambda: load_components(champion.name, champion.version, trust_remote_code), sample, spec, cfg, max_seq_length,
-                       labels, note=f"champion v{champion.version} re-evaluated on this run's rows",
-                       version=champion.version)
+                       lambda: load_components(champion.name, champion.version, trust_remote_code), sample, spec,
+                       cfg, max_seq_length, labels, version=champion.version,
+                       note=f"champion v{champion.version} re-evaluated on this run's rows")
 
 
 def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd.DataFrame, spec: TaskSpec,
