@@ -1,14 +1,17 @@
 """Run the model server (llmft.serve.app) as a managed background process.
 
-State lives in `<project home>/serve/`: `server.json` (pid, host, port, model URI and version),
-`server.log`, and `admin.token` (mode 0600; the bearer token for hot swaps, never logged).
+State lives in `<project home>/serve/`: `server.json` (the pid file: pid, the process's start time,
+host, port, model URI and version), `server.log`, and `admin.token` (mode 0600; the bearer token for
+hot swaps, never logged). A pid is only acted on when the process with that pid started when ours
+did: after a reboot or a crash the pid may belong to someone else's process, which is never stopped.
 
 `deploy` keeps one server per project folder:
 - none running: start one, wait for /health, send a smoke request; only then report it up;
 - one running on the same host and port: ask it to load the new champion next to the old one; it
   swaps only after the new one loaded and answered a smoke request, so a bad model never takes
   traffic and the old one keeps serving;
-- one running elsewhere (port changed): start the new one first, check it, then stop the old one.
+- one running elsewhere (port changed): start the new one first, smoke-test it, then stop the old one;
+  if the new one fails, it is stopped and the old one keeps serving.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ServerProcess:
     log_file: str
     version: str | None = None
     started_at: float = 0.0
+    process_started: float = 0.0  # the OS's start time of `pid`: tells our server from a reused pid
 
     @property
     def endpoint(self) -> str:
@@ -75,12 +79,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def is_ours(dep: ServerProcess) -> bool:
+    """The pid is alive and is the process we started (same start time), not a reused pid."""
+    started = process_start_time(dep.pid)
+    return started is not None and abs(started - dep.process_started) < 0.05
+
+
 def current() -> ServerProcess | None:
     state = _state_dir() / "server.json"
     if not state.is_file():
         return None
-    dep = ServerProcess(**json.loads(state.read_text()))
-    return dep if _pid_alive(dep.pid) else None
+    try:
+        dep = ServerProcess(**json.loads(state.read_text()))
+    except (ValueError, TypeError):  # a pid file from an older version or a broken write: not trusted
+        log.warning("ignoring unreadable %s", state)
+        return None
+    return dep if is_ours(dep) else None
 
 
 def _save(dep: ServerProcess) -> None:
@@ -108,6 +131,9 @@ def post_json(url: str, payload: Any, timeout: float = 120.0, headers: dict[str,
             return exc.code, json.loads(body)
         except json.JSONDecodeError:
             return exc.code, body.decode(errors="replace")
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:  # refused, reset, timeout, garbage
+        reason = getattr(exc, "reason", None) or exc
+        raise ServingError(f"POST {url}: {reason}") from None
 
 
 def health(dep: ServerProcess, timeout: float = 3.0) -> dict[str, Any] | None:
@@ -171,7 +197,7 @@ def _spawn(model_uri: str, host: str, port: int, limits: ServerLimits, timeout_s
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # own process group: outlives run.py, stopped as a group
     dep = ServerProcess(pid=proc.pid, host=host, port=port, model_uri=model_uri, log_file=str(log_file),
-                     version=version, started_at=time.time())
+                        version=version, started_at=time.time(), process_started=process_start_time(proc.pid) or 0.0)
     try:
         _wait_healthy(dep, proc, timeout_s)
     except ServingError:
@@ -193,23 +219,30 @@ def hot_swap(dep: ServerProcess, model_uri: str, timeout_s: float) -> dict[str, 
 
 
 def deploy(model_uri: str, version: str | None, host: str, port: int, limits: ServerLimits, timeout_s: float,
-           tracking_uri: str) -> tuple[ServerProcess, str]:
-    """Serve `model_uri` (a pinned `models:/NAME/VERSION`); returns the deployment and what happened."""
+           tracking_uri: str, smoke_payload: dict[str, Any] | None = None) -> tuple[ServerProcess, str, str | None]:
+    """Serve `model_uri` (a pinned `models:/NAME/VERSION`); returns the deployment, what happened and
+    the smoke answer. A new server takes over only after it answered the smoke request."""
     running = current()
     if running is not None and _ours(running, health(running)) and (running.host, running.port) == (host, port):
         if running.model_uri == model_uri:
-            return running, f"already serving v{version}"
-        swapped = hot_swap(running, model_uri, timeout_s)
+            return running, f"already serving v{version}", smoke(running, smoke_payload) if smoke_payload else None
+        swapped = hot_swap(running, model_uri, timeout_s)  # the server smoke-tests before it swaps
         previous = swapped.get("previous_version")
         dep = ServerProcess(**{**asdict(running), "model_uri": model_uri, "version": version})
         _save(dep)
-        return dep, f"swapped v{previous} -> v{version} with no restart"
+        answer = smoke(dep, smoke_payload) if smoke_payload else None
+        return dep, f"swapped v{previous} -> v{version} with no restart", answer
     dep = _spawn(model_uri, host, port, limits, timeout_s, tracking_uri, version)
+    try:
+        answer = smoke(dep, smoke_payload) if smoke_payload else None
+    except ServingError:
+        _kill_group(dep.pid)  # a new server that cannot answer never takes over; the old one keeps serving
+        raise
     _save(dep)
     if running is not None and running.pid != dep.pid:
-        _kill_group(running.pid)  # the new one is up and healthy: only now stop the old one
-        return dep, f"started v{version} on port {port}; stopped the old server on port {running.port}"
-    return dep, f"started v{version}"
+        _kill_group(running.pid)  # the new one is up and answered: only now stop the old one
+        return dep, f"started v{version} on port {port}; stopped the old server on port {running.port}", answer
+    return dep, f"started v{version}", answer
 
 
 def _kill_group(pid: int, grace_s: float = 10.0) -> None:
@@ -232,7 +265,8 @@ def _kill_group(pid: int, grace_s: float = 10.0) -> None:
 
 
 def stop() -> ServerProcess | None:
-    """Stop the managed server, if any; returns what was stopped."""
+    """Stop the managed server, if any; returns what was stopped. A pid file whose process is gone
+    or is no longer ours is removed without signalling anything."""
     state = _state_dir() / "server.json"
     dep = current()
     if dep is not None:
@@ -266,20 +300,14 @@ def deploy_champion(name: str, cfg: DeployConfig) -> Deployment:
         raise ServingError(f"registered model {name!r} has no @{CHAMPION} version yet: "
                            "run `python run.py --pipeline finetune` first")
     task = get_task(version_tags(name, version).get("task", "chat"))
-    dep, action = deploy(f"models:/{name}/{version}", version, cfg.host, cfg.port, cfg.server_limits(),
-                         cfg.startup_timeout_s, tracking_uri())
     payload = task.smoke_request(None)  # the server adds the instruction the model was trained with
     if "max_tokens" in payload:
         payload = {**payload, "max_tokens": min(int(payload["max_tokens"]), cfg.smoke_max_tokens)}
-    try:
-        answer = smoke(dep, payload)
-    except ServingError:
-        if action.startswith("started"):  # a fresh server that cannot answer is not left running
-            stop()
-        raise
+    dep, action, answer = deploy(f"models:/{name}/{version}", version, cfg.host, cfg.port, cfg.server_limits(),
+                                 cfg.startup_timeout_s, tracking_uri(), smoke_payload=payload)
     log.info("%s: %s", action, dep.endpoint)
     return Deployment(
         deployed=True, action=action, endpoint=dep.endpoint, pid=dep.pid, model_uri=f"models:/{name}@{CHAMPION}",
         served_uri=dep.model_uri, model_version=version, log_file=dep.log_file,
-        smoke_request=json.dumps(payload, ensure_ascii=False), smoke_response=answer,
+        smoke_request=json.dumps(payload, ensure_ascii=False), smoke_response=answer or "",
         curl="curl -s " + dep.endpoint + " -H 'Content-Type: application/json' -d '" + json.dumps(payload) + "'")
