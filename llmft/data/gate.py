@@ -76,13 +76,14 @@ def _redacted(ex: Example) -> Example:
 
 
 def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return pii.redact(value)
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
-    return value
+    return pii.scrub(value)[0]  # strings, numbers, keys, at any depth
+
+
+def _pii_findings(ex: Example) -> list[list[str]]:
+    """[field, kind] per match, for rows that ingest did not screen."""
+    if ex.shape == "text_label":
+        return [["text", kind] for kind in pii.find(ex.text)]
+    return [[f"messages[{i}].content", kind] for i, m in enumerate(ex.messages) for kind in pii.find(m["content"])]
 
 
 def merge_label_spellings(examples: list[Example]) -> dict[str, str]:
@@ -126,8 +127,12 @@ def _share_to_pass(share: float) -> str:
 
 
 def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: DataConfig, cfg: ValidationConfig,
-             encode: Encoder, max_seq_length: int, docs_dir: Path | None = None) -> GateResult:
-    """Apply the row rules, deduplicate, encode, then run the GE suite over every input row."""
+             encode: Encoder, max_seq_length: int, docs_dir: Path | None = None,
+             pii_found: dict[str, list[list[str]]] | None = None) -> GateResult:
+    """Apply the row rules, deduplicate, encode, then run the GE suite over every input row.
+
+    `pii_found`: what ingest found per row ([field, kind]; under `redact` already removed from the rows);
+    None means ingest did not screen, and the gate scans the example texts itself."""
     rejected = list(shape_rejections)
     table: list[dict[str, Any]] = [
         {"where": r.where, "prompt": "", "response": "", "tokens": None, "pii_matches": 0, "label": None,
@@ -147,15 +152,18 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
             rejected.append(Rejection(ex.where, problem[1], ex.as_row(), kind=problem[0]))
             row["is_rejected"] = 1
             continue
-        found = [kind for text in _texts(ex) for kind in pii.find(text)]
+        findings = _pii_findings(ex) if pii_found is None else pii_found.get(ex.where, [])
+        found = [kind for _, kind in findings]
         row["pii_matches"] = len(found)
         pii_counts.update(found)
         if found and cfg.pii_action == "fail":
-            rejected.append(Rejection(ex.where, f"personal data: {', '.join(sorted(set(found)))}", {},
+            fields = ", ".join(sorted({field for field, _ in findings}))
+            rejected.append(Rejection(ex.where, f"personal data: {', '.join(sorted(set(found)))} in field(s) "
+                                                f"{fields} (validation.pii_action=fail)", {},
                                       kind="pii"))  # the row itself is not copied anywhere
             row["is_rejected"] = 1
             continue
-        if found and cfg.pii_action == "redact":
+        if found and cfg.pii_action == "redact" and pii_found is None:  # ingest already redacted screened rows
             ex = _redacted(ex)
         exact = repr((_texts(ex), ex.label))
         norm = repr(([normalise(t) for t in _texts(ex)], ex.label))

@@ -14,9 +14,10 @@ import pandas as pd
 
 from llmft.config import DataConfig, ModelConfig, ValidationConfig
 from llmft.contracts import DatasetInfo, GateReport, SplitInfo
+from llmft.data import pii
 from llmft.data.export import export_dir, public_row, write_jsonl
 from llmft.data.gate import DataGateError, GateResult, run_gate
-from llmft.data.ingest import read_rows
+from llmft.data.ingest import RawRow, read_rows
 from llmft.data.shapes import Example, Rejection, to_examples
 from llmft.data.split import split_frame
 from llmft.tasks import get_task
@@ -25,18 +26,54 @@ from llmft.tasks.base import TaskSpec
 EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields"]
 ENCODED_COLUMNS = [*EXAMPLE_COLUMNS, "input_ids", "labels", "truncated"]
 REJECTION_COLUMNS = ["where", "kind", "reason", "data"]
+PII_COLUMN = "pii"  # per example: JSON list of [field, kind] found at ingest (values already redacted if asked)
 
 
-def ingest_frames(data: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every row of `data.source` as a canonical example, or a rejection with its reason."""
+def screen_rows(rows: list[RawRow], action: str) -> tuple[list[RawRow], dict[str, list[list[str]]]]:
+    """Every value of every row scanned for personal data (nested ones and numbers too); with
+    `redact` the rows come back with placeholders, so nothing downstream ever holds the raw values."""
+    screened, found = [], {}
+    for row in rows:
+        if action == "redact":
+            data, findings = pii.scrub(row.data)
+            row = RawRow(row.where, data)
+        else:
+            findings = pii.scan(row.data)
+        if findings:
+            found[row.where] = [[f.field, f.kind] for f in findings]
+        screened.append(row)
+    return screened, found
+
+
+def ingest_frames(data: DataConfig, validation: ValidationConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every row of `data.source` as a canonical example, or a rejection with its reason.
+
+    With `validation`, personal data is found here, per field, and under `pii_action: redact` removed
+    before the rows become examples: the ingest artifact (examples and shape rejections) never holds it.
+    """
     rows = read_rows(data.source)
     if data.max_rows:
         rows = rows[: data.max_rows]
+    found: dict[str, list[list[str]]] | None = None
+    if validation is not None:
+        rows, found = screen_rows(rows, validation.pii_action)
     examples, rejections = to_examples(rows, data)
-    return (pd.DataFrame([e.as_row() for e in examples], columns=EXAMPLE_COLUMNS),
+    records = [e.as_row() for e in examples]
+    columns = EXAMPLE_COLUMNS
+    if found is not None:
+        records = [{**r, PII_COLUMN: json.dumps(found.get(r["where"], []), ensure_ascii=False)} for r in records]
+        columns = [*EXAMPLE_COLUMNS, PII_COLUMN]
+    return (pd.DataFrame(records, columns=columns),
             pd.DataFrame([{"where": r.where, "kind": r.kind, "reason": r.reason,
                            "data": json.dumps(r.data, default=str, ensure_ascii=False)} for r in rejections],
                          columns=REJECTION_COLUMNS))
+
+
+def pii_found(examples: pd.DataFrame) -> dict[str, list[list[str]]] | None:
+    """What ingest found per row ([field, kind]); None for a frame ingest did not screen (the gate scans it)."""
+    if PII_COLUMN not in examples.columns:
+        return None
+    return {r["where"]: json.loads(r[PII_COLUMN]) for r in examples[["where", PII_COLUMN]].to_dict("records")}
 
 
 def _rejections(frame: pd.DataFrame) -> list[Rejection]:
@@ -52,9 +89,9 @@ def gate_and_tokenize(examples: pd.DataFrame, shape_rejections: pd.DataFrame, sp
     task = get_task(spec.name)
     tokenizer = load_tokenizer(resolve_base_model(model))
     docs = Path(tempfile.mkdtemp(prefix="llmft-data-docs-"))
-    result = run_gate([Example.from_row(r) for r in examples.to_dict("records")], _rejections(shape_rejections), data,
-                      validation, lambda ex: task.encode(tokenizer, ex, spec.instruction, max_seq_length),
-                      max_seq_length, docs_dir=docs)
+    result = run_gate([Example.from_row(r) for r in examples.to_dict("records")], _rejections(shape_rejections),
+                      data, validation, lambda ex: task.encode(tokenizer, ex, spec.instruction, max_seq_length),
+                      max_seq_length, docs_dir=docs, pii_found=pii_found(examples))
     return _kept_frame(result), _rejected_frame(result), result.report
 
 
