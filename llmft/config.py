@@ -46,11 +46,14 @@ class ColumnsConfig(_Section):
     conversations: str | None = None
     text: str | None = None
     label: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
 
 
 class DataConfig(_Section):
     source: str = "data/products.jsonl"
-    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "turns", "text_label"] = "auto"
+    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "turns", "text_label",
+                    "preference"] = "auto"
     columns: ColumnsConfig = ColumnsConfig()
     system_prompt: str | None = Field(None, description="system message for every row (chat: only when set; "
                                                         "other tasks: replaces the task's instruction)")
@@ -63,6 +66,10 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     min_test_rows: int = Field(1, ge=1)
     max_train_rows: int | None = Field(300, ge=1)
+    preference_pairs: Literal["data", "self_play"] = Field(
+        "data", description="data: pairs come from the source (prompt/chosen/rejected); self_play: supervised rows "
+                            "become pairs, chosen = the reference, rejected = the starting model's own answer")
+    self_play_max_new_tokens: int = Field(64, ge=1, description="self_play: length of the generated rejected answers")
 
 
 class ValidationConfig(_Section):
@@ -101,7 +108,7 @@ class PromptTuningConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["full", "lora", "dora", "qlora", "prompt_tuning", "freeze"] = "lora"
+    method: Literal["full", "lora", "dora", "qlora", "prompt_tuning", "freeze", "dpo", "orpo"] = "lora"
     max_steps: int = Field(60, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(4, ge=1)
@@ -126,6 +133,10 @@ class TrainConfig(_Section):
     lora: LoraConfig = LoraConfig()
     freeze: FreezeConfig = FreezeConfig()
     prompt_tuning: PromptTuningConfig = PromptTuningConfig()
+    beta: float = Field(0.1, gt=0.0, description="dpo: strength of the pull towards the reference (base) model")
+    orpo_lambda: float = Field(0.1, gt=0.0, description="orpo: weight of the odds-ratio term next to the chosen NLL")
+    preference_adapter: Literal["lora", "qlora"] = Field(
+        "lora", description="dpo/orpo train this adapter; for dpo the adapter-disabled model is the reference")
 
 
 class EvalConfig(_Section):
@@ -209,7 +220,7 @@ class ComputeConfig(_Section):
 
 
 class Config(_Section):
-    task: Literal["auto", "chat", "summarization", "classification", "extraction"] = Field(
+    task: Literal["auto", "chat", "summarization", "classification", "extraction", "preference"] = Field(
         "auto", description="auto: inferred from the data's columns and content")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()

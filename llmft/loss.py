@@ -1,6 +1,7 @@
 """The masked causal-LM loss, shared by training and evaluation so both measure the same thing.
 
-Cross-entropy over labelled tokens only (prompt and padding are -100). Logits are computed only at
+Cross-entropy over labelled tokens only (prompt and padding are -100); `sequence_logps` gives the
+same per row (the preference losses compare rows). Logits are computed only at
 positions whose next token is labelled in some row of the batch: the 49k-word projection at every
 prompt position was most of a CPU step's time, and it does not change the loss.
 """
@@ -25,3 +26,23 @@ def masked_lm_loss(model: Any, input_ids: Any, attention_mask: Any, labels: Any,
         logits.float().reshape(-1, logits.shape[-1]), targets[:, positions].reshape(-1),
         ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (targets != IGNORE_INDEX).sum(), outputs
+
+
+def sequence_logps(model: Any, input_ids: Any, attention_mask: Any, labels: Any, **model_kwargs: Any,
+                   ) -> tuple[Any, Any, Any]:
+    """(per-row sum of labelled-token log-probs, per-row labelled-token counts, model outputs).
+
+    The log-likelihood of each row's response under the model, with the same masking and the same
+    labelled-positions-only logits as `masked_lm_loss`: preference losses compare these per row.
+    """
+    import torch
+
+    targets = labels[:, 1:]
+    positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions, **model_kwargs)
+    logits = outputs.logits.float()
+    kept = targets[:, positions]
+    token_nll = torch.nn.functional.cross_entropy(  # fused log-softmax; -100 gives 0
+        logits.reshape(-1, logits.shape[-1]), kept.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none").view(kept.shape)
+    return -token_nll.sum(-1), (kept != IGNORE_INDEX).sum(-1), outputs

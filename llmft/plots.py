@@ -113,3 +113,32 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str) -> 
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def preference_rewards(history: list[dict[str, float]]) -> Any:
+    """Preference training: chosen and rejected rewards (left), their margin and accuracy (right),
+    per logged training step, with the validation values as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rewards, margin) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for prefix, style, where in (("", "-", "train"), ("eval_", "o", "validation")):
+        for key, color in (("rewards/chosen", "C2"), ("rewards/rejected", "C3")):
+            points = [(h["step"], h[prefix + key]) for h in history if prefix + key in h]
+            if points:
+                rewards.plot(*zip(*points, strict=True), style, color=color, label=f"{where} {key.split('/')[1]}")
+        for key, color in (("rewards/margin", "C0"), ("rewards/accuracy", "C1")):
+            points = [(h["step"], h[prefix + key]) for h in history if prefix + key in h]
+            if points:
+                margin.plot(*zip(*points, strict=True), style, color=color, label=f"{where} {key.split('/')[1]}")
+    rewards.set_title("Rewards")
+    margin.set_title("Reward margin and accuracy")
+    for ax in (rewards, margin):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -10,7 +10,11 @@ Shapes (`data.format`, or `auto` to detect per row):
 - turns: a list of plain strings (`conversation`, `dialog`, `turns`, ...), alternating user and
   assistant, starting with the user (a trailing user turn has no answer and is left out);
 - text_label: a text column and a label column (text/label, sentence/label, review/sentiment, ...),
-  for classification.
+  for classification;
+- preference: `chosen` and `rejected` answers to one prompt (prompt/chosen/rejected,
+  question/chosen/rejected, instruction/chosen/rejected, ...), each a string or a message list; without
+  a prompt column, chosen and rejected are whole conversations (message lists, or Anthropic HH's
+  "\n\nHuman: ... \n\nAssistant: ..." text) whose shared leading turns are the prompt.
 `data.columns.*` renames any of these fields. A row that does not fit becomes a rejection with a
 reason, never a crash.
 """
@@ -18,6 +22,7 @@ reason, never a crash.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +31,13 @@ from llmft.data.ingest import DataError, RawRow
 
 SFT_SHAPES = ("prompt_response", "alpaca", "chat", "sharegpt", "turns")
 TURN_COLUMNS = ("conversation", "dialog", "dialogue", "turns", "utterances")
-SHAPES = (*SFT_SHAPES, "text_label")
+SHAPES = (*SFT_SHAPES, "text_label", "preference")
+# the prompt of a chosen/rejected pair, most common name first; `data.columns.prompt` overrides them
+PREFERENCE_PROMPTS = ("prompt", "question", "instruction", "input", "query", "context", "history", "messages")
+# a preference example stores its rejected answer as a last turn with this role (after the chosen
+# assistant turn), so the gate scans, redacts and deduplicates it like every other turn
+REJECTED_ROLE = "rejected"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "model": "assistant", "system": "system"}
 # (input column, target column), most specific first; `data.columns.prompt/response` override them
@@ -53,16 +64,17 @@ class Example:
 
     @property
     def prompt_key(self) -> str:
-        """Everything but the target: the split groups and deduplicates on it."""
+        """Everything but the target: the split groups and deduplicates on it (for a preference
+        pair the prompt alone, so both answers to one prompt land in the same split)."""
         if self.shape == "text_label":
             return self.text
-        return "\n".join(m["content"] for m in self.messages[:-1])
+        return "\n".join(m["content"] for m in pair_conversations(self.messages)[0][:-1])
 
     @property
     def target(self) -> str:
         if self.shape == "text_label":
             return self.label or ""
-        return self.messages[-1]["content"]
+        return pair_conversations(self.messages)[0][-1]["content"]
 
     def as_row(self) -> dict[str, Any]:
         return {"where": self.where, "shape": self.shape, "messages": json.dumps(self.messages, ensure_ascii=False),
@@ -81,6 +93,82 @@ class Rejection:
     reason: str
     data: dict[str, Any]
     kind: str = "shape"  # shape, bad_label, empty, length, too_long, unknown_label, pii, duplicate
+
+
+def pair_conversations(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
+    """(prompt + chosen, prompt + rejected) of a preference example's messages; (messages, None) for
+    any other conversation."""
+    if not messages or messages[-1]["role"] != REJECTED_ROLE:
+        return list(messages), None
+    chosen = list(messages[:-1])
+    return chosen, [*chosen[:-1], {"role": "assistant", "content": messages[-1]["content"]}]
+
+
+def _preference_prompt(data: dict[str, Any], cfg: DataConfig) -> str | None:
+    if cfg.columns.prompt:
+        return cfg.columns.prompt if cfg.columns.prompt in data else None
+    return next((c for c in PREFERENCE_PROMPTS if c in data), None)
+
+
+def _hh_turns(text: str) -> list[dict[str, str]]:
+    """Anthropic HH text ("\n\nHuman: ...\n\nAssistant: ...") as messages."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3:
+        raise _RowProblem("text has no \\n\\nHuman: / \\n\\nAssistant: turns")
+    return [{"role": "user" if who == "Human" else "assistant", "content": content.strip()}
+            for who, content in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def _as_turns(value: Any, what: str) -> list[dict[str, str]]:
+    """A prompt or an answer as messages: text, one {role, content} dict, or a list of them."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        turns = []
+        for i, turn in enumerate(value, start=1):
+            if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+                raise _RowProblem(f"{what}: turn {i} needs 'role' and 'content'")
+            if turn["role"] not in ("system", "user", "assistant"):
+                raise _RowProblem(f"{what}: turn {i} has unknown role {turn['role']!r}")
+            turns.append({"role": str(turn["role"]), "content": _text(turn["content"]) or ""})
+        return turns
+    text = _text(value)
+    if text is None:
+        raise _RowProblem(f"{what} is empty", kind="empty")
+    return [{"role": "user" if what == "prompt" else "assistant", "content": text}]
+
+
+def _preference_messages(data: dict[str, Any], cfg: DataConfig) -> tuple[list[dict[str, str]], str]:
+    """Prompt turns + the chosen assistant turn + the rejected answer (role `rejected`), and the fields."""
+    chosen_col, rejected_col = _col(cfg, "chosen"), _col(cfg, "rejected")
+    chosen_raw, rejected_raw = _require_column(data, chosen_col), _require_column(data, rejected_col)
+    prompt_col = _preference_prompt(data, cfg)
+    if prompt_col is None and isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
+        chosen, rejected = _hh_turns(chosen_raw), _hh_turns(rejected_raw)
+    else:
+        chosen, rejected = _as_turns(chosen_raw, "chosen"), _as_turns(rejected_raw, "rejected")
+    prompt = _as_turns(data[prompt_col], "prompt") if prompt_col is not None else []
+    # answers that repeat the prompt turns lose them; turns both answers share extend the prompt
+    if prompt and chosen[:len(prompt)] == prompt and rejected[:len(prompt)] == prompt:
+        chosen, rejected = chosen[len(prompt):], rejected[len(prompt):]
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt, chosen, rejected = prompt + chosen[:shared], chosen[shared:], rejected[shared:]
+    if len(chosen) != 1 or len(rejected) != 1 or chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
+        raise _RowProblem("chosen and rejected must each end in one assistant answer after the shared prompt turns")
+    if not any(m["role"] == "user" for m in prompt):
+        raise _RowProblem("preference pair has no user prompt")
+    if prompt[-1]["role"] != "user":
+        raise _RowProblem("the prompt must end with a user turn")
+    if normalise_text(chosen[0]["content"]) == normalise_text(rejected[0]["content"]):
+        raise _RowProblem("chosen and rejected are the same answer: nothing to prefer", kind="empty")
+    fields = "/".join(c for c in (prompt_col, chosen_col, rejected_col) if c)
+    return [*prompt, chosen[0], {"role": REJECTED_ROLE, "content": rejected[0]["content"]}], fields
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def _col(cfg: DataConfig, name: str) -> str:
@@ -131,6 +219,8 @@ def _label_like(value: Any) -> bool:
 
 def detect_shape(data: dict[str, Any], cfg: DataConfig) -> str | None:
     keys = set(data)
+    if _col(cfg, "chosen") in keys and _col(cfg, "rejected") in keys:
+        return "preference"
     if _col(cfg, "messages") in keys:
         return "chat"
     if _col(cfg, "conversations") in keys:
@@ -217,6 +307,8 @@ def to_example(row: RawRow, cfg: DataConfig) -> Example | Rejection:
             if column is None:
                 raise _RowProblem(f"no list of turns in any of the fields {', '.join(TURN_COLUMNS)}")
             messages, fields = _alternating(list(row.data[column])), column
+        elif shape == "preference":
+            messages, fields = _preference_messages(row.data, cfg)
         elif shape == "sharegpt":
             messages = _chat_messages(_require(row.data, cfg, "conversations"), "from", "value", _SHAREGPT_ROLES)
             fields = _col(cfg, "conversations")
@@ -279,6 +371,10 @@ def infer_text_label_columns(rows: list[RawRow]) -> tuple[str, str] | None:
     return (text, min(candidates)[1]) if candidates else None
 
 
+def _kind(example: Example) -> str:
+    return {"text_label": "classification", "preference": "preference"}.get(example.shape, "generative")
+
+
 def to_examples(rows: list[RawRow], cfg: DataConfig) -> tuple[list[Example], list[Rejection]]:
     if cfg.format == "auto" and not any(cfg.columns.model_dump().values()):
         head = rows[:200]
@@ -291,12 +387,13 @@ def to_examples(rows: list[RawRow], cfg: DataConfig) -> tuple[list[Example], lis
     for row in rows:
         result = to_example(row, cfg)
         (examples if isinstance(result, Example) else rejections).append(result)
-    kinds = {("classification" if e.shape == "text_label" else "generative") for e in examples}
+    kinds = {_kind(e) for e in examples}
     if len(kinds) > 1:
-        first = {k: next(e.where for e in examples if ("classification" if e.shape == "text_label" else
-                                                        "generative") == k) for k in kinds}
-        raise DataError(f"mixed shapes: text/label rows (e.g. {first['classification']}) and conversation rows "
-                        f"(e.g. {first['generative']}) cannot be trained together")
+        first = {k: next(e.where for e in examples if _kind(e) == k) for k in sorted(kinds)}
+        names = {"classification": "text/label rows", "generative": "conversation rows",
+                 "preference": "chosen/rejected pairs"}
+        listing = " and ".join(f"{names[k]} (e.g. {where})" for k, where in first.items())
+        raise DataError(f"mixed shapes: {listing} cannot be trained together")
     if not examples and rejections:
         reasons = sorted({r.reason for r in rejections})
         raise DataError(f"{rejections[0].where}: no row has a usable shape ({len(rejections)} rows rejected: "

@@ -11,10 +11,11 @@ from llmft.tasks.base import EvalSettings, GenerativeTask, Task, TaskSpec
 from llmft.tasks.chat import ChatTask
 from llmft.tasks.classification import ClassificationTask
 from llmft.tasks.extraction import ExtractionTask
+from llmft.tasks.preference import PreferenceTask
 from llmft.tasks.summarization import SummarizationTask
 
 TASKS: dict[str, Task] = {task.name: task for task in (ChatTask(), SummarizationTask(), ClassificationTask(),
-                                                       ExtractionTask())}
+                                                       ExtractionTask(), PreferenceTask())}
 
 __all__ = ["TASKS", "EvalSettings", "GenerativeTask", "Task", "TaskSpec", "get_task", "primary_metric"]
 

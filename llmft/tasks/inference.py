@@ -4,6 +4,7 @@
 - a summary-like target column (document/summary, article/highlights, dialogue/summary, ...), or
   instructions that ask for a summary -> summarization;
 - targets that are JSON objects -> extraction;
+- chosen/rejected pairs (prompt/chosen/rejected, ...) -> preference;
 - anything else with an input and a response (prompt/response, question/answer, alpaca,
   messages, conversations) -> chat.
 The choice and its reason are announced in one line and recorded in the run summary and MLflow.
@@ -18,6 +19,7 @@ from llmft.data.shapes import Example
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 from llmft.tasks.extraction import objects
+from llmft.train.preference import is_preference
 
 SUMMARY_TARGETS = frozenset({"summary", "highlights", "abstract", "tldr", "summary_text", "title"})
 _JSON_SHARE = 0.8  # this share of targets being JSON objects makes the data extraction data
@@ -34,6 +36,8 @@ def infer_task(examples: list[Example]) -> tuple[str, str]:
     if not examples:
         raise ConfigError("task=auto: no usable rows to infer the task from; set task=...")
     fields = _common_fields(examples)
+    if any(ex.shape == "preference" for ex in examples):
+        return "preference", f"inferred from columns {fields}: chosen and rejected answers"
     if any(ex.shape == "text_label" for ex in examples):
         return "classification", f"inferred from columns {fields}"
     target_column = fields.rsplit("/", 1)[-1] if "/" in fields else ""
@@ -67,6 +71,17 @@ def resolve_task(cfg: Config, examples: list[Example]) -> TaskSpec:
                               f"(e.g. {next(ex.where for ex in examples if ex.shape == 'text_label')}); set "
                               "task=classification or task=auto")
     task = get_task(name)
+    pairs = sum(ex.shape == "preference" for ex in examples)
+    if name != "preference" and pairs:
+        raise ConfigError(f"task={name} trains on one answer per prompt, but {cfg.data.source} has chosen/rejected "
+                          "pairs; set task=preference or task=auto")
+    if name == "preference" and not pairs:
+        raise ConfigError(f"task=preference needs chosen/rejected pairs, but {cfg.data.source} has none; give it "
+                          "pairs (prompt/chosen/rejected), or set data.preference_pairs=self_play")
+    if is_preference(cfg.train.method) and name != "preference":
+        raise ConfigError(f"train.method={cfg.train.method} trains on chosen/rejected pairs, but {cfg.data.source} "
+                          f"has {name} rows; give it pairs (prompt/chosen/rejected), or set "
+                          "data.preference_pairs=self_play to build them from the reference answers")
     if cfg.train.method in task.refused_methods:
         raise ConfigError(f"train.method={cfg.train.method} does not suit task {name}: "
                           f"{task.refused_methods[cfg.train.method]}")

@@ -9,6 +9,9 @@ Speed, where the usual recipe wastes time on a CPU:
 - logits and the loss are computed only at positions whose next token is labelled (the response),
   not over the 49k-word vocabulary at every prompt position;
 - LoRA dropout draws its masks four elements per random word (llmft.fast_dropout).
+
+Preference methods (dpo, orpo) use the same loop: pair batches (chosen rows, then rejected rows) and
+the losses of llmft.train.preference; their rewards, margins and accuracy are logged with the loss.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from llmft.config import TrainConfig
 from llmft.contracts import TrainingResult
 from llmft.loss import masked_lm_loss
 from llmft.train import methods
+from llmft.train.preference import PreferenceBatches, is_preference, preference_loss
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +175,11 @@ def _progress_callback() -> Any:
     return Progress()
 
 
-def _trainer_class(selective_logits: bool, counter: _TokenCounter) -> Any:
+def _trainer_class(selective_logits: bool, counter: _TokenCounter, cfg: TrainConfig | None = None) -> Any:
     from transformers import Trainer
+
+    preference = cfg is not None and is_preference(cfg.method)
+    pending: dict[str, list[dict[str, float]]] = {}  # preference statistics since the last log, per mode
 
     class LLMTrainer(Trainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -187,6 +194,13 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter) -> Any:
                 counter.eval_seconds += time.perf_counter() - t0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if preference:
+                assert cfg is not None
+                loss, stats, outputs = preference_loss(model, inputs, cfg.method, cfg.beta, cfg.orpo_lambda)
+                pending.setdefault("train" if model.training else "eval", []).append(stats)
+                if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                    loss = loss / self.current_gradient_accumulation_steps  # a mean per batch, not a token sum
+                return (loss, outputs) if return_outputs else loss
             if not selective_logits or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
@@ -194,6 +208,14 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter) -> Any:
                                                   inputs["labels"], **rest)
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else count)
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            # the preference statistics since the last log, averaged, join the loss they go with
+            mode = "eval" if "eval_loss" in logs else "train"
+            stats = pending.pop(mode, []) if "loss" in logs or mode == "eval" else []
+            for key in stats[0] if stats else ():
+                logs[f"eval_{key}" if mode == "eval" else key] = sum(s[key] for s in stats) / len(stats)
+            super().log(logs, *args, **kwargs)
 
     return LLMTrainer
 
@@ -231,7 +253,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     classifier = labels is not None
     _examples_check(train_examples, classifier, tokenizer.eos_token_id)
 
-    model = load_model(base_path, labels, four_bit=cfg.method == "qlora")
+    model = load_model(base_path, labels, four_bit=methods.four_bit(cfg))
     model.config.use_cache = False  # no KV cache in training
     model = methods.prepare(model, cfg, classifier, base_path, init_text)
     if cfg.fast_lora_dropout:
@@ -242,6 +264,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     log.info("%s: %d trainable of %d parameters (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
 
     collator = (ClassificationBatches(tokenizer.pad_token_id) if classifier
+                else PreferenceBatches(tokenizer.pad_token_id) if is_preference(cfg.method)
                 else PadToLongest(tokenizer.pad_token_id))
     counter = _TokenCounter()
     metrics_cb, early_cb = _callbacks(counter, cfg, log_to_mlflow)
@@ -284,7 +307,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         ddp_find_unused_parameters=False if cfg.num_processes > 1 else None,
         disable_tqdm=False,
     )
-    trainer_cls = _trainer_class(not classifier and cfg.method != "prompt_tuning", counter)
+    trainer_cls = _trainer_class(not classifier and cfg.method != "prompt_tuning", counter, cfg)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=validation_examples or None, data_collator=collator,
                           callbacks=[metrics_cb, early_cb])

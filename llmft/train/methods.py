@@ -3,6 +3,8 @@
 - full: every weight trains; the trained model is saved whole.
 - lora / dora / qlora: PEFT adapters (qlora on a 4-bit nf4 base); merged into the fp32 base
   afterwards, never into a 4-bit one.
+- dpo / orpo: preference losses (llmft.train.preference) on a `train.preference_adapter` adapter
+  (lora or qlora); DPO's reference is the same model with the adapter switched off.
 - prompt_tuning: PEFT virtual tokens. They cannot be merged into weights, so they are baked in:
   each virtual token becomes a new special token whose embedding is the learned vector, and the
   chat template starts with them. The result is a plain model that any runtime serves unchanged.
@@ -34,7 +36,7 @@ def prepare(model: Any, cfg: TrainConfig, classifier: bool, base_path: str, init
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
     task_type = TaskType.SEQ_CLS if classifier else TaskType.CAUSAL_LM
-    method = cfg.method
+    method = adapter_method(cfg)
     if method in ("lora", "dora", "qlora"):
         if method == "qlora":
             from peft import prepare_model_for_kbit_training
@@ -67,6 +69,15 @@ def prepare(model: Any, cfg: TrainConfig, classifier: bool, base_path: str, init
                 param.requires_grad = True
         return model
     raise ValueError(f"unknown train.method {method!r}")
+
+
+def adapter_method(cfg: TrainConfig) -> str:
+    """The method that decides what trains: a preference method trains its adapter."""
+    return cfg.preference_adapter if cfg.method in ("dpo", "orpo") else cfg.method
+
+
+def four_bit(cfg: TrainConfig) -> bool:
+    return adapter_method(cfg) == "qlora"
 
 
 def parameter_counts(model: Any) -> tuple[int, int]:

@@ -20,10 +20,17 @@ from llmft.contracts import SplitInfo, TrainingResult
 from llmft.locations import checkpoints_root
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
+from llmft.train.preference import is_preference
 
 
-def training_examples(frame: pd.DataFrame, labels: list[str] | None) -> list[dict[str, Any]]:
-    """Rows as the trainer takes them: token ids with token labels, or with a class index."""
+def training_examples(frame: pd.DataFrame, labels: list[str] | None,
+                      pairs: tuple[Any, int] | None = None) -> list[dict[str, Any]]:
+    """Rows as the trainer takes them: token ids with token labels, or with a class index; with
+    `pairs` (tokenizer, max_seq_length), preference pairs: the chosen and the rejected conversation."""
+    if pairs is not None:
+        from llmft.tasks.preference import pair_example
+
+        return [pair_example(pairs[0], json.loads(r.messages), pairs[1]) for r in frame.itertuples()]
     if labels is None:
         return [{"input_ids": list(map(int, r.input_ids)), "labels": list(map(int, r.labels))}
                 for r in frame.itertuples()]
@@ -50,13 +57,21 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     from llmft.train.launch import run_training
 
     labels = split.labels if get_task(spec.name).classifier else None
-    train_rows, validation_rows = training_examples(train_split, labels), training_examples(validation_split, labels)
+    pairs = None
+    if is_preference(train.method):  # the rejected conversation is encoded from the gate's fitted messages
+        from llmft.base_model import load_tokenizer
+
+        pairs = (load_tokenizer(resolve_base_model(model)), train.max_seq_length)
+    train_rows = training_examples(train_split, labels, pairs)
+    validation_rows = training_examples(validation_split, labels, pairs)
     mlflow.log_params({"data.rows.train": len(train_rows), "data.rows.validation": len(validation_rows)})
     out = Path(tempfile.mkdtemp(prefix="llmft-train-"))
     checkpoints = checkpoints_root() / checkpoint_key(spec, model, train, train_rows)
     result = run_training(resolve_base_model(model), train_rows, validation_rows, train, out, labels,
                           init_text=spec.instruction, checkpoint_dir=checkpoints)
     mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
+    if is_preference(train.method):
+        mlflow.log_figure(plots.preference_rewards(result.history), "plots/preference_rewards.png")
     mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
                         "train/padding_fraction": result.padding_fraction,
                         "train/trainable_parameters": result.trainable_parameters})

@@ -1,0 +1,171 @@
+"""Preference tuning: the pair shapes, the gate and split on pairs, the DPO and ORPO losses on
+hand-computed values, training on the real model, and one end-to-end run through the gate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from llmft.config import DataConfig, ValidationConfig, load_config
+from llmft.data.gate import run_gate
+from llmft.data.ingest import RawRow
+from llmft.data.shapes import Example, Rejection, to_example, to_examples
+from llmft.data.split import split_items
+from llmft.tasks import get_task
+from llmft.tasks.inference import infer_task, resolve_task
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = ROOT / "tests" / "data" / "real" / "preference.jsonl"
+
+
+def _example(data: dict) -> Example:
+    found = to_example(RawRow("row 1", data), DataConfig())
+    assert isinstance(found, Example), getattr(found, "reason", found)
+    return found
+
+
+@pytest.mark.parametrize("data", [
+    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."},
+    {"question": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."},
+    {"instruction": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."},
+    {"prompt": [{"role": "user", "content": "Capital of France?"}],
+     "chosen": [{"role": "assistant", "content": "Paris."}], "rejected": [{"role": "assistant", "content": "Lyon."}]},
+    {"chosen": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}],
+     "rejected": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Lyon."}]},
+    {"chosen": "\n\nHuman: Capital of France?\n\nAssistant: Paris.",
+     "rejected": "\n\nHuman: Capital of France?\n\nAssistant: Lyon."},
+])
+def test_pair_shapes_become_one_preference_example(data: dict):
+    ex = _example(data)
+    assert ex.shape == "preference" and ex.prompt_key == "Capital of France?" and ex.target == "Paris."
+    assert ex.messages[-1] == {"role": "rejected", "content": "Lyon."}
+    assert infer_task([ex])[0] == "preference"
+
+
+def test_shared_history_turns_are_the_prompt_and_bad_pairs_are_rejected():
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+               {"role": "user", "content": "And France?"}]
+    ex = _example({"chosen": [*history, {"role": "assistant", "content": "Paris."}],
+                   "rejected": [*history, {"role": "assistant", "content": "No idea."}]})
+    assert [m["content"] for m in ex.messages] == ["Hi", "Hello!", "And France?", "Paris.", "No idea."]
+    same = to_example(RawRow("row 2", {"prompt": "q", "chosen": "Same answer", "rejected": "same  answer"}),
+                      DataConfig())
+    assert isinstance(same, Rejection) and "same answer" in same.reason
+    with pytest.raises(Exception, match="mixed shapes"):
+        to_examples([RawRow("a", {"prompt": "q", "chosen": "a", "rejected": "b"}),
+                     RawRow("b", {"prompt": "q", "response": "a"})], DataConfig())
+
+
+def test_task_and_method_checks():
+    pairs = [_example({"prompt": "q", "chosen": "a", "rejected": "b"})]
+    sft = [_example({"prompt": "q", "response": "a"})]
+    assert resolve_task(load_config(None, ["train.method=dpo"]), pairs).name == "preference"
+    with pytest.raises(Exception, match=r"data\.preference_pairs=self_play"):
+        resolve_task(load_config(None, ["train.method=dpo"]), sft)
+    with pytest.raises(Exception, match="task=preference"):
+        resolve_task(load_config(None, ["task=chat"]), pairs)
+
+
+def test_gate_redacts_and_deduplicates_the_rejected_answer_and_split_keeps_a_prompt_together(tokenizer):
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"Wrong {j}."}
+            for i in range(12) for j in range(3)]
+    rows.append({"prompt": "Question 0?", "chosen": "Answer 0.", "rejected": "wrong 0."})  # normalised duplicate
+    rows.append({"prompt": "Mail?", "chosen": "No.", "rejected": "Write to jane.doe@example.com"})
+    examples, rejected = to_examples([RawRow(f"line {i}", r) for i, r in enumerate(rows)], DataConfig())
+    task = get_task("preference")
+    result = run_gate(examples, rejected, DataConfig(), ValidationConfig(),
+                      lambda ex: task.encode(tokenizer, ex, None, 128), 128)
+    assert result.report.duplicates_removed == 1 and len(result.kept) == 37
+    mail = next(r for r in result.kept if r.example.prompt_key == "Mail?")
+    assert "jane.doe@example.com" not in json.dumps(mail.messages) and mail.messages[-1]["role"] == "rejected"
+    splits = split_items([r.example.as_row() for r in result.kept], lambda r: r["prompt"], 0, 0.2, 0.3)
+    where = {}
+    for name, items in splits.items():
+        for item in items:
+            assert where.setdefault(item["prompt"], name) == name  # one prompt never spans two splits
+
+
+def test_encoding_fits_both_answers_after_the_same_prompt(tokenizer):
+    from llmft.tasks.preference import pair_example
+
+    ex = _example({"prompt": "word " * 300, "chosen": "Short.", "rejected": "A much longer answer " * 5})
+    encoded = get_task("preference").encode(tokenizer, ex, "Be brief.", 96)
+    assert encoded is not None and encoded.truncated
+    pair = pair_example(tokenizer, encoded.messages, 96)
+    assert len(pair["rejected_input_ids"]) <= 96 and pair["input_ids"] == encoded.input_ids
+    prompt_len = pair["labels"].index(next(t for t in pair["labels"] if t != -100))
+    assert pair["input_ids"][:prompt_len] == pair["rejected_input_ids"][:prompt_len]
+    assert pair["rejected_labels"][-1] == tokenizer.eos_token_id
+
+
+def test_dpo_loss_on_hand_computed_values():
+    import torch
+
+    from llmft.train.preference import dpo_loss
+
+    # policy margin (-1) - (-2) = 1, reference margin 0: beta * 1 = 0.1 -> -log sigmoid(0.1)
+    losses, chosen, rejected = dpo_loss(torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0]),
+                                        torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0]), beta=0.1)
+    assert losses.tolist() == pytest.approx([math.log(1 + math.exp(-0.1)), math.log(1 + math.exp(0.2))], abs=1e-6)
+    assert chosen.tolist() == pytest.approx([0.05, -0.1]) and rejected.tolist() == pytest.approx([-0.05, 0.1])
+
+
+def test_orpo_loss_on_hand_computed_values():
+    import torch
+
+    from llmft.train.preference import orpo_loss
+
+    def log_odds(p: float) -> float:  # log(p / (1 - p)) with p = exp(mean log-prob)
+        return math.log(math.exp(p) / (1 - math.exp(p)))
+
+    ratio = log_odds(-0.5) - log_odds(-1.0)  # 0.974...
+    loss, odds, chosen, rejected = orpo_loss(torch.tensor([-0.5]), torch.tensor([-1.0]), torch.tensor(0.5), 0.1)
+    assert odds.item() == pytest.approx(ratio, abs=1e-5)
+    assert loss.item() == pytest.approx(0.5 + 0.1 * math.log(1 + math.exp(-ratio)), abs=1e-6)
+    assert chosen.item() == pytest.approx(-0.05) and rejected.item() == pytest.approx(-0.1)
+
+
+def test_sequence_logps_sum_to_the_masked_lm_loss(base_model_path: str, tokenizer):
+    import torch
+
+    from llmft.base_model import load_model
+    from llmft.chat_format import PadToLongest, build_messages, encode_messages
+    from llmft.loss import masked_lm_loss, sequence_logps
+
+    rows = [encode_messages(tokenizer, build_messages(None, p, r))
+            for p, r in (("Capital of France?", "Paris."), ("Say hi", "Hello there, how are you today?"))]
+    batch = PadToLongest(tokenizer.pad_token_id)(rows)
+    model = load_model(base_model_path).eval()
+    with torch.no_grad():
+        logps, counts, _ = sequence_logps(model, **batch)
+        total, count, _ = masked_lm_loss(model, **batch)
+        alone, _, _ = sequence_logps(model, **PadToLongest(tokenizer.pad_token_id)(rows[:1]))
+    assert counts.tolist() == [sum(t != -100 for t in r["labels"][1:]) for r in rows]
+    assert logps.sum().item() == pytest.approx(-total.item(), rel=1e-5) and int(count) == int(counts.sum())
+    assert logps[0].item() == pytest.approx(alone[0].item(), abs=1e-3)  # padding changes nothing
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_preference_methods_train_on_the_real_model(method: str, base_model_path: str, tokenizer, tmp_path: Path):
+    from llmft.tasks.preference import pair_example
+    from llmft.train.loop import train
+    from llmft.train.methods import load_trained
+
+    task = get_task("preference")
+    pairs = [("Capital of France?", "Paris.", "I do not know."), ("What is 2 + 2?", "4.", "Five, probably.")]
+    examples = [pair_example(tokenizer, task.encode(tokenizer, _example(
+        {"prompt": p, "chosen": c, "rejected": r}), None, 128).messages, 128) for p, c, r in pairs] * 2
+    cfg = load_config(None, [f"train.method={method}", "train.max_steps=3", "train.batch_size=4",
+                             "train.learning_rate=5e-3", "train.warmup_ratio=0", "train.eval_steps=2"]).train
+    result = train(base_model_path, examples, examples[:2], cfg, tmp_path, log_to_mlflow=False)
+    logged = [h for h in result.history if "rewards/margin" in h]
+    assert result.steps == 3 and len(logged) == 3 and any("eval_rewards/accuracy" in h for h in result.history)
+    assert logged[-1]["rewards/margin"] > logged[0]["rewards/margin"]  # it learned to prefer the chosen answers
+    if method == "dpo":  # step 1: the adapter starts at zero, so the policy is the reference
+        assert logged[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+        assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    model, _ = load_trained(base_model_path, result.output_dir)
+    assert not hasattr(model, "peft_config")  # merged: one plain model for evaluation and the registry
