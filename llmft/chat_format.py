@@ -4,10 +4,16 @@ The same rendering feeds training, evaluation and serving, so the template never
 assistant turn is labelled up to and including its EOS token, so the model learns to stop; system
 and user turns are labelled -100. Padding is masked by position, never by token id (pad == eos
 for SmolLM2).
+
+Message content never speaks the template's language: special-token text in it (`<|im_start|>`,
+`<|im_end|>`, ...) is escaped before rendering, so it tokenizes as plain text and a user cannot
+forge a system turn. The rule is the same at training, evaluation and serving time.
 """
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import Any
 
 from llmft.errors import UserFacingError
@@ -33,9 +39,50 @@ def build_messages(system: str | None, prompt: str, response: str | None = None)
     return with_system(system, messages)
 
 
+# inserted after the first character of special-token text in content: invisible, and no special token
+# contains it, so `<\u200b|im_start|>` can only tokenize as ordinary text
+ESCAPE_MARK = "\u200b"
+
+
+def special_token_texts(tokenizer: Any) -> tuple[str, ...]:
+    """Every string the tokenizer turns into a special token when it appears in text."""
+    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            found.add(str(added.content))
+    # longest first, so the regex takes `<|im_start|>` before any shorter token it contains
+    return tuple(sorted((t for t in found if len(t) >= 2), key=lambda t: (-len(t), t)))
+
+
+@lru_cache(maxsize=16)
+def _special_pattern(texts: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(re.escape(t) for t in texts)) if texts else None
+
+
+def escape_special_tokens(tokenizer: Any, text: str) -> str:
+    """`text` with every special-token string broken by ESCAPE_MARK, so it tokenizes as plain text."""
+    pattern = _special_pattern(special_token_texts(tokenizer))
+    if pattern is None:
+        return text
+    while pattern.search(text):  # again until none is left (escaping can never create one, but be sure)
+        text = pattern.sub(lambda m: m.group()[0] + ESCAPE_MARK + m.group()[1:], text)
+    return text
+
+
+def escape_messages(tokenizer: Any, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{**m, "content": escape_special_tokens(tokenizer, m["content"])} if isinstance(m.get("content"), str)
+            else dict(m) for m in messages]
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The model's chat template over the messages, their special-token text escaped."""
+    return tokenizer.apply_chat_template(escape_messages(tokenizer, messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
 def render_generation_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The prompt exactly as training saw it before an assistant turn."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> dict[str, list[int]]:
@@ -48,7 +95,7 @@ def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> dict[str,
         if message["role"] != "assistant":
             continue
         prompt_text = render_generation_prompt(tokenizer, messages[:i])
-        full_text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        full_text = render_chat(tokenizer, messages[: i + 1])
         if not prompt_text.startswith(consumed) or not full_text.startswith(prompt_text):
             raise MaskingError("the chat template renders earlier turns differently as the conversation grows")
         completion = full_text[len(prompt_text):]

@@ -170,6 +170,9 @@ class TrackingConfig(_Section):
 class ServerLimits(_Section):
     """What the model server accepts; the values come from `deploy.*` (one set of defaults)."""
 
+    # inf/nan are never a limit: batch_wait_ms=inf would park the batcher forever
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
     max_tokens: int = Field(256, ge=1)
     default_max_tokens: int = Field(128, ge=1)
     max_input_tokens: int = Field(1024, ge=1)
@@ -177,9 +180,24 @@ class ServerLimits(_Section):
     max_inputs: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0)
+    max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000)
+    max_queue: int = Field(256, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
+
+    @classmethod
+    def checked(cls, values: dict[str, Any] | str) -> ServerLimits:
+        """Validated limits (a dict or JSON), or a one-line ConfigError naming the `deploy.<key>` at fault."""
+        try:
+            return cls.model_validate_json(values) if isinstance(values, str) else cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            raise ConfigError(f"deploy.{key}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 class DeployConfig(_Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
     host: str = "127.0.0.1"
     port: int = Field(5055, ge=1, le=65535)
     startup_timeout_s: int = Field(180, ge=5)
@@ -192,6 +210,11 @@ class DeployConfig(_Section):
     max_inputs: int = Field(64, ge=1, description="texts in one classification request")
     max_batch_size: int = Field(32, ge=1, description="concurrent requests generated together")
     batch_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0, description="how long the batcher waits for more requests")
+    max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000,
+                                description="largest request body; larger ones get 413 before they are read")
+    max_queue: int = Field(256, ge=1, description="requests waiting for the model; beyond it: 429 with Retry-After")
+    request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0,
+                                     description="a request not answered by then gets 504 and its work is dropped")
 
     def server_limits(self) -> ServerLimits:
         return ServerLimits.model_validate(self.model_dump(include=set(ServerLimits.model_fields)))

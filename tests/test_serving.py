@@ -19,6 +19,7 @@ from llmft.serve.deploy import post_json
 
 LIMITS = ServerLimits(max_tokens=32, default_max_tokens=8, max_input_tokens=200, max_batch_size=8, batch_wait_ms=50)
 TOKEN = "test-admin-token"
+REGISTRY_NAME = "embedded-base"  # what /admin/load may load versions of
 
 
 def _free_port() -> int:
@@ -31,8 +32,8 @@ def _serve(served: Served):
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served, LIMITS, TOKEN), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = create_app(served, LIMITS, TOKEN, registry_name=REGISTRY_NAME)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
@@ -41,6 +42,16 @@ def _serve(served: Served):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine two torch threads run several times slower, not faster
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +154,12 @@ def test_a_busy_port_is_refused_before_any_model_loads(url: str, tmp_path, monke
         deploy("models:/any/1", "1", "127.0.0.1", port, {}, 30, "sqlite:///unused.db")
 
 
-def test_admin_load_needs_the_token_and_a_bad_model_never_takes_traffic(url: str):
+def test_admin_load_needs_the_token_and_a_bad_model_never_takes_traffic(url: str, tmp_path, monkeypatch):
     status, body = post_json(f"{url}/admin/load", {"model_uri": "models:/nope/1"})
     assert status == 401
-    status, body = post_json(f"{url}/admin/load", {"model_uri": "/nonexistent/model"},
+    # a version of the configured model that is not in the registry: loading fails, the old one serves on
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    status, body = post_json(f"{url}/admin/load", {"model_uri": f"models:/{REGISTRY_NAME}/999"},
                              headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 422 and body["swapped"] is False and body["serving"] == "embedded-base"
     assert _health(url)["model_uri"] == "embedded-base"

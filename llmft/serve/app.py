@@ -1,6 +1,6 @@
 """The model server: a registered model over HTTP, OpenAI-style, with concurrent requests batched.
 
-    python -m llmft.serve.app --model-uri models:/NAME@champion --port 5055 [limits...]
+    python -m llmft.serve.app --model-uri models:/NAME@champion --registry-name NAME --port 5055 [limits...]
 
 Loads the model from the MLflow registry (the transformers artifacts that `register` logged) and
 serves it with FastAPI under uvicorn, as MLflow's own scoring server does. Why not that server:
@@ -10,14 +10,23 @@ within `--batch-wait-ms` (up to `--max-batch-size`) and generates them in one le
 
 Endpoints:
 - POST /v1/chat/completions and /invocations: `{"messages": [...], "max_tokens": N, "temperature": t,
-  "top_p": p}` -> an OpenAI `chat.completion` object (temperature 0 or absent: greedy). A
-  classifier takes `{"inputs": [text, ...]}` (or `{"text": ...}`) and returns label and scores.
-- GET /health (and /ping): the model being served and request counters.
-- POST /admin/load `{"model_uri": ...}` (bearer token from the state folder): load another model
-  next to the running one, smoke-test it, and only then swap; on failure the old one keeps serving.
+  "top_p": p}` -> an OpenAI `chat.completion` object (temperature 0 or absent: greedy; top_p must be
+  in (0, 1]). A classifier takes `{"inputs": [text, ...]}` (or `{"text": ...}`) and returns label and scores.
+- GET /health (and /ping): the model being served and request counters; 503 with the reason while
+  the batch worker is down (a supervisor restarts it).
+- POST /admin/load `{"model_uri": ...}` (bearer token from the state folder): load another version of
+  the configured registered model (`models:/NAME@alias` or `models:/NAME/VERSION`, nothing else) next
+  to the running one, smoke-test it, and only then swap; on failure the old one keeps serving.
 
-Malformed requests get 400, oversize ones 413, each with an OpenAI-style error message; the server
-keeps serving.
+Hostile input is bounded before it costs anything (limits from `deploy.*`, see ServerLimits): a body
+over `max_body_bytes` gets 413 before it is read (Content-Length, then counted while streaming); a
+conversation longer than `max_input_tokens` x CHARS_PER_TOKEN_BOUND characters gets 413 before it is
+tokenized, and parsing/tokenizing runs in a worker thread, never on the event loop; a full queue
+(`max_queue`) gets 429 with Retry-After; a request not answered within `request_timeout_s` gets 504,
+and the work of a timed-out or disconnected client is dropped before it reaches the model. Malformed
+requests get 400, each with an OpenAI-style error message; the server keeps serving. Special-token
+text in messages is escaped by the chat formatter, as in training. A model that needs custom code is
+refused unless the server was started with --trust-remote-code.
 """
 
 from __future__ import annotations
@@ -27,19 +36,22 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import queue
+import re
 import threading
 import time
+import traceback
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the handlers' string annotations here
 
-from llmft.chat_format import render_generation_prompt, with_system
-from llmft.config import ServerLimits
+from llmft.chat_format import CHARS_PER_TOKEN_BOUND, render_generation_prompt, with_system
+from llmft.config import ConfigError, ServerLimits
 from llmft.generation import Completion, Sampling, complete_batch
 
 log = logging.getLogger("llmft.serve.app")
@@ -47,6 +59,9 @@ log = logging.getLogger("llmft.serve.app")
 SMOKE_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
 SMOKE_TEXT = "The product arrived on time and works as described."
 ROLES = ("system", "user", "assistant")
+# what /admin/load accepts: a registered model by alias or version number, nothing else
+LOAD_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][\w.\-]*)"
+                      r"(?:@(?P<alias>[A-Za-z0-9][\w\-]*)|/(?P<version>[1-9]\d*))$")
 
 
 class RequestError(ValueError):
@@ -55,6 +70,10 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400, param: str | None = None):
         super().__init__(message)
         self.status, self.param = status, param
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than `max_queue`."""
 
 
 @dataclass
@@ -72,11 +91,14 @@ class Served:
     loaded_at: float = field(default_factory=time.time)
 
 
-def load_served(model_uri: str) -> Served:
-    import mlflow
+def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
+    """Load a registered model; one whose classes are not part of transformers (code that would run
+    here) is refused unless the user set model.trust_remote_code (server --trust-remote-code)."""
     from mlflow import MlflowClient
 
-    parts = mlflow.transformers.load_model(model_uri, return_type="components")
+    from llmft.registry.versions import load_registered
+
+    parts = load_registered(model_uri, trust_remote_code)
     model, tokenizer = parts["model"].float().eval(), parts["tokenizer"]
     version, instruction, task = None, None, None
     if model_uri.startswith("models:/"):
@@ -98,6 +120,20 @@ def load_served(model_uri: str) -> Served:
     return Served(model_uri, version, False, model, tokenizer, instruction=instruction, task=task)
 
 
+def check_load_uri(uri: Any, registry_name: str | None) -> str:
+    """The URI /admin/load may load: a version or alias of the configured registered model."""
+    if not isinstance(uri, str) or not uri:
+        raise RequestError("send {'model_uri': 'models:/NAME/VERSION'}", param="model_uri")
+    match = LOAD_URI.match(uri)
+    if registry_name is None:
+        raise RequestError("this server was started without --registry-name; it loads no other model",
+                           status=403, param="model_uri")
+    if match is None or match["name"] != registry_name:
+        raise RequestError(f"only models:/{registry_name}@<alias> or models:/{registry_name}/<version> can be "
+                           f"loaded here, not {uri[:200]!r}", status=403, param="model_uri")
+    return uri
+
+
 # ---- request parsing: every refusal names the field ----
 
 @dataclass
@@ -117,6 +153,11 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     if not low <= value <= high:
         raise RequestError(f"'{key}' must be between {low} and {high}, got {value}", param=key)
     return float(value)
+
+
+def char_limit(limits: ServerLimits) -> int:
+    """No text longer than this can be max_input_tokens tokens: refused without tokenizing it."""
+    return limits.max_input_tokens * CHARS_PER_TOKEN_BOUND
 
 
 def parse_chat(body: Any, served: Served, limits: ServerLimits) -> ChatRequest:
@@ -149,8 +190,16 @@ def parse_chat(body: Any, served: Served, limits: ServerLimits) -> ChatRequest:
                            param="max_tokens")
     else:
         max_tokens = raw_max
-    sampling = Sampling(temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
-                        top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p <= 0:  # 0 keeps no token at all; refused rather than silently read as 1.0 (as vLLM does)
+        raise RequestError("'top_p' must be greater than 0 and at most 1 (for deterministic answers send "
+                           "temperature 0)", param="top_p")
+    sampling = Sampling(temperature=_number(body, "temperature", 0.0, 0.0, 2.0), top_p=top_p)
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > char_limit(limits):  # before tokenizing: 5 M characters would tokenize for seconds
+        raise RequestError(f"the conversation is {chars} characters; this server accepts at most "
+                           f"{limits.max_input_tokens} tokens (no more than {char_limit(limits)} characters)",
+                           status=413, param="messages")
     prompt = serving_prompt(served, messages)
     n_tokens = len(served.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if n_tokens > limits.max_input_tokens:
@@ -161,7 +210,8 @@ def parse_chat(body: Any, served: Served, limits: ServerLimits) -> ChatRequest:
 
 def serving_prompt(served: Served, messages: list[dict[str, str]]) -> str:
     """The prompt exactly as training rendered it: the trained instruction (unless the request brings
-    its own system turn) and the model's own chat template, through the training formatter."""
+    its own system turn) and the model's own chat template, through the training formatter (which
+    escapes special-token text in the content)."""
     return render_generation_prompt(served.tokenizer, with_system(served.instruction, messages))
 
 
@@ -176,6 +226,11 @@ def parse_texts(body: Any, served: Served, limits: ServerLimits) -> list[list[in
         raise RequestError("send {'inputs': [text, ...]} with non-empty strings", param="inputs")
     if len(texts) > limits.max_inputs:
         raise RequestError(f"{len(texts)} inputs; the limit is {limits.max_inputs}", status=413, param="inputs")
+    longest_chars = max(len(t) for t in texts)
+    if longest_chars > char_limit(limits):
+        raise RequestError(f"an input is {longest_chars} characters; this server accepts at most "
+                           f"{limits.max_input_tokens} tokens (no more than {char_limit(limits)} characters)",
+                           status=413, param="inputs")
     ids = [served.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     longest = max(len(i) for i in ids)
     if longest > limits.max_input_tokens:
@@ -184,29 +239,77 @@ def parse_texts(body: Any, served: Served, limits: ServerLimits) -> list[list[in
     return ids
 
 
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RequestError("request body is nested too deeply") from None
+
+
 # ---- batching ----
 
 @dataclass
 class _Job:
     request: ChatRequest
     future: Future
+    deadline: float  # time.monotonic(); past it the client has had its 504 and nobody waits
+
+
+def _settle(future: Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Set a job's outcome unless its client is gone: setting a cancelled future raises
+    InvalidStateError, which once killed the worker thread."""
+    if future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass
 
 
 class Batcher:
     """One thread owns the model: it takes whatever chat requests are waiting (up to a batch),
-    groups them by sampling settings and generates each group in one call."""
+    drops those whose client left or timed out, groups the rest by sampling settings and generates
+    each group in one call. A supervisor thread restarts it if it ever dies; /health says so meanwhile."""
+
+    RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # a worker that keeps dying is restarted ever more slowly
 
     def __init__(self, served: Served, limits: ServerLimits):
         self.served, self.limits = served, limits
-        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=limits.max_queue)
         self._model_lock = threading.Lock()  # a swap never lands in the middle of a batch
-        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "completion_tokens": 0}
-        threading.Thread(target=self._loop, name="batcher", daemon=True).start()
+        self._current: list[_Job] = []
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "completion_tokens": 0, "cancelled": 0,
+                      "rejected_queue_full": 0, "worker_restarts": 0}
+        self.worker_error: str | None = None  # why the worker last died
+        self.worker_died_at: float | None = None
+        self._batch_s = 1.0  # moving average of a batch's duration, for Retry-After
+        self._worker = self._start_worker()
+        threading.Thread(target=self._supervise, name="batcher-supervisor", daemon=True).start()
 
-    def submit(self, request: ChatRequest) -> Future:
-        future: Future = Future()
-        self._jobs.put(_Job(request, future))
-        return future
+    # -- what the handlers call --
+
+    def submit(self, request: ChatRequest) -> _Job:
+        job = _Job(request, Future(), time.monotonic() + self.limits.request_timeout_s)
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self.stats["rejected_queue_full"] += 1
+            raise QueueFull(f"{self.limits.max_queue} requests are already waiting") from None
+        return job
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained by a batch or more."""
+        batches = math.ceil(self._jobs.qsize() / self.limits.max_batch_size)
+        return max(1, min(60, math.ceil(batches * self._batch_s)))
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.is_alive()
 
     def swap(self, served: Served) -> Served:
         with self._model_lock:
@@ -217,6 +320,39 @@ class Batcher:
         """Run fn(served, *args) with the model to itself (classification, smoke tests)."""
         with self._model_lock:
             return fn(self.served, *args)
+
+    # -- the worker and its supervisor --
+
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._run, name="batcher", daemon=True)
+        worker.start()
+        return worker
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # recorded for /health; the supervisor restarts the worker
+            self.worker_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            self.worker_died_at = time.time()
+            log.error("batch worker died: %s", "".join(traceback.format_exception(exc)))
+            for job in self._current:  # its clients get a 500 now, not a 504 later
+                _settle(job.future, exc=RuntimeError(f"batch worker died: {self.worker_error}"))
+            self._current = []
+
+    def _supervise(self) -> None:
+        deaths = 0
+        while True:
+            self._worker.join()
+            delay = self.RESTART_DELAYS_S[min(deaths, len(self.RESTART_DELAYS_S) - 1)]
+            deaths += 1
+            time.sleep(delay)
+            self.stats["worker_restarts"] += 1
+            log.warning("restarting the batch worker (restart %d)", self.stats["worker_restarts"])
+            started = time.monotonic()
+            self._worker = self._start_worker()
+            self._worker.join(timeout=60.0)
+            if time.monotonic() - started >= 60.0:  # survived a minute: the next death starts the delays over
+                deaths = 0
 
     def _take_batch(self) -> list[_Job]:
         jobs = [self._jobs.get()]
@@ -229,29 +365,43 @@ class Batcher:
                 break
         return jobs
 
+    def _wanted(self, job: _Job) -> bool:
+        """Does anyone still wait for this job? A disconnected or timed-out client cancelled it."""
+        if job.future.cancelled() or time.monotonic() > job.deadline:
+            _settle(job.future, exc=TimeoutError("request timed out"))
+            self.stats["cancelled"] += 1
+            return False
+        return True
+
     def _loop(self) -> None:
         while True:
-            jobs = self._take_batch()
+            self._current = jobs = self._take_batch()
             groups: dict[Sampling, list[_Job]] = {}
             for job in jobs:
                 groups.setdefault(job.request.sampling, []).append(job)
             with self._model_lock:
                 served = self.served
-                for sampling, group in groups.items():
+                for sampling, waiting in groups.items():
+                    group = [job for job in waiting if self._wanted(job)]  # checked again after each group
+                    if not group:
+                        continue
+                    started = time.monotonic()
                     try:
                         done = complete_batch(served.model, served.tokenizer, [j.request.prompt for j in group],
                                               [j.request.max_tokens for j in group], sampling)
                     except Exception as exc:  # a failed batch fails its requests, never the server
                         log.exception("generation failed for a batch of %d", len(group))
                         for job in group:
-                            job.future.set_exception(exc)
+                            _settle(job.future, exc=exc)
                         continue
+                    self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - started)
                     self.stats["batches"] += 1
                     self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
                     for job, completion in zip(group, done, strict=True):
                         self.stats["requests"] += 1
                         self.stats["completion_tokens"] += completion.completion_tokens
-                        job.future.set_result((completion, served))
+                        _settle(job.future, (completion, served))
+            self._current = []
 
 
 def chat_response(completion: Completion, served: Served) -> dict[str, Any]:
@@ -291,71 +441,155 @@ def smoke(served: Served, limits: ServerLimits) -> str:
     return completion.text
 
 
+def _prepare(raw: bytes, served: Served, limits: ServerLimits) -> tuple[str, Any]:
+    """Parse and validate a request (JSON, lengths, tokenizing): CPU work, run in a worker thread."""
+    body = parse_json(raw)
+    if served.classifier:
+        return "classify", parse_texts(body, served, limits)
+    return "chat", parse_chat(body, served, limits)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only http.disconnect comes)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 # ---- the app ----
 
-def create_app(served: Served, limits: ServerLimits, admin_token: str | None = None) -> Any:
+def create_app(served: Served, limits: ServerLimits, admin_token: str | None = None,
+               registry_name: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The HTTP app. `registry_name`: the registered model /admin/load may load versions of (None:
+    it loads nothing); `trust_remote_code`: whether a loaded model may run code from its artifacts."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
+    from starlette.requests import ClientDisconnect
 
+    limits = ServerLimits.checked(limits.model_dump())  # also catches limits built without validation
     app = FastAPI(title="llmft model server")
     batcher = Batcher(served, limits)
-    counters = {"errors_4xx": 0, "errors_5xx": 0}
+    counters = {"errors_4xx": 0, "errors_5xx": 0, "timeouts": 0, "disconnects": 0}
     started = time.time()
+    classify_waiting = [0]  # classification requests holding a thread (they share max_queue)
     app.state.batcher = batcher
 
-    def error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    def error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+              ) -> JSONResponse:
         counters["errors_4xx" if status < 500 else "errors_5xx"] += 1
         kind = "invalid_request_error" if status < 500 else "server_error"
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param}}, status_code=status)
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param}}, status_code=status,
+                            headers=headers)
 
-    async def body_of(request: Request) -> Any:
-        raw = await request.body()
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"request body is not valid JSON ({exc})") from None
+    async def read_body(request: Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to be over max_body_bytes: from its
+        Content-Length before reading anything, else by counting while it streams in."""
+        cap = limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestError("invalid Content-Length header")
+            if int(declared) > cap:
+                raise RequestError(f"request body is {declared} bytes; this server accepts at most {cap} "
+                                   "(deploy.max_body_bytes)", status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise RequestError(f"request body is over {cap} bytes, the most this server accepts "
+                                   "(deploy.max_body_bytes)", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def bearer_ok(request: Request) -> bool:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        # bytes, not str: compare_digest raises TypeError on non-ASCII text (a 500 for a bad token)
+        return bool(admin_token) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                         str(admin_token).encode("utf-8"))
 
     @app.get("/health")
     @app.get("/ping")
-    async def health() -> dict[str, Any]:
+    async def health() -> Any:
         current = batcher.served
-        return {"status": "ok", "pid": os.getpid(), "model_uri": current.model_uri, "version": current.version,
+        info = {"status": "ok", "pid": os.getpid(), "model_uri": current.model_uri, "version": current.version,
                 "task": current.task, "classifier": current.classifier,
                 "loaded_at": current.loaded_at, "uptime_s": round(time.time() - started, 1),
-                "limits": limits.model_dump(), **batcher.stats, **counters}
+                "limits": limits.model_dump(), "queued": batcher._jobs.qsize(),
+                "last_worker_error": batcher.worker_error, **batcher.stats, **counters}
+        if not batcher.alive:  # no request would be answered: say so, and why
+            return JSONResponse({**info, "status": "unavailable",
+                                 "reason": f"batch worker died ({batcher.worker_error}); restarting"},
+                                status_code=503)
+        return info
+
+    async def chat(parsed: ChatRequest, request: Request) -> Any:
+        try:
+            job = batcher.submit(parsed)
+        except QueueFull as exc:
+            return error(429, f"server busy: {exc}; retry later", headers={"Retry-After": str(batcher.retry_after_s())})
+        answer = asyncio.wrap_future(job.future)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait({answer, gone}, timeout=limits.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if answer not in done:
+            job.future.cancel()  # the worker skips it (or drops its result): nobody waits for it any more
+            answer.cancel()
+            if gone in done:
+                counters["disconnects"] += 1
+                return error(499, "client closed the request")  # nobody reads it; logged as such
+            counters["timeouts"] += 1
+            return error(504, f"no answer within {limits.request_timeout_s:g} s (deploy.request_timeout_s)")
+        try:
+            completion, used = answer.result()
+        except Exception as exc:
+            return error(500, f"generation failed: {type(exc).__name__}: {exc}")
+        return chat_response(completion, used)
+
+    async def classify_request(ids: list[list[int]]) -> Any:
+        if classify_waiting[0] >= limits.max_queue:
+            return error(429, f"server busy: {limits.max_queue} requests are already waiting; retry later",
+                         headers={"Retry-After": "1"})
+        classify_waiting[0] += 1
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(batcher.run_exclusive, classify, ids),
+                                          timeout=limits.request_timeout_s)
+        except TimeoutError:
+            counters["timeouts"] += 1
+            return error(504, f"no answer within {limits.request_timeout_s:g} s (deploy.request_timeout_s)")
+        finally:
+            classify_waiting[0] -= 1
 
     @app.post("/invocations")
     @app.post("/v1/chat/completions")
     async def invocations(request: Request) -> Any:
         try:
-            body = await body_of(request)
-            current = batcher.served
-            if current.classifier:
-                ids = parse_texts(body, current, limits)
-                return await asyncio.to_thread(batcher.run_exclusive, classify, ids)
-            parsed = parse_chat(body, current, limits)
+            raw = await read_body(request)
+            # parsing and tokenizing off the event loop: other clients keep being served meanwhile
+            kind, parsed = await asyncio.to_thread(_prepare, raw, batcher.served, limits)
         except RequestError as exc:
             return error(exc.status, str(exc), exc.param)
-        try:
-            completion, used = await asyncio.wrap_future(batcher.submit(parsed))
-        except Exception as exc:
-            return error(500, f"generation failed: {type(exc).__name__}: {exc}")
-        return chat_response(completion, used)
+        except ClientDisconnect:
+            counters["disconnects"] += 1
+            return error(499, "client closed the request")
+        if kind == "classify":
+            return await classify_request(parsed)
+        return await chat(parsed, request)
 
     @app.post("/admin/load")
     async def load(request: Request) -> Any:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not admin_token or not hmac.compare_digest(given, admin_token):
+        if not bearer_ok(request):
             return error(401, "admin token required")
         try:
-            body = await body_of(request)
+            body = parse_json(await read_body(request))
+            uri = check_load_uri(body.get("model_uri") if isinstance(body, dict) else None, registry_name)
         except RequestError as exc:
-            return error(400, str(exc))
-        uri = body.get("model_uri") if isinstance(body, dict) else None
-        if not isinstance(uri, str) or not uri:
-            return error(400, "send {'model_uri': 'models:/NAME/VERSION'}", "model_uri")
+            return error(exc.status, str(exc), exc.param)
         try:
-            candidate = await asyncio.to_thread(load_served, uri)
+            candidate = await asyncio.to_thread(load_served, uri, trust_remote_code)
             answer = await asyncio.to_thread(smoke, candidate, limits)
         except Exception as exc:  # the old model keeps serving
             log.warning("refused %s: %s", uri, exc)
@@ -374,23 +608,33 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="serve a registered model over HTTP")
     parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--registry-name", help="registered model whose versions /admin/load may load "
+                                                "(default: the one in --model-uri)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5055)
     parser.add_argument("--admin-token-file", help="file holding the bearer token for /admin/load")
     parser.add_argument("--limits", default="{}", help="JSON of deploy.* limits (ServerLimits); defaults otherwise")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model run code from its artifacts (model.trust_remote_code: true)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = ServerLimits.model_validate_json(args.limits)
+    try:  # refused at start, in one line, rather than a batcher that waits forever
+        limits = ServerLimits.checked(args.limits)
+    except ConfigError as exc:
+        raise SystemExit(f"llmft.serve.app: {exc}") from None
+    registry_name = args.registry_name
+    if registry_name is None and (found := LOAD_URI.match(args.model_uri)):
+        registry_name = found["name"]
     token = None
     if args.admin_token_file:
         with open(args.admin_token_file, encoding="utf-8") as fh:
             token = fh.read().strip()
-    served = load_served(args.model_uri)
+    served = load_served(args.model_uri, args.trust_remote_code)
     log.info("loaded %s (v%s, %s); smoke: %s", served.model_uri, served.version, served.task, smoke(served, limits))
     import uvicorn
 
-    uvicorn.run(create_app(served, limits, token), host=args.host, port=args.port, log_level="warning",
-                backlog=2048, timeout_keep_alive=30)
+    uvicorn.run(create_app(served, limits, token, registry_name, args.trust_remote_code), host=args.host,
+                port=args.port, log_level="warning", backlog=2048, timeout_keep_alive=30)
 
 
 if __name__ == "__main__":

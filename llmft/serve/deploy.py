@@ -193,6 +193,8 @@ def _spawn(model_uri: str, host: str, port: int, limits: ServerLimits, timeout_s
     args = [sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--host", host, "--port", str(port),
             "--admin-token-file", str(_admin_token())]
     args += ["--limits", limits.model_dump_json()]
+    if model_uri.startswith("models:/"):  # /admin/load then loads versions of this registered model only
+        args += ["--registry-name", model_uri[len("models:/"):].split("@")[0].split("/")[0]]
     with log_file.open("ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # own process group: outlives run.py, stopped as a group
