@@ -392,9 +392,10 @@ _STRONG_CUE = re.compile(r"(?i)(?<!\w)(?:my name is|my name's|dear|mr\.?|mrs\.?|
                          r"herr|frau|"
                          r"monsieur|madame|mme\.?|señor|señora|signed|name:|full name:|contact person:|"
                          r"patient:|customer:|cardholder:|account holder:)[ \t\n]{1,3}(?=\w)")
-_WEAK_CUE = re.compile(r"(?i)(?<!\w)(?:i am|i'm|this is|hello|hi|hey|regards,|sincerely,|thanks,|cheers,|best,|from|"
-                       r"with|by|ask|call|tell|met|"
+_WEAK_CUE = re.compile(r"(?i)(?<!\w)(?:i am|i'm|this is|hello|hi|hey|regards,|sincerely,|thanks,|cheers,|best,|"
                        r"ich bin|ich heiße|je m'appelle|je suis|me llamo|mi chiamo)[ \t\n]{1,3}(?=\w)")
+# words before a person that also stand before things ("from Brown corp"): only with a known first name
+_VERB_CUE = re.compile(r"(?i)(?<!\w)(?:from|with|by|ask|call|tell|met|thank)[ \t\n]{1,3}(?=\w)")
 
 
 def _capitalised(word: str) -> bool:
@@ -411,6 +412,7 @@ def names(text: str) -> Iterator[Span]:
         return
     strong_at = {m.end() for m in _STRONG_CUE.finditer(text)}
     weak_at = {m.end() for m in _WEAK_CUE.finditer(text)}
+    verb_at = {m.end() for m in _VERB_CUE.finditer(text)}
     i = 0
     while i < len(words):
         start, end, word = words[i]
@@ -425,7 +427,7 @@ def names(text: str) -> Iterator[Span]:
             hit = False
         elif strong:
             hit = True
-        elif _known_first(word) and (weak or surname_next):
+        elif _known_first(word) and (weak or start in verb_at or surname_next):
             hit = True
         elif weak and lower in SURNAMES:
             hit = True
