@@ -17,6 +17,8 @@ import logging
 import os
 import warnings
 
+from llmft.credentials import mask_logging
+
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 
 # (logger, message fragment) pairs that only say something about the libraries, not the run
@@ -54,6 +56,7 @@ def configure(level: int) -> None:
         logging.getLogger("mlflow").setLevel(logging.ERROR)
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
     logging.getLogger("llmft").setLevel(logging.WARNING if level == QUIET else logging.INFO)
+    mask_logging()
 
 
 def attach_noise_filter() -> None:
@@ -64,3 +67,4 @@ def attach_noise_filter() -> None:
     noise = _DropNoise()
     for handler in logging.getLogger().handlers:
         handler.addFilter(noise)
+    mask_logging()  # ZenML's handlers now exist: mask credentials in whatever they print

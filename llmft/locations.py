@@ -12,6 +12,8 @@ import os
 import shlex
 from pathlib import Path
 
+from llmft.credentials import mask
+
 
 def project_home() -> Path:
     home = Path(os.environ.get("LLMFT_HOME", ".llmft")).resolve()
@@ -57,4 +59,4 @@ def ui_args(uri: str, port: int = 5000) -> list[str] | None:
 
 def ui_command(uri: str, port: int = 5000) -> str:
     args = ui_args(uri, port)
-    return shlex.join(args) if args else f"open {uri} in a browser"
+    return shlex.join(args) if args else f"open {mask(uri)} in a browser"

@@ -18,6 +18,7 @@ from llmft.contracts import (
     Registration,
     TrainingResult,
 )
+from llmft.credentials import mask
 
 UI_URL = "http://127.0.0.1:5000"
 TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
@@ -121,7 +122,7 @@ def promote_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[st
 def write_summary(summary: dict[str, Any], path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        Path(path).write_text(mask(json.dumps(summary, indent=2, default=str)) + "\n")
 
 
 def finetune_table(summary: dict[str, Any], ui_command: str) -> str:

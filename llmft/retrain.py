@@ -124,6 +124,9 @@ def tick(cfg: Config, run_pipeline: Callable[[], Any]) -> Tick:
                                   fingerprint, version)
     except LockHeld as exc:
         result = Tick(at, "skipped", str(exc), None, None)
+    except Exception as exc:  # the source vanished, the registry is down, ...: this tick fails, the next may not
+        result = Tick(at, "failed", f"the tick failed before a run: {type(exc).__name__}: {exc}".splitlines()[0],
+                      None, None)
     _record(cfg, result)
     return result
 
@@ -152,7 +155,11 @@ def run_schedule(cron: str, cfg: Config, run_pipeline: Callable[[], Any], max_ti
     when = _next_after(cron, time.time())
     while max_ticks is None or len(ticks) < max_ticks:
         time.sleep(max(when - time.time(), 0))
-        ticks.append(tick(cfg, run_pipeline))
+        try:
+            ticks.append(tick(cfg, run_pipeline))
+        except Exception as exc:  # even recording the tick failed (disk full?): say so and keep the schedule
+            print(f"retrain tick could not be recorded: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
+            ticks.append(Tick(datetime.now(UTC).isoformat(timespec="seconds"), "failed", str(exc), None, None))
         missed, when = 0, _next_after(cron, when)
         while when <= time.time() and missed < 100_000:
             missed, when = missed + 1, _next_after(cron, when)

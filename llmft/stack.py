@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from llmft.credentials import tracker_auth_config
 from llmft.errors import UserFacingError
 from llmft.locations import local_artifact_root, project_home, tracking_uri
 
@@ -30,17 +31,11 @@ def configure_environment() -> None:
     os.environ.setdefault("ZENML_ENABLE_RICH_TRACEBACK", "false")
 
 
-def _tracker_config(uri: str) -> dict[str, str]:
+def _tracker_config(uri: str, client) -> dict[str, str]:
     config = {"tracking_uri": uri}
     if uri.startswith(("http://", "https://")):
-        # ZenML insists on one auth method for remote servers. Credentials come from the standard
-        # MLflow variables (an unauthenticated server ignores the placeholder pair); ZenML keeps
-        # them in its own store, never in our params, logs or artifacts.
-        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
-            config["tracking_token"] = os.environ["MLFLOW_TRACKING_TOKEN"]
-        else:
-            config["tracking_username"] = os.environ.get("MLFLOW_TRACKING_USERNAME", "llmft")
-            config["tracking_password"] = os.environ.get("MLFLOW_TRACKING_PASSWORD", "unused")
+        # credentials live in a ZenML secret; the component config holds references only
+        config.update(tracker_auth_config(client))
     return config
 
 
@@ -73,7 +68,7 @@ def ensure_stack(name: str | None = None) -> str:
         if client.active_stack_model.name != name:
             client.activate_stack(name)
         return uri
-    wanted = _tracker_config(uri)
+    wanted = _tracker_config(uri, client)
 
     def component(name: str, kind: StackComponentType, config: dict[str, str]) -> None:
         existing = client.list_stack_components(name=name, type=kind)

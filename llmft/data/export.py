@@ -16,7 +16,8 @@ def export_dir(run_name: str) -> Path:
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
+    # a lone surrogate (a "\ud800" escape in the source) is not UTF-8: written as its escape, not a crash
+    with path.open("w", encoding="utf-8", errors="backslashreplace") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 

@@ -6,7 +6,9 @@ The gate passes a candidate only when all of these hold, each reported with its 
 - its general-knowledge probe accuracy dropped by at most `promotion.max_forgetting`.
 Metrics where lower is better (eval_loss, perplexity, wer) are compared the other way round.
 
-Every move of `champion` (gate, by hand, rollback) records on the version that now holds it who
+Every move of `champion` (gate, by hand, rollback) happens under a lock scoped to the registered
+model (a file lock in the project folder, so runs sharing the folder or its network mount serialise),
+after re-reading the champion: a move is a compare-and-set. Every move records on the version that now holds it who
 moved it, why, when, and which version held it before; rollback follows that record back. The
 ZenML Model Control Plane version linked to each MLflow version mirrors it: champion ->
 production, a challenger the gate refused -> staging (its earlier holder is archived).
@@ -14,8 +16,13 @@ production, a challenger the gate refused -> staging (its earlier holder is arch
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +30,7 @@ from typing import Any
 from llmft.config import PromotionConfig
 from llmft.contracts import ChampionMove
 from llmft.errors import UserFacingError
+from llmft.locations import project_home
 from llmft.registry import versions as registry
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,29 @@ PREVIOUS = "champion.previous"
 
 class PromotionError(UserFacingError, ValueError):
     """A manual promotion or rollback that cannot be done."""
+
+
+@contextmanager
+def registry_lock(name: str, timeout_s: float = 120.0) -> Iterator[None]:
+    """Exclusive right to move `name`'s aliases. Waits (a move takes well under a second); a holder
+    that died releases it with its process."""
+    folder = project_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"registry-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.lock"
+    deadline = time.monotonic() + timeout_s
+    with path.open("a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PromotionError(f"{path} is held by another promotion for {timeout_s:.0f}s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -104,39 +135,51 @@ def make_champion(name: str, version: str, how: str, by: str | None = None, reas
 
 
 def promote_by_hand(name: str, version: str, by: str | None, reason: str) -> ChampionMove:
+    """Make `version` champion. It must be a ready version of the same task as the current champion:
+    a classifier never replaces a chat model by a slip of the version number."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    client = MlflowClient()
     try:
-        MlflowClient().get_model_version(name, version)
+        found = client.get_model_version(name, version)
     except MlflowException:
         raise PromotionError(f"registered model {name!r} has no version {version}") from None
-    current = registry.current_alias_version(name)
-    if current == version:
-        raise PromotionError(f"{name} v{version} is already @{registry.CHAMPION}")
-    previous = make_champion(name, version, "manual", by, reason)
+    if found.status != "READY":
+        raise PromotionError(f"{name} v{version} is {found.status}, not READY: it cannot serve")
+    with registry_lock(name):
+        current = registry.current_alias_version(name)
+        if current == version:
+            raise PromotionError(f"{name} v{version} is already @{registry.CHAMPION}")
+        if current is not None:
+            task, champion_task = found.tags.get("task"), registry.version_tags(name, current).get("task")
+            if task != champion_task:
+                raise PromotionError(f"{name} v{version} is a {task or 'untagged'} model but champion v{current} is "
+                                     f"{champion_task or 'untagged'}: register it under another registry.model_name")
+        previous = make_champion(name, version, "manual", by, reason)
     log.info("promoted %s v%s by hand (previous champion: %s)", name, version, previous)
     return ChampionMove(model=name, champion=version, previous_champion=previous, action="promote")
 
 
 def rollback(name: str, by: str | None, reason: str) -> ChampionMove:
     """Move `champion` back to the version that held it before the current one."""
-    current = registry.current_alias_version(name)
-    if current is None:
-        raise PromotionError(f"registered model {name!r} has no @{registry.CHAMPION} to roll back")
-    target = registry.version_tags(name, current).get(PREVIOUS)
-    if not target:
-        raise PromotionError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
-    registry.set_version_tags(name, current, {"rolled_back.by": by or getpass.getuser(),
-                                              "rolled_back.reason": reason or "rollback", "rolled_back.at": _now()})
-    # the restored version keeps its own record (and so its own previous holder): rollback can repeat
-    registry.set_alias(name, target)
-    registry.set_version_tags(name, target, {"champion.how": "rollback", "champion.at": _now(),
-                                             "champion.by": by or getpass.getuser(),
-                                             "champion.reason": f"rollback from v{current}: {reason or 'rollback'}"})
-    mirror_zenml_stage(name, target, "production")
-    log.info("rolled %s back from v%s to v%s", name, current, target)
-    return ChampionMove(model=name, champion=target, previous_champion=current, action="rollback")
+    with registry_lock(name):
+        current = registry.current_alias_version(name)
+        if current is None:
+            raise PromotionError(f"registered model {name!r} has no @{registry.CHAMPION} to roll back")
+        target = registry.version_tags(name, current).get(PREVIOUS)
+        if not target:
+            raise PromotionError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
+        registry.set_version_tags(name, current, {"rolled_back.by": by or getpass.getuser(),
+                                                  "rolled_back.reason": reason or "rollback", "rolled_back.at": _now()})
+        # the restored version keeps its own record (and so its own previous holder): rollback can repeat
+        registry.set_alias(name, target)
+        why = f"rollback from v{current}: {reason or 'rollback'}"
+        registry.set_version_tags(name, target, {"champion.how": "rollback", "champion.at": _now(),
+                                                 "champion.by": by or getpass.getuser(), "champion.reason": why})
+        mirror_zenml_stage(name, target, "production")
+        log.info("rolled %s back from v%s to v%s", name, current, target)
+        return ChampionMove(model=name, champion=target, previous_champion=current, action="rollback")
 
 
 def mirror_zenml_stage(name: str, version: str, stage: str) -> None:

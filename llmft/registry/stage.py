@@ -19,7 +19,7 @@ from llmft.contracts import (
 )
 from llmft.registry import model_card
 from llmft.registry import versions as registry
-from llmft.registry.promotion import champion_still, decide, make_champion, mirror_zenml_stage
+from llmft.registry.promotion import champion_still, decide, make_champion, mirror_zenml_stage, registry_lock
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
@@ -85,13 +85,14 @@ def promote_candidate(registration: Registration, evaluation: Evaluation, forget
                       champion[metric] if champion else None, evaluation.champion_version, forgetting.drop,
                       promotion, champion_note=evaluation.champion_note)
     name, version = registration.name, registration.version
-    moved = champion_still(name, champion_at_start)
-    reasons = decision.reasons + ([moved] if moved else [])
-    promoted = decision.promoted and moved is None
-    previous = registry.current_alias_version(name)
-    if promoted:
-        make_champion(name, version, "gate", reason="passed the promotion gate")
-    else:
+    with registry_lock(name):  # compare-and-set: nobody moves the champion between the check and the move
+        moved = champion_still(name, champion_at_start)
+        reasons = decision.reasons + ([moved] if moved else [])
+        promoted = decision.promoted and moved is None
+        previous = registry.current_alias_version(name)
+        if promoted:
+            make_champion(name, version, "gate", reason="passed the promotion gate")
+    if not promoted:
         mirror_zenml_stage(name, version, "staging")
     for reason in reasons:
         log.info("promotion %s", reason)
