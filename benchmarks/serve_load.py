@@ -86,8 +86,11 @@ def _start_server(model_uri: str, max_batch_size: int, max_tokens: int) -> tuple
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # the server takes its limits as one JSON of deploy.* keys (it has no per-limit flags)
+    limits = {"max_batch_size": max_batch_size, "max_tokens": max(max_tokens, 16), "max_queue": 4096,
+              "request_timeout_s": 3600}  # one-at-a-time runs take minutes; measured, not timed out
     proc = subprocess.Popen([sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--port", str(port),
-                             "--max-batch-size", str(max_batch_size), "--max-tokens", str(max(max_tokens, 16))],
+                             "--limits", json.dumps(limits)],
                             env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
