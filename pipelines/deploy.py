@@ -10,5 +10,5 @@ from steps.deploy import serve_champion
 
 
 @pipeline(name="deploy", enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
-def deploy_pipeline(model_name: str, deploy: DeployConfig) -> None:
-    serve_champion(model_name, deploy)
+def deploy_pipeline(model_name: str, deploy: DeployConfig, trust_remote_code: bool = False) -> None:
+    serve_champion(model_name, deploy, trust_remote_code)

@@ -44,4 +44,4 @@ def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None,
     registration = register(trained, training, evaluation, task, cfg.model, name, fingerprint)
     decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, cfg.train,
                        champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)
-    deploy_if_promoted(decision, name, cfg.deploy)
+    deploy_if_promoted(decision, name, cfg.deploy, cfg.model.trust_remote_code)

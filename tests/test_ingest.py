@@ -103,3 +103,39 @@ def test_source_fingerprint_follows_bytes(tmp_path: Path):
     assert source_fingerprint(str(path)) == first
     path.write_text(json.dumps(ROWS[1]) + "\n")
     assert source_fingerprint(str(path)) != first
+
+
+def test_deep_nesting_is_a_one_line_error_not_a_recursion_error(tmp_path: Path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(json.dumps(ROWS[0]) + "\n" + '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + ', "response": "x"}\n')
+    with pytest.raises(DataError, match=r"deep\.jsonl, line 2: JSON nested deeper than"):
+        read_rows(str(deep))
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps([{"prompt": "p", "response": "r", "meta": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[
+        "too deep"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}]))
+    with pytest.raises(DataError, match=r"nested\.json, record 1: JSON nested deeper than 32 levels"):
+        read_rows(str(nested))
+
+
+def test_a_lone_surrogate_becomes_a_replacement_character(tmp_path: Path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "broken \\ud800 text", "response": "pair \\ud83d\\ude00 ok"}\n')
+    (row,) = read_rows(str(path))
+    assert row.data == {"prompt": "broken \ufffd text", "response": "pair \U0001F600 ok"}
+    row_text = json.dumps(row.data, ensure_ascii=False)
+    row_text.encode("utf-8")  # encodable: export and artifacts can write it
+
+
+def test_reading_stops_at_the_limit(tmp_path: Path):
+    """Files are streamed: a limit reads only that many records (the rest may even be malformed)."""
+    path = tmp_path / "big.csv"
+    path.write_text("prompt,response\n" + "".join(f"q{i},a{i}\n" for i in range(5)) + "too,many,fields\n")
+    assert [r.data["prompt"] for r in read_rows(str(path), limit=3)] == ["q0", "q1", "q2"]
+    with pytest.raises(DataError, match=r"big\.csv, line 7: 3 fields, header has 2"):
+        read_rows(str(path))
+    import pandas as pd
+
+    parquet = tmp_path / "big.parquet"
+    pd.DataFrame({"prompt": [f"q{i}" for i in range(3000)], "response": ["a"] * 3000}).to_parquet(parquet)
+    rows = read_rows(str(parquet), limit=2500)  # crosses a batch boundary
+    assert len(rows) == 2500 and rows[-1].where.endswith("row 2500") and rows[-1].data["prompt"] == "q2499"

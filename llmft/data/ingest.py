@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,21 +38,55 @@ def _decode(raw: bytes, path: Path, lineno: int) -> str:
         raise DataError(f"{path}, line {lineno}: not valid UTF-8 (byte {exc.start} of the line)") from None
 
 
-def _read_jsonl(path: Path) -> list[RawRow]:
-    rows = []
-    with path.open("rb") as fh:
+_MAX_DEPTH = 32  # deeper nesting is not data a text model reads; it only risks recursion limits downstream
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape in the raw JSON
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _checked(obj: Any, where: str, raw: str) -> Any:
+    """Refuse nesting deeper than _MAX_DEPTH; replace lone surrogates (a pair decodes to one character,
+    so any surrogate left after json.loads is unpaired and not encodable as UTF-8) with U+FFFD."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= _MAX_DEPTH:
+                raise DataError(f"{where}: JSON nested deeper than {_MAX_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return _fix_surrogates(obj) if _SURROGATE_ESCAPE.search(raw) else obj
+
+
+def _fix_surrogates(node: Any) -> Any:
+    if isinstance(node, str):
+        return _LONE_SURROGATE.sub("\ufffd", node)
+    if isinstance(node, list):
+        return [_fix_surrogates(v) for v in node]
+    if isinstance(node, dict):
+        return {_fix_surrogates(k): _fix_surrogates(v) for k, v in node.items()}
+    return node
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested deeper than Python can read") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    with path.open("rb") as fh:  # line by line: a large file is never held whole
         for lineno, raw in enumerate(fh, start=1):
             line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
+            where = f"{path}, line {lineno}"
             try:
-                obj = json.loads(line)
+                obj = _loads(line, where)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
+                raise DataError(f"{where}: malformed JSON ({exc.msg}, column {exc.colno})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(RawRow(f"{path}, line {lineno}", obj))
-    return rows
+                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield RawRow(where, _checked(obj, where, line))
 
 
 def _utf8_text(path: Path) -> str:
@@ -61,9 +98,11 @@ def _utf8_text(path: Path) -> str:
         raise DataError(f"{path}, line {line}: not valid UTF-8") from None
 
 
-def _read_json(path: Path) -> list[RawRow]:
+def _read_json(path: Path) -> Iterator[RawRow]:
+    # one JSON document has to be parsed whole; large data belongs in JSONL, CSV or Parquet (streamed)
+    text = _utf8_text(path)
     try:
-        data = json.loads(_utf8_text(path))
+        data = _loads(text, str(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
@@ -71,41 +110,44 @@ def _read_json(path: Path) -> list[RawRow]:
         data = [{k: v[i] if i < len(v) else None for k, v in data.items()} for i in range(n)]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects or an object of lists")
-    rows = []
     for i, obj in enumerate(data, start=1):
         if not isinstance(obj, dict):
             raise DataError(f"{path}, record {i}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(RawRow(f"{path}, record {i}", obj))
-    return rows
+        where = f"{path}, record {i}"
+        yield RawRow(where, _checked(obj, where, text))
 
 
-def _read_csv(path: Path) -> list[RawRow]:
+def _read_csv(path: Path) -> Iterator[RawRow]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    text = _utf8_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
-    rows = []
-    try:
+    with path.open("rb") as fh:  # streamed record by record; decoded per line for exact error lines
+        lines = (_decode(raw, path, lineno) for lineno, raw in enumerate(fh, start=1))
+        reader = csv.DictReader(lines, delimiter=delimiter)
         start = 2  # line where the next record starts (header is line 1)
-        for row in reader:
-            if None in row:  # more fields than header columns
-                raise DataError(f"{path}, line {start}: {len(row) - 1 + len(row[None])} fields, header has "
-                                f"{len(reader.fieldnames or [])}")
-            rows.append(RawRow(f"{path}, line {start}", dict(row)))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
-    return rows
+        try:
+            for row in reader:
+                if None in row:  # more fields than header columns
+                    raise DataError(f"{path}, line {start}: {len(row) - 1 + len(row[None])} fields, header has "
+                                    f"{len(reader.fieldnames or [])}")
+                yield RawRow(f"{path}, line {start}", dict(row))
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
 
 
-def _read_parquet(path: Path) -> list[RawRow]:
-    import pandas as pd
+def _read_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
 
     try:
-        frame = pd.read_parquet(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)  # streamed in row batches
+        i = 0
+        for batch in batches:
+            for obj in batch.to_pylist():
+                i += 1
+                yield RawRow(f"{path}, row {i}", {k: _plain(v) for k, v in obj.items()})
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    return [RawRow(f"{path}, row {i}", {k: _plain(v) for k, v in obj.items()})
-            for i, obj in enumerate(frame.to_dict(orient="records"), start=1)]
 
 
 def _plain(value: Any) -> Any:
@@ -159,12 +201,14 @@ def _local_path(source: str) -> Path | None:
     return path
 
 
-def read_rows(source: str) -> list[RawRow]:
+def read_rows(source: str, limit: int | None = None) -> list[RawRow]:
+    """The source's records, or its first `limit` (files are streamed: reading stops there)."""
     path = _local_path(source)
     if path is not None:
-        rows = [row for file in _files(path) for row in READERS[file.suffix.lower()](file)]
+        stream = (row for file in _files(path) for row in READERS[file.suffix.lower()](file))
+        rows = list(itertools.islice(stream, limit))
     else:
-        rows = _hub_rows(source)
+        rows = _hub_rows(source)[:limit]
     if not rows:
         raise DataError(f"{source}: no records (empty file)")
     return rows

@@ -51,9 +51,7 @@ def ingest_frames(data: DataConfig, validation: ValidationConfig | None = None) 
     With `validation`, personal data is found here, per field, and under `pii_action: redact` removed
     before the rows become examples: the ingest artifact (examples and shape rejections) never holds it.
     """
-    rows = read_rows(data.source)
-    if data.max_rows:
-        rows = rows[: data.max_rows]
+    rows = read_rows(data.source, limit=data.max_rows)
     found: dict[str, list[list[str]]] | None = None
     if validation is not None:
         rows, found = screen_rows(rows, validation.pii_action)

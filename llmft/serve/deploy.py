@@ -185,7 +185,7 @@ def smoke(dep: ServerProcess, payload: dict[str, Any]) -> str:
 
 
 def _spawn(model_uri: str, host: str, port: int, limits: ServerLimits, timeout_s: float, tracking_uri: str,
-           version: str | None) -> ServerProcess:
+           version: str | None, trust_remote_code: bool = False) -> ServerProcess:
     if not _port_free(host, port):
         raise ServingError(f"{host}:{port} is in use by another process: stop it or set deploy.port")
     log_file = _state_dir() / "server.log"
@@ -195,6 +195,8 @@ def _spawn(model_uri: str, host: str, port: int, limits: ServerLimits, timeout_s
     args += ["--limits", limits.model_dump_json()]
     if model_uri.startswith("models:/"):  # /admin/load then loads versions of this registered model only
         args += ["--registry-name", model_uri[len("models:/"):].split("@")[0].split("/")[0]]
+    if trust_remote_code:  # model.trust_remote_code: the user reviewed this model's own code
+        args.append("--trust-remote-code")
     with log_file.open("ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # own process group: outlives run.py, stopped as a group
@@ -221,7 +223,8 @@ def hot_swap(dep: ServerProcess, model_uri: str, timeout_s: float) -> dict[str, 
 
 
 def deploy(model_uri: str, version: str | None, host: str, port: int, limits: ServerLimits, timeout_s: float,
-           tracking_uri: str, smoke_payload: dict[str, Any] | None = None) -> tuple[ServerProcess, str, str | None]:
+           tracking_uri: str, smoke_payload: dict[str, Any] | None = None,
+           trust_remote_code: bool = False) -> tuple[ServerProcess, str, str | None]:
     """Serve `model_uri` (a pinned `models:/NAME/VERSION`); returns the deployment, what happened and
     the smoke answer. A new server takes over only after it answered the smoke request."""
     running = current()
@@ -234,7 +237,7 @@ def deploy(model_uri: str, version: str | None, host: str, port: int, limits: Se
         _save(dep)
         answer = smoke(dep, smoke_payload) if smoke_payload else None
         return dep, f"swapped v{previous} -> v{version} with no restart", answer
-    dep = _spawn(model_uri, host, port, limits, timeout_s, tracking_uri, version)
+    dep = _spawn(model_uri, host, port, limits, timeout_s, tracking_uri, version, trust_remote_code)
     try:
         answer = smoke(dep, smoke_payload) if smoke_payload else None
     except ServingError:
@@ -287,7 +290,7 @@ def status() -> dict[str, Any]:
             "uptime_s": round(time.time() - dep.started_at, 1) if dep.started_at else None, "server": info}
 
 
-def deploy_champion(name: str, cfg: DeployConfig) -> Deployment:
+def deploy_champion(name: str, cfg: DeployConfig, trust_remote_code: bool = False) -> Deployment:
     """Serve the current champion (pinned to its version), health-checked and smoke-tested with a
     request its task must answer."""
     import mlflow
@@ -306,7 +309,8 @@ def deploy_champion(name: str, cfg: DeployConfig) -> Deployment:
     if "max_tokens" in payload:
         payload = {**payload, "max_tokens": min(int(payload["max_tokens"]), cfg.smoke_max_tokens)}
     dep, action, answer = deploy(f"models:/{name}/{version}", version, cfg.host, cfg.port, cfg.server_limits(),
-                                 cfg.startup_timeout_s, tracking_uri(), smoke_payload=payload)
+                                 cfg.startup_timeout_s, tracking_uri(), smoke_payload=payload,
+                                 trust_remote_code=trust_remote_code)
     log.info("%s: %s", action, dep.endpoint)
     return Deployment(
         deployed=True, action=action, endpoint=dep.endpoint, pid=dep.pid, model_uri=f"models:/{name}@{CHAMPION}",
