@@ -8,8 +8,14 @@ when none is set, and the deploy server's pid/log. Converted model weights are c
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import shlex
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from llmft.credentials import mask
@@ -25,6 +31,40 @@ def checkpoints_root() -> Path:
     """Training checkpoints, one folder per (settings, data) pair, removed when training finishes."""
     path = project_home() / "checkpoints"
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def claim_checkpoint_dir(key: str) -> Iterator[tuple[Path, bool]]:
+    """The checkpoint folder for `key`, held exclusively while training: (folder, shared). A hand-run
+    and a scheduled tick with the same settings and data share a key; the second one to start gets a
+    folder of its own (shared=False: it cannot resume, and it never deletes the first one's
+    checkpoints). The lock dies with its process, so a killed run's folder is resumable."""
+    root = checkpoints_root()
+    lock_path = root / f"{key}.lock"
+    with lock_path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            own = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root))
+            try:
+                yield own, False
+            finally:
+                shutil.rmtree(own, ignore_errors=True)
+            return
+        try:
+            yield root / key, True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A folder for a step's file outputs. ZenML copies a returned folder into its artifact store, so
+    the scratch copy is removed when the process exits instead of piling up in /tmp."""
+    root = project_home() / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    atexit.register(shutil.rmtree, path, True)
     return path
 
 

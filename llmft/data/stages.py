@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +19,7 @@ from llmft.data.gate import DataGateError, GateResult, run_gate
 from llmft.data.ingest import RawRow, read_rows
 from llmft.data.shapes import Example, Rejection, to_examples
 from llmft.data.split import split_frame
+from llmft.locations import scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
@@ -86,7 +86,7 @@ def gate_and_tokenize(examples: pd.DataFrame, shape_rejections: pd.DataFrame, sp
 
     task = get_task(spec.name)
     tokenizer = load_tokenizer(resolve_base_model(model))
-    docs = Path(tempfile.mkdtemp(prefix="llmft-data-docs-"))
+    docs = scratch_dir("data-docs-")
     result = run_gate([Example.from_row(r) for r in examples.to_dict("records")], _rejections(shape_rejections),
                       data, validation, lambda ex: task.encode(tokenizer, ex, spec.instruction, max_seq_length),
                       max_seq_length, docs_dir=docs, pii_found=pii_found(examples))
