@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ import pandas as pd
 
 from llmft.config import ModelConfig, TrainConfig
 from llmft.contracts import SplitInfo, TrainingResult
-from llmft.locations import checkpoints_root
+from llmft.locations import claim_checkpoint_dir, scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 from llmft.train.preference import is_preference
+
+log = logging.getLogger(__name__)
 
 
 def training_examples(frame: pd.DataFrame, labels: list[str] | None,
@@ -65,10 +67,13 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     train_rows = training_examples(train_split, labels, pairs)
     validation_rows = training_examples(validation_split, labels, pairs)
     mlflow.log_params({"data.rows.train": len(train_rows), "data.rows.validation": len(validation_rows)})
-    out = Path(tempfile.mkdtemp(prefix="llmft-train-"))
-    checkpoints = checkpoints_root() / checkpoint_key(spec, model, train, train_rows)
-    result = run_training(resolve_base_model(model), train_rows, validation_rows, train, out, labels,
-                          init_text=spec.instruction, checkpoint_dir=checkpoints)
+    out = scratch_dir("train-")
+    with claim_checkpoint_dir(checkpoint_key(spec, model, train, train_rows)) as (checkpoints, shared):
+        if not shared:
+            log.warning("another run is training with the same settings and data: this one uses its own "
+                        "checkpoint folder (it cannot resume the other's, and leaves it alone)")
+        result = run_training(resolve_base_model(model), train_rows, validation_rows, train, out, labels,
+                              init_text=spec.instruction, checkpoint_dir=checkpoints)
     mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
     if is_preference(train.method):
         mlflow.log_figure(plots.preference_rewards(result.history), "plots/preference_rewards.png")
