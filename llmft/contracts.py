@@ -154,6 +154,7 @@ class Registration(BaseModel):
     version: str
     model_uri: str
     run_id: str | None = None
+    prompt_uri: str | None = None  # prompts:/NAME-prompt/N: the instruction and chat template it was trained with
 
 
 class PromotionDecision(BaseModel):
@@ -195,3 +196,36 @@ class ChampionMove(BaseModel):
     champion: str
     previous_champion: str | None
     action: str  # promote | rollback
+
+
+class GGUFCheck(BaseModel):
+    """One GGUF file loaded back with transformers, its logits against the merged model's."""
+
+    quant: str  # f16, q8_0
+    file: str
+    bytes: int
+    tokens: int  # positions compared (teacher-forced over the check prompts)
+    max_abs_diff: float
+    mean_abs_diff: float
+    logit_scale: float  # max |logit| of the merged model over the same positions
+    top1_agreement: float  # share of positions whose argmax token is the same
+    tokenizer_matches: bool | None = None  # GGUF tokenizer gives the same ids as the model's own
+    passed: bool
+    tolerance: str
+
+
+class Export(BaseModel):
+    """A registry version exported for llama.cpp / Ollama (merged weights, GGUF, Modelfile)."""
+
+    name: str
+    version: str
+    architecture: str
+    output_dir: str
+    merged_dir: str
+    gguf: dict[str, str]  # quant -> path
+    sizes: dict[str, int] = Field(default_factory=dict)  # file name -> bytes
+    modelfile: str
+    system_prompt: str | None = None
+    checks: list[GGUFCheck] = Field(default_factory=list)
+    artifact_uri: str | None = None  # runs:/<run>/export, where MLflow holds the files
+    wall_seconds: float = 0.0

@@ -20,6 +20,7 @@ from llmft.contracts import (
 from llmft.registry import model_card
 from llmft.registry import versions as registry
 from llmft.registry.promotion import champion_still, decide, make_champion, mirror_zenml_stage, registry_lock
+from llmft.registry.prompts import register_training_prompt
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
@@ -63,11 +64,15 @@ def register_candidate(trained_model: Path, training: TrainingResult, evaluation
         mlflow.log_artifacts(str(trained_model), "adapter")
         tags["adapter_uri"] = f"runs:/{mlflow.active_run().info.run_id}/adapter"
     loaded, tokenizer = load_trained(resolve_base_model(model), trained_model, training.labels)
+    # the prompt first: a version is never registered without the prompt it was trained with
+    prompt = register_training_prompt(name, spec.name, spec.instruction, tokenizer.chat_template or "")
+    tags["prompt_uri"] = prompt.uri
+    mlflow.set_tag("prompt_uri", prompt.uri)
     version = registry.register_model(loaded, tokenizer, name, tags, get_task(spec.name).registry_flavor)
     if zenml_model is not None:
         zenml_model.log_metadata({"mlflow_model": version.name, "mlflow_version": version.version,
                                   "mlflow_model_uri": version.model_uri})
-    return Registration(**version.as_dict())
+    return Registration(**version.as_dict(), prompt_uri=prompt.uri)
 
 
 def promote_candidate(registration: Registration, evaluation: Evaluation, forgetting: Forgetting,

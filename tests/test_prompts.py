@@ -1,0 +1,34 @@
+"""The training prompt in MLflow's Prompt Registry: one version per distinct instruction and chat template."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from llmft.registry.prompts import load_training_prompt, matches, prompt_name, register_training_prompt
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('prompts') / 'mlflow.db'}")
+
+
+def test_a_new_version_only_when_the_prompt_changed(store: None) -> None:
+    first = register_training_prompt("bbc/news classifier", "classification", "Name the topic.", "{{ a }}")
+    again = register_training_prompt("bbc/news classifier", "classification", "Name the topic.", "{{ a }}")
+    reworded = register_training_prompt("bbc/news classifier", "classification", "Name the section.", "{{ a }}")
+    retemplated = register_training_prompt("bbc/news classifier", "classification", "Name the section.", "{{ b }}")
+    assert prompt_name("bbc/news classifier") == "bbc-news-classifier-prompt"
+    assert first.uri == again.uri == "prompts:/bbc-news-classifier-prompt/1"
+    assert (reworded.uri, retemplated.uri) == ("prompts:/bbc-news-classifier-prompt/2",
+                                               "prompts:/bbc-news-classifier-prompt/3")
+
+
+def test_the_served_prompt_is_the_trained_one(store: None) -> None:
+    registered = register_training_prompt("m", "chat", "Answer briefly.", "{% for m in messages %}{{ m }}{% endfor %}")
+    loaded = load_training_prompt(registered.uri)
+    assert loaded.instruction == "Answer briefly."
+    assert matches(loaded, "{% for m in messages %}{{ m }}{% endfor %}")
+    assert not matches(loaded, "{{ messages }}")
+    none = load_training_prompt(register_training_prompt("m", "chat", None, "t").uri)
+    assert none.instruction is None
