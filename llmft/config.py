@@ -183,6 +183,8 @@ class ServerLimits(_Section):
     max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000)
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
+    engine: Literal["continuous", "static"] = "continuous"
+    tracing: bool = False
 
     @classmethod
     def checked(cls, values: dict[str, Any] | str) -> ServerLimits:
@@ -215,6 +217,11 @@ class DeployConfig(_Section):
     max_queue: int = Field(256, ge=1, description="requests waiting for the model; beyond it: 429 with Retry-After")
     request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0,
                                      description="a request not answered by then gets 504 and its work is dropped")
+    engine: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: requests join and leave the running batch between decoding steps; "
+                                  "static: each batch runs until its longest request ends")
+    tracing: bool = Field(False, description="log each chat request as an MLflow trace (tokens, latency, model "
+                                             "version) in the served version's experiment")
 
     def server_limits(self) -> ServerLimits:
         return ServerLimits.model_validate(self.model_dump(include=set(ServerLimits.model_fields)))

@@ -266,6 +266,7 @@ def test_a_dead_worker_turns_health_503_and_is_restarted(server: Server):
         return original()
 
     batcher._take_batch = failing_once
+    batcher.RESTART_DELAYS_S = (2.0,)  # a 503 window a loaded test machine cannot miss (0.5 s in service)
     try:
         assert server.chat("Hello", max_tokens=2)[0] == 200  # answered; the worker then dies on its next take
         info = _wait_for(lambda: (h := server.health())[0] == 503 and h)[1]
@@ -275,7 +276,7 @@ def test_a_dead_worker_turns_health_503_and_is_restarted(server: Server):
         assert info["worker_restarts"] == 1 and "injected fault" in info["last_worker_error"]
         assert server.chat("Hello", max_tokens=2)[0] == 200
     finally:
-        del batcher._take_batch
+        del batcher._take_batch, batcher.RESTART_DELAYS_S
 
 
 def test_limits_are_validated_at_start_with_one_line_errors(served: Served):

@@ -5,8 +5,15 @@
 Loads the model from the MLflow registry (the transformers artifacts that `register` logged) and
 serves it with FastAPI under uvicorn, as MLflow's own scoring server does. Why not that server:
 it runs each request's `predict` on its own in a small thread pool, so a hundred concurrent chats
-are a hundred separate `generate` calls; here a batcher thread collects the requests that arrive
-within `--batch-wait-ms` (up to `--max-batch-size`) and generates them in one left-padded call.
+are a hundred separate `generate` calls. Here one worker thread owns the model and batches:
+- engine "continuous" (default, `llmft/serve/scheduler.py`): up to `max_batch_size` sequences decode
+  together one token per step; new requests are prefilled and join between steps, finished ones
+  (stop token, max_tokens, cancelled, timed out) leave at once, so a short answer never waits for a
+  long one beside it. Models with sliding-window or linear-attention caches fall back to static.
+- engine "static": the requests that arrive within `batch_wait_ms` (up to `max_batch_size`) are
+  generated in one left-padded `generate` call that lasts as long as its longest answer.
+With `tracing: true` each chat request is logged as an MLflow trace (prompt and completion tokens,
+latency, model version) in the experiment of the served version's run, from a background thread.
 
 Endpoints:
 - POST /v1/chat/completions and /invocations: `{"messages": [...], "max_tokens": N, "temperature": t,
@@ -53,6 +60,7 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' stri
 from llmft.chat_format import CHARS_PER_TOKEN_BOUND, render_generation_prompt, with_system
 from llmft.config import ConfigError, ServerLimits
 from llmft.generation import Completion, Sampling, complete_batch
+from llmft.serve.scheduler import DecodeBatch, Sequence, supports
 
 log = logging.getLogger("llmft.serve.app")
 
@@ -89,6 +97,7 @@ class Served:
     instruction: str | None = None  # the system message the model was trained with, applied to every request
     task: str | None = None  # the registered version's task tag, for /health
     loaded_at: float = field(default_factory=time.time)
+    experiment_id: str | None = None  # the experiment of the version's run: where its traces go
 
 
 def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
@@ -100,7 +109,7 @@ def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
 
     parts = load_registered(model_uri, trust_remote_code)
     model, tokenizer = parts["model"].float().eval(), parts["tokenizer"]
-    version, instruction, task = None, None, None
+    version, instruction, task, experiment_id = None, None, None, None
     if model_uri.startswith("models:/"):
         name, _, ref = model_uri[len("models:/"):].partition("@")
         client = MlflowClient()
@@ -111,13 +120,19 @@ def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
             found = client.get_model_version(name, number)
         tags = dict(found.tags)
         version, instruction, task = str(found.version), tags.get("instruction") or None, tags.get("task")
+        if found.run_id:  # traces go to the experiment the version was trained in
+            try:
+                experiment_id = client.get_run(found.run_id).info.experiment_id
+            except Exception:  # a deleted run: traces (if on) go to the default experiment
+                log.warning("run %s of %s is gone; traces go to the default experiment", found.run_id, model_uri)
     if type(model).__name__.endswith("ForSequenceClassification"):
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-        return Served(model_uri, version, True, model, tokenizer, labels, task=task)
+        return Served(model_uri, version, True, model, tokenizer, labels, task=task, experiment_id=experiment_id)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = True
-    return Served(model_uri, version, False, model, tokenizer, instruction=instruction, task=task)
+    return Served(model_uri, version, False, model, tokenizer, instruction=instruction, task=task,
+                  experiment_id=experiment_id)
 
 
 def check_load_uri(uri: Any, registry_name: str | None) -> str:
@@ -255,6 +270,7 @@ class _Job:
     request: ChatRequest
     future: Future
     deadline: float  # time.monotonic(); past it the client has had its 504 and nobody waits
+    started: float = 0.0  # time.monotonic() when it joined the running batch
 
 
 def _settle(future: Future, result: Any = None, exc: BaseException | None = None) -> None:
@@ -283,8 +299,9 @@ class Batcher:
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=limits.max_queue)
         self._model_lock = threading.Lock()  # a swap never lands in the middle of a batch
         self._current: list[_Job] = []
+        # batches: generate calls (static) or prefill groups (continuous); steps: decoding steps (continuous)
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "completion_tokens": 0, "cancelled": 0,
-                      "rejected_queue_full": 0, "worker_restarts": 0}
+                      "rejected_queue_full": 0, "worker_restarts": 0, "steps": 0}
         self.worker_error: str | None = None  # why the worker last died
         self.worker_died_at: float | None = None
         self._batch_s = 1.0  # moving average of a batch's duration, for Retry-After
@@ -365,6 +382,16 @@ class Batcher:
                 break
         return jobs
 
+    def _take_more(self, room: int) -> list[_Job]:
+        """Whatever is waiting, up to `room` jobs, without blocking: the running batch must go on."""
+        jobs: list[_Job] = []
+        while len(jobs) < room:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
     def _wanted(self, job: _Job) -> bool:
         """Does anyone still wait for this job? A disconnected or timed-out client cancelled it."""
         if job.future.cancelled() or time.monotonic() > job.deadline:
@@ -373,35 +400,172 @@ class Batcher:
             return False
         return True
 
+    def _done(self, job: _Job, completion: Completion, served: Served) -> None:
+        self.stats["requests"] += 1
+        self.stats["completion_tokens"] += completion.completion_tokens
+        _settle(job.future, (completion, served))
+
     def _loop(self) -> None:
+        if self.limits.engine == "continuous":
+            self._loop_continuous()
         while True:
             self._current = jobs = self._take_batch()
-            groups: dict[Sampling, list[_Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.request.sampling, []).append(job)
             with self._model_lock:
-                served = self.served
-                for sampling, waiting in groups.items():
-                    group = [job for job in waiting if self._wanted(job)]  # checked again after each group
-                    if not group:
-                        continue
-                    started = time.monotonic()
-                    try:
-                        done = complete_batch(served.model, served.tokenizer, [j.request.prompt for j in group],
-                                              [j.request.max_tokens for j in group], sampling)
-                    except Exception as exc:  # a failed batch fails its requests, never the server
-                        log.exception("generation failed for a batch of %d", len(group))
-                        for job in group:
-                            _settle(job.future, exc=exc)
-                        continue
-                    self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - started)
-                    self.stats["batches"] += 1
-                    self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
-                    for job, completion in zip(group, done, strict=True):
-                        self.stats["requests"] += 1
-                        self.stats["completion_tokens"] += completion.completion_tokens
-                        _settle(job.future, (completion, served))
+                self._generate_static(self.served, jobs)
             self._current = []
+
+    def _generate_static(self, served: Served, jobs: list[_Job]) -> None:
+        """Each group of equal sampling settings in one `generate` call that runs to its longest answer."""
+        groups: dict[Sampling, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.request.sampling, []).append(job)
+        for sampling, waiting in groups.items():
+            group = [job for job in waiting if self._wanted(job)]  # checked again after each group
+            if not group:
+                continue
+            started = time.monotonic()
+            try:
+                done = complete_batch(served.model, served.tokenizer, [j.request.prompt for j in group],
+                                      [j.request.max_tokens for j in group], sampling)
+            except Exception as exc:  # a failed batch fails its requests, never the server
+                log.exception("generation failed for a batch of %d", len(group))
+                for job in group:
+                    _settle(job.future, exc=exc)
+                continue
+            self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - started)
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+            for job, completion in zip(group, done, strict=True):
+                self._done(job, completion, served)
+
+    def _loop_continuous(self) -> None:
+        """Iteration-level batching: between two decoding steps, admit what is waiting (up to
+        max_batch_size active sequences), then decode one token for all, then retire the finished
+        and the abandoned. Returns only if the served model cannot be batched this way."""
+        batch: DecodeBatch | None = None
+        batch_served: Served | None = None
+        while True:
+            active = batch is not None and len(batch) > 0
+            if not active:
+                jobs = self._take_batch()  # blocks; batch_wait_ms lets a burst share one prefill
+            elif batch_served is self.served:
+                jobs = self._take_more(self.limits.max_batch_size - len(batch))
+            else:
+                jobs = []  # a swap happened: the old model finishes its rows before new ones start
+            self._current = [s.handle for s in batch.rows] + jobs if active else jobs
+            with self._model_lock:
+                if not active and (batch is None or batch_served is not self.served):
+                    batch_served = self.served
+                    if not supports(batch_served.model):  # e.g. sliding-window attention: static batches
+                        log.warning("%s cannot be batched continuously; using static batches",
+                                    batch_served.model_uri)
+                        self._generate_static(batch_served, jobs)
+                        self._current = []
+                        return
+                    batch = DecodeBatch(batch_served.model, batch_served.tokenizer)
+                self._advance(batch, batch_served, [job for job in jobs if self._wanted(job)])
+            self._current = []
+
+    def _advance(self, batch: DecodeBatch, served: Served, jobs: list[_Job]) -> None:
+        """One iteration: prefill `jobs` into the batch, retire, decode a step, retire. A failure
+        fails the requests it touched (all of the batch for a failed step), never the worker."""
+        if jobs:
+            tokenizer = served.tokenizer
+            seqs = [Sequence(tokenizer(job.request.prompt, add_special_tokens=False)["input_ids"],
+                             job.request.max_tokens, job.request.sampling, handle=job) for job in jobs]
+            for s in seqs:
+                s.handle.started = time.monotonic()
+            try:
+                batch.admit(seqs)
+            except Exception as exc:
+                log.exception("prefill failed for %d requests", len(seqs))
+                self._fail_batch(batch, exc, seqs)
+                return
+            self.stats["batches"] += 1
+        self._retire(batch, served)
+        if not len(batch):
+            return
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        try:
+            batch.step()
+        except Exception as exc:
+            log.exception("decoding step failed for a batch of %d", len(batch))
+            self._fail_batch(batch, exc, [])
+            return
+        self.stats["steps"] += 1
+        self._retire(batch, served)
+
+    def _retire(self, batch: DecodeBatch, served: Served) -> None:
+        for s in batch.retire(keep=lambda s: self._wanted(s.handle)):
+            if s.finish is None:  # cancelled or timed out: _wanted settled it
+                continue
+            self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - s.handle.started)
+            self._done(s.handle, s.completion(served.tokenizer), served)
+
+    def _fail_batch(self, batch: DecodeBatch, exc: Exception, joining: list[Sequence]) -> None:
+        """A prefill or step failed: the cache may be half-updated, so every row in it goes."""
+        for s in [*batch.rows, *joining]:
+            _settle(s.handle.future, exc=exc)
+        batch.rows, batch.cache, batch.mask = [], None, None
+
+
+class Tracer:
+    """Logs each answered chat request as an MLflow trace (deploy.tracing). A background thread does
+    the logging, so a request never waits for the tracking store; a full backlog drops traces (counted)
+    rather than holding memory or slowing the server."""
+
+    BACKLOG = 1000
+
+    def __init__(self) -> None:
+        self._items: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=self.BACKLOG)
+        self.stats = {"traces_logged": 0, "traces_dropped": 0, "trace_errors": 0}
+        threading.Thread(target=self._run, name="tracer", daemon=True).start()
+
+    def record(self, served: Served, request: ChatRequest, completion: Completion, started_ns: int,
+               ended_ns: int) -> None:
+        try:
+            self._items.put_nowait((served, request, completion, started_ns, ended_ns))
+        except queue.Full:
+            self.stats["traces_dropped"] += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self._items.get()
+            try:
+                self._log(*item)
+                self.stats["traces_logged"] += 1
+            except Exception as exc:  # the tracking store being down never affects serving
+                self.stats["trace_errors"] += 1
+                log.warning("could not log a trace: %s", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            finally:
+                self._items.task_done()
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until the backlog is logged (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self._items.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    @staticmethod
+    def _log(served: Served, request: ChatRequest, completion: Completion, started_ns: int, ended_ns: int) -> None:
+        import mlflow
+        from mlflow.tracing.constant import SpanAttributeKey
+
+        usage = {"input_tokens": completion.prompt_tokens, "output_tokens": completion.completion_tokens,
+                 "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+        attributes = {"llmft.model_uri": served.model_uri, "llmft.model_version": served.version or "",
+                      "llmft.prompt_tokens": completion.prompt_tokens,
+                      "llmft.completion_tokens": completion.completion_tokens,
+                      "llmft.latency_ms": round((ended_ns - started_ns) / 1e6, 1),
+                      "llmft.finish_reason": completion.finish_reason,
+                      "llmft.max_tokens": request.max_tokens, "llmft.temperature": request.sampling.temperature,
+                      SpanAttributeKey.CHAT_USAGE: usage}
+        tags = {"llmft.model_uri": served.model_uri, "llmft.model_version": served.version or "",
+                "llmft.task": served.task or ""}
+        span = mlflow.start_span_no_context("chat", span_type="LLM", inputs={"prompt": request.prompt},
+                                            attributes=attributes, tags=tags, experiment_id=served.experiment_id,
+                                            start_time_ns=started_ns)
+        span.end(outputs={"text": completion.text, "finish_reason": completion.finish_reason}, end_time_ns=ended_ns)
 
 
 def chat_response(completion: Completion, served: Served) -> dict[str, Any]:
@@ -470,10 +634,12 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
     limits = ServerLimits.checked(limits.model_dump())  # also catches limits built without validation
     app = FastAPI(title="llmft model server")
     batcher = Batcher(served, limits)
+    tracer = Tracer() if limits.tracing else None  # off: nothing is created and nothing runs per request
     counters = {"errors_4xx": 0, "errors_5xx": 0, "timeouts": 0, "disconnects": 0}
     started = time.time()
     classify_waiting = [0]  # classification requests holding a thread (they share max_queue)
     app.state.batcher = batcher
+    app.state.tracer = tracer
 
     def error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
               ) -> JSONResponse:
@@ -516,14 +682,15 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
                 "task": current.task, "classifier": current.classifier,
                 "loaded_at": current.loaded_at, "uptime_s": round(time.time() - started, 1),
                 "limits": limits.model_dump(), "queued": batcher._jobs.qsize(),
-                "last_worker_error": batcher.worker_error, **batcher.stats, **counters}
+                "last_worker_error": batcher.worker_error, **batcher.stats, **counters,
+                **(tracer.stats if tracer else {})}
         if not batcher.alive:  # no request would be answered: say so, and why
             return JSONResponse({**info, "status": "unavailable",
                                  "reason": f"batch worker died ({batcher.worker_error}); restarting"},
                                 status_code=503)
         return info
 
-    async def chat(parsed: ChatRequest, request: Request) -> Any:
+    async def chat(parsed: ChatRequest, request: Request, arrived_ns: int) -> Any:
         try:
             job = batcher.submit(parsed)
         except QueueFull as exc:
@@ -547,6 +714,8 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
             completion, used = answer.result()
         except Exception as exc:
             return error(500, f"generation failed: {type(exc).__name__}: {exc}")
+        if tracer is not None:
+            tracer.record(used, parsed, completion, arrived_ns, time.time_ns())
         return chat_response(completion, used)
 
     async def classify_request(ids: list[list[int]]) -> Any:
@@ -566,6 +735,7 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
     @app.post("/invocations")
     @app.post("/v1/chat/completions")
     async def invocations(request: Request) -> Any:
+        arrived_ns = time.time_ns()  # a trace's latency: from arrival to the answer
         try:
             raw = await read_body(request)
             # parsing and tokenizing off the event loop: other clients keep being served meanwhile
@@ -577,7 +747,7 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
             return error(499, "client closed the request")
         if kind == "classify":
             return await classify_request(parsed)
-        return await chat(parsed, request)
+        return await chat(parsed, request, arrived_ns)
 
     @app.post("/admin/load")
     async def load(request: Request) -> Any:
