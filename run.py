@@ -15,7 +15,7 @@ from llmft.resolve import ResolvedRun
 
 _STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
 
-PIPELINES = ("finetune", "data", "deploy", "promote")
+PIPELINES = ("finetune", "data", "deploy", "promote", "export")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-resume", action="store_true",
                         help="train from scratch even if a killed run with the same settings left a checkpoint")
     parser.add_argument("--stop", action="store_true", help="with --pipeline deploy: stop the server")
-    parser.add_argument("--version", help="with --pipeline promote: the registry version to make champion")
+    parser.add_argument("--version", help="with --pipeline promote: the registry version to make champion; with "
+                                          "export: the version to export (default: the champion)")
     parser.add_argument("--rollback", action="store_true",
                         help="with --pipeline promote: move champion back to the previous champion")
     parser.add_argument("--reason", default="", help="with --pipeline promote: why (recorded on the version)")
@@ -115,6 +116,11 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
 
         return promote_pipeline(model_name=model_name, version=args.version,
                                 rollback_to_previous=args.rollback, by=args.by, reason=args.reason)
+    if name == "export":
+        from pipelines.export import export_pipeline
+
+        export = cfg.export.model_copy(update={"version": args.version or cfg.export.version})
+        return export_pipeline(model_name=model_name, export=export)
     if name == "data":
         from pipelines.data import data_pipeline
 
@@ -217,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.pipeline == "data":
         summary = report.data_summary(run, uri, wall)
         print(report.data_table(summary))
+    elif args.pipeline == "export":
+        from llmft.export.stage import export_lines, export_summary
+
+        summary = export_summary(run, uri, wall)
+        print("\n".join(export_lines(summary)))
     elif args.pipeline == "promote":
         summary = report.promote_summary(run, uri, wall)
         print(f"\n{summary['model']}: @champion is now v{summary['champion']} "

@@ -249,6 +249,26 @@ class ComputeConfig(_Section):
     finetune_resources: ResourcesConfig = ResourcesConfig()
 
 
+class ExportConfig(_Section):
+    """`--pipeline export`: a registry version as merged safetensors, GGUF (llama.cpp) and an Ollama Modelfile."""
+
+    version: str | None = Field(None, description="registry version to export; null: the current @champion")
+    output_dir: str | None = Field(None, description="null: <project folder>/exports/<name>-v<version>")
+    quants: list[Literal["f16", "q8_0"]] = Field(["f16", "q8_0"], min_length=1, description="GGUF files to write")
+    modelfile_quant: Literal["f16", "q8_0"] = Field("q8_0", description="the GGUF the Ollama Modelfile loads")
+    merged_dtype: Literal["float32", "float16", "bfloat16"] = Field("float16", description="merged safetensors dtype")
+    tokenizer_pre: str | None = Field(None, description="llama.cpp pre-tokenizer name; null: detected (smollm)")
+    verify: bool = Field(True, description="load each GGUF back with transformers and compare logits; fail if off")
+    log_to_mlflow: bool = Field(True, description="log the files to the version's run and tag the version")
+    after_promotion: bool = Field(False, description="export at the end of a finetune run that promoted")
+
+    @model_validator(mode="after")
+    def _modelfile_quant_is_written(self) -> ExportConfig:
+        if self.modelfile_quant not in self.quants:
+            raise ValueError(f"export.modelfile_quant={self.modelfile_quant} is not in export.quants={self.quants}")
+        return self
+
+
 class Config(_Section):
     task: Literal["auto", "chat", "summarization", "classification", "extraction", "preference"] = Field(
         "auto", description="auto: inferred from the data's columns and content")
@@ -263,6 +283,7 @@ class Config(_Section):
     deploy: DeployConfig = DeployConfig()
     retrain: RetrainConfig = RetrainConfig()
     compute: ComputeConfig = ComputeConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> Config:

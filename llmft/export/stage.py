@@ -1,0 +1,158 @@
+"""The export stage: a registry version (default the champion) -> merged safetensors in Hugging Face
+layout, GGUF files for llama.cpp, an Ollama Modelfile, the round-trip check, and all of it logged to
+the version's MLflow run with a tag on the version pointing there.
+
+Registered versions are already full models (`registry.stage.register_candidate` merges LoRA/DoRA
+adapters before logging), so "merged" here means: saved as one self-contained folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from llmft.config import ExportConfig
+from llmft.contracts import Export
+from llmft.export.gguf_writer import ExportError, architecture_of, check_supported, tokenizer_metadata, write_gguf
+from llmft.export.ollama import modelfile
+from llmft.export.verify import round_trip
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_PATH = "export"
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def export_model(model: Any, tokenizer: Any, out_dir: Path, name: str, version: str = "0",
+                 cfg: ExportConfig | None = None, system_prompt: str | None = None) -> Export:
+    """Write merged weights, GGUF files and a Modelfile for an in-memory full-precision causal LM into
+    `out_dir` (replaced as a whole), then run the round-trip check if `cfg.verify`."""
+    import copy
+
+    cfg = cfg or ExportConfig()
+    started = time.perf_counter()
+    check_supported(model)  # fail in one line before anything is written
+    tokenizer_metadata(tokenizer, int(model.config.vocab_size), cfg.tokenizer_pre)
+    stem = f"{name}-v{version}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # build next to the target and swap in at the end: a failed export never leaves a mixed folder
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        merged_dir = work / "merged"
+        merged = copy.deepcopy(model).to(_dtype(cfg.merged_dtype))
+        merged.save_pretrained(merged_dir, safe_serialization=True)
+        del merged
+        tokenizer.save_pretrained(merged_dir)
+        gguf: dict[str, Path] = {}
+        for quant in cfg.quants:
+            gguf[quant] = write_gguf(model, tokenizer, work / f"{stem}.{quant}.gguf", quant, name=stem,
+                                     tokenizer_pre=cfg.tokenizer_pre,
+                                     description=f"{name} version {version}, exported by llmft")
+        text, template = modelfile(gguf[cfg.modelfile_quant].name, tokenizer, system_prompt,
+                                   header=f"{name} v{version}: ollama create {name} -f Modelfile")
+        (work / "Modelfile").write_text(text, encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    written = time.perf_counter() - started
+    gguf = {quant: out_dir / path.name for quant, path in gguf.items()}
+    sizes = {str(p.relative_to(out_dir)): p.stat().st_size for p in sorted(out_dir.rglob("*")) if p.is_file()}
+    result = Export(name=name, version=str(version), architecture=architecture_of(model),
+                    output_dir=str(out_dir), merged_dir=str(out_dir / "merged"),
+                    gguf={quant: str(path) for quant, path in gguf.items()}, sizes=sizes,
+                    modelfile=str(out_dir / "Modelfile"), system_prompt=system_prompt)
+    log.info("export: wrote %s in %.1fs (chat template: %s)", out_dir, written, template.kind)
+    if cfg.verify:
+        result.checks = round_trip(model, tokenizer, gguf, system_prompt)
+        (out_dir / "checks.json").write_text(json.dumps([c.model_dump() for c in result.checks], indent=2) + "\n")
+        failed = [c for c in result.checks if not c.passed]
+        if failed:
+            raise ExportError("GGUF round trip failed: " + "; ".join(
+                f"{c.quant}: max|diff| {c.max_abs_diff:.4f} (scale {c.logit_scale:.2f}), top-1 "
+                f"{c.top1_agreement:.3f}, tokenizer {'ok' if c.tokenizer_matches is not False else 'differs'}; "
+                f"needs {c.tolerance}" for c in failed))
+    result.wall_seconds = round(time.perf_counter() - started, 1)
+    return result
+
+
+def resolve_version(name: str, version: str | None) -> str:
+    from llmft.registry.versions import CHAMPION, current_alias_version
+
+    if version:
+        return str(version)
+    found = current_alias_version(name, CHAMPION)
+    if found is None:
+        raise ExportError(f"{name} has no @{CHAMPION} to export; name one with --set export.version=N")
+    return found
+
+
+def export_version(name: str, cfg: ExportConfig, out_root: Path | None = None) -> Export:
+    """Export `models:/<name>/<cfg.version or @champion>`; log the files to its run and tag the version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from llmft.locations import project_home
+    from llmft.registry.versions import load_components, set_version_tags
+
+    version = resolve_version(name, cfg.version)
+    client = MlflowClient()
+    try:
+        record = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise ExportError(f"cannot export {name} v{version}: {str(exc).splitlines()[0]}") from None
+    tags = dict(record.tags)
+    model, tokenizer = load_components(name, version)
+    root = out_root or project_home() / "exports"
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else root / f"{name}-v{version}"
+    # the system message the server applies is the one the model was trained with (the task's instruction)
+    result = export_model(model, tokenizer, out_dir, name, version, cfg, tags.get("instruction") or None)
+    if cfg.log_to_mlflow and record.run_id:
+        client.log_artifacts(record.run_id, result.output_dir, ARTIFACT_PATH)
+        result.artifact_uri = f"runs:/{record.run_id}/{ARTIFACT_PATH}"
+        record_tags: dict[str, Any] = {"export.uri": result.artifact_uri,
+                                       "export.at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                       "export.files": json.dumps(sorted(result.sizes))}
+        for check in result.checks:
+            record_tags[f"export.check.{check.quant}"] = (
+                f"{'pass' if check.passed else 'FAIL'}: max|diff| {check.max_abs_diff:.4f} of scale "
+                f"{check.logit_scale:.2f}, top-1 {check.top1_agreement:.3f} over {check.tokens} tokens")
+        set_version_tags(name, version, record_tags)
+    elif cfg.log_to_mlflow:
+        log.warning("%s v%s has no run: the export stays local in %s", name, version, result.output_dir)
+    return result
+
+
+def export_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+    """run.py's closing summary for `--pipeline export`."""
+    exported: Export = run.steps["export_model"].outputs["export"][0].load()
+    return {"pipeline": "export", "zenml_run_id": str(run.id), "tracking_uri": tracking_uri,
+            **exported.model_dump(), "wall_seconds": round(wall_seconds, 1)}
+
+
+def export_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [f"\nexported {summary['name']} v{summary['version']} ({summary['architecture']}) to "
+             f"{summary['output_dir']}"]
+    for file, size in summary["sizes"].items():
+        if file.endswith((".gguf", ".safetensors")) or file == "Modelfile":
+            lines.append(f"  {file:<40} {size / 1e6:>9.1f} MB")
+    for check in summary["checks"]:
+        lines.append(f"  round trip {check['quant']}: max|diff| {check['max_abs_diff']:.4f} (logit scale "
+                     f"{check['logit_scale']:.1f}), top-1 agreement {check['top1_agreement']:.3f} -> "
+                     f"{'pass' if check['passed'] else 'FAIL'}")
+    if summary.get("artifact_uri"):
+        lines.append(f"  logged to {summary['artifact_uri']}")
+    lines.append(f"  ollama: cd {summary['output_dir']} && ollama create {summary['name']} -f Modelfile")
+    return lines
