@@ -148,6 +148,8 @@ class EvalConfig(_Section):
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
     probe_max_new_tokens: int = Field(24, ge=1, description="answer length for the forgetting probe")
+    few_shot_k: int = Field(3, ge=0, le=32, description="worked examples (seeded, from the training split, stratified "
+                                                        "by label) in the few-shot base's prompt; 0: no few-shot base")
 
 
 class RegistryConfig(_Section):
@@ -161,6 +163,8 @@ class PromotionConfig(_Section):
     beat_champion: bool = Field(True, description="candidate must also match or beat the re-measured champion")
     max_forgetting: float = Field(
         0.1, ge=0.0, le=1.0, description="largest allowed drop in general-knowledge probe accuracy vs the base")
+    baseline: Literal["best", "zero_shot", "few_shot"] = Field(
+        "best", description="the base the candidate must beat: the better of zero- and few-shot, or one of them")
 
 
 class TrackingConfig(_Section):

@@ -123,10 +123,11 @@ class Evaluation(BaseModel):
     primary_metric: str
     higher_is_better: bool
     sample: EvalSample
-    metrics: dict[str, dict[str, float] | None]  # base / finetuned / champion (None when not evaluated)
+    metrics: dict[str, dict[str, float] | None]  # base / base_few_shot / finetuned / champion (None: not evaluated)
     champion_version: str | None
     champion_note: str
     mlflow_run_id: str | None = None
+    few_shot: dict[str, float] = Field(default_factory=dict)  # shots drawn (k) and used per row (mean, min, max)
 
 
 class ProbeRun(BaseModel):
@@ -160,6 +161,7 @@ class Registration(BaseModel):
 class PromotionDecision(BaseModel):
     promoted: bool
     reasons: list[str]
+    baseline_used: str | None = None  # zero_shot | few_shot: the base the gate compared with
     previous_champion: str | None = None
     champion: str | None = None
 

@@ -71,6 +71,8 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "registered_model": {"name": registered.name, "version": registered.version, "uri": registered.model_uri},
         "promoted": promotion.promoted,
         "promotion_reasons": promotion.reasons,
+        "baseline_used": promotion.baseline_used,
+        "few_shot": evaluation.few_shot,
         "champion_version": promotion.champion,
         "previous_champion": promotion.previous_champion,
         "dataset": dataset.model_dump(exclude={"mlflow_run_id"}),
@@ -128,15 +130,26 @@ def write_summary(summary: dict[str, Any], path: str | None) -> None:
 def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
     metrics = summary["metrics"]
     base, tuned, champion = metrics["base"], metrics["finetuned"], metrics.get("champion")
+    few = metrics.get("base_few_shot") or {}
+    used = summary.get("baseline_used") or "zero_shot"
+    against = few if used == "few_shot" and few else base  # delta: fine-tuned minus the baseline the gate used
     primary = summary["primary_metric"]
     champ_head = f"champion v{summary['champion_evaluated']}" if champion else "champion"
-    width = 22 + 10 + 12 + 10 + 16
-    lines = ["", f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'delta':>10}{champ_head:>16}", "-" * width]
+    width = 22 + 10 + 16 + 12 + 10 + 16
+    lines = ["", f"{'metric':<22}{'base':>10}{'base few-shot':>16}{'fine-tuned':>12}{'delta':>10}{champ_head:>16}",
+             "-" * width]
+
+    def cell(values: dict[str, float] | None, name: str, size: int) -> str:
+        value = (values or {}).get(name)
+        return f"{value:>{size}.4f}" if value is not None else f"{'-':>{size}}"
+
     for name in tuned:
         mark = " *" if name == primary else ""
-        delta = tuned[name] - base[name]
-        champ = f"{champion[name]:>16.4f}" if champion else f"{'-':>16}"
-        lines.append(f"{name + mark:<22}{base[name]:>10.4f}{tuned[name]:>12.4f}{delta:>+10.4f}{champ}")
+        ref = against.get(name)
+        delta = f"{tuned[name] - ref:>+10.4f}" if ref is not None else f"{'-':>10}"
+        lines.append(f"{name + mark:<22}{cell(base, name, 10)}{cell(few, name, 16)}{tuned[name]:>12.4f}{delta}"
+                     f"{cell(champion, name, 16)}")
+    shots = summary.get("few_shot") or {}
     reg = summary["registered_model"]
     dataset = summary["dataset"]
     rows = dataset["rows"]
@@ -148,6 +161,11 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         "-" * width,
         f"* primary metric ({'higher' if summary['higher_is_better'] else 'lower'} is better); {sample['n']} of "
         f"{sample['of']} test rows ({sample['how']}), the same rows for every column",
+        f"delta: fine-tuned minus base {'few-shot' if against is few else 'zero-shot'}, the baseline the promotion "
+        "gate compared with (promotion.baseline)",
+        ("base few-shot: " + (f"{shots['k']:.0f} training rows as worked examples, {shots['used_mean']:.2f} per row "
+                              f"fitted train.max_seq_length (min {shots['used_min']:.0f}, max "
+                              f"{shots['used_max']:.0f})" if shots else "not measured (eval.few_shot_k=0)")),
         f"task {summary['task']} ({summary['task_reason']}); rows in {dataset['rows_in']}, train/validation/test = "
         f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
         f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",

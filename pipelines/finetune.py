@@ -1,6 +1,6 @@
-"""fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base and champion
-cached, candidate) + forgetting probe (base cached, candidate) -> register (challenger) -> promote (gate)
--> deploy if promoted (deploy.on_promotion)."""
+"""fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base zero-shot, base
+few-shot and champion cached, candidate) + forgetting probe (base cached, candidate) -> register (challenger)
+-> promote (gate against the best baseline) -> deploy if promoted (deploy.on_promotion)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from llmft.tasks.base import TaskSpec
 from pipelines.data import prepare_data
 from steps.deploy import deploy_if_promoted
 from steps.evaluate import (
+    draw_shots,
     evaluate_base,
+    evaluate_base_few_shot,
     evaluate_candidate,
     evaluate_champion,
     probe_base,
@@ -33,13 +35,16 @@ def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None,
     fingerprint, train, validation, test, split, dataset = prepare_data(cfg, task, code_version)
     trained, training = finetune(train, validation, split, task, cfg.model, cfg.train)
     rows, sample = sample_test(test, task, cfg.eval)
-    base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, cfg.train.seed,
-                         base_identity)
+    shots = draw_shots(train, task, cfg.eval)
+    base_key = f"{base_identity} code {code_version}"  # prompting and scoring live in the library: its code keys
+    base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, base_key)
+    base_few = evaluate_base_few_shot(rows, shots, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length,
+                                      base_key)
     current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length,
                                 cfg.model.trust_remote_code)
-    evaluation = evaluate_candidate(trained, training, rows, sample, base, current, task, cfg.model, cfg.eval,
-                                    cfg.train.max_seq_length)
-    base_answers = probe_base(task, cfg.model, cfg.eval, f"{base_identity} code {code_version}")
+    evaluation = evaluate_candidate(trained, training, rows, sample, base, base_few, current, task, cfg.model,
+                                    cfg.eval, cfg.train.max_seq_length)
+    base_answers = probe_base(task, cfg.model, cfg.eval, base_key)
     forgetting = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, cfg.promotion.max_forgetting)
     registration = register(trained, training, evaluation, task, cfg.model, name, fingerprint)
     decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, cfg.train,

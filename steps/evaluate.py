@@ -35,11 +35,26 @@ def sample_test(test_split: pd.DataFrame, task: TaskSpec, eval_cfg: EvalConfig) 
 
 
 @step
+def draw_shots(train_split: pd.DataFrame, task: TaskSpec, eval_cfg: EvalConfig) -> Annotated[pd.DataFrame,
+                                                                                             "few_shot_examples"]:
+    return stage.draw_shots(train_split, task, eval_cfg)
+
+
+@step
 def evaluate_base(eval_rows: pd.DataFrame, task: TaskSpec, model: ModelConfig, split_info: SplitInfo,
-                  eval_cfg: EvalConfig, max_seq_length: int, seed: int,
+                  eval_cfg: EvalConfig, max_seq_length: int,
                   base_identity: str) -> Annotated[ModelEvaluation, "base_evaluation"]:
-    """`base_identity` (weights' fingerprint) is only here to key the cache."""
-    return stage.evaluate_base(eval_rows, task, model, split_info, eval_cfg, max_seq_length, seed)
+    """`base_identity` (weights' fingerprint and code version) is only here to key the cache."""
+    return stage.evaluate_base(eval_rows, task, model, split_info, eval_cfg, max_seq_length)
+
+
+@step
+def evaluate_base_few_shot(eval_rows: pd.DataFrame, few_shot_examples: pd.DataFrame, task: TaskSpec,
+                           model: ModelConfig, split_info: SplitInfo, eval_cfg: EvalConfig, max_seq_length: int,
+                           base_identity: str) -> Annotated[ModelEvaluation, "base_few_shot_evaluation"]:
+    """Cached like `evaluate_base`: keyed by the rows, the shots, the settings and the base's identity."""
+    return stage.evaluate_base_few_shot(eval_rows, few_shot_examples, task, model, split_info, eval_cfg,
+                                        max_seq_length)
 
 
 @step
@@ -52,12 +67,13 @@ def evaluate_champion(eval_rows: pd.DataFrame, task: TaskSpec, champion: Champio
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)
 def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows: pd.DataFrame,
                        eval_sample: EvalSample, base_evaluation: ModelEvaluation,
-                       champion_evaluation: ModelEvaluation, task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
+                       base_few_shot_evaluation: ModelEvaluation, champion_evaluation: ModelEvaluation,
+                       task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
                        max_seq_length: int) -> Annotated[Evaluation, "evaluation"]:
-    """The candidate on the same rows, then all three side by side in MLflow."""
+    """The candidate on the same rows, then all of them side by side in MLflow."""
     candidate = stage.evaluate_candidate(trained_model, training, eval_rows, task, model, eval_cfg, max_seq_length)
-    return stage.compare(base_evaluation, candidate, champion_evaluation, eval_rows, eval_sample, task, eval_cfg,
-                         max_seq_length)
+    return stage.compare(base_evaluation, base_few_shot_evaluation, candidate, champion_evaluation, eval_rows,
+                         eval_sample, task, eval_cfg, max_seq_length)
 
 
 @step

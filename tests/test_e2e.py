@@ -61,7 +61,7 @@ def test_finetune_summary_contract(finetune_summary: dict):
     assert s["primary_metric"] == "field_accuracy"
     assert s["registered_model"]["name"] == "products-extraction"  # derived from the source and the task
     assert s["eval_sample"] == {"n": 6, "of": s["dataset"]["rows"]["test"], "seed": 0, "how": "seeded random sample"}
-    for model in ("base", "finetuned"):
+    for model in ("base", "base_few_shot", "finetuned"):
         m = s["metrics"][model]
         assert set(m) == set(get_task("extraction").metric_names)
         for rate in ("json_validity", "field_accuracy", "all_fields_correct", "rouge1", "rouge2", "rougeL", "bleu",
@@ -69,6 +69,8 @@ def test_finetune_summary_contract(finetune_summary: dict):
             assert 0.0 <= m[rate] <= 1.0
         assert m["eval_loss"] > 0 and m["perplexity"] >= 1 and m["wer"] >= 0
     assert s["metrics"]["champion"] is None and s["champion_evaluated"] is None  # the first run has none
+    assert s["few_shot"]["k"] == 3 and 0 <= s["few_shot"]["used_min"] <= s["few_shot"]["used_mean"] <= 3
+    assert s["baseline_used"] in ("zero_shot", "few_shot")  # promotion.baseline=best: the stronger one
     assert s["champion_note"] == "no current champion"
     assert s["forgetting"]["applicable"] and s["forgetting"]["questions"] >= 50
     assert s["forgetting"]["drop"] == pytest.approx(s["forgetting"]["base"] - s["forgetting"]["finetuned"])
@@ -93,7 +95,8 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     assert run.data.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert run.data.tags["task"] == "extraction" and run.data.tags["task.reason"].startswith("inferred from")
     assert run.data.tags["mlflow.note.content"].startswith("extraction (inferred from responses")  # description
-    assert "finetuned/field_accuracy" in run.data.metrics
+    assert {"finetuned/field_accuracy", "base/field_accuracy", "base_few_shot/field_accuracy"} <= set(run.data.metrics)
+    assert run.data.tags["promotion.baseline"] == finetune_summary["baseline_used"]
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(losses) == 14
     lrs = client.get_metric_history(run.info.run_id, "train/learning_rate")

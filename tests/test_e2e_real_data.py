@@ -52,6 +52,11 @@ def test_news_corpus_is_classification_with_inferred_labels(run_env: dict[str, s
     assert s["dataset"]["duplicates_removed"] == 4 and s["dataset"]["truncated"] > 0  # long articles are cut
     assert s["eval_sample"]["how"] == "seeded sample stratified by label" and s["eval_sample"]["n"] == 10
     assert not s["forgetting"]["applicable"]
+    # the base is the instruct model told the five labels, zero- and few-shot, with the head's metric keys
+    assert set(s["metrics"]["base"]) == set(s["metrics"]["base_few_shot"]) == set(s["metrics"]["finetuned"])
+    assert s["few_shot"]["k"] == 3 and s["baseline_used"] in ("zero_shot", "few_shot")
+    assert s["promotion_reasons"][0].split(" ")[1:2] == ["base:"]
+    assert ("base few-shot" if s["baseline_used"] == "few_shot" else "base zero-shot") in s["promotion_reasons"][0]
     readable_decision(s)
 
 

@@ -30,6 +30,7 @@ def test_classification_end_to_end(run_env: dict[str, str], tmp_path: Path):
     base, tuned = s["metrics"]["base"], s["metrics"]["finetuned"]
     assert set(tuned) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "eval_loss"}
     assert tuned["macro_f1"] > base["macro_f1"] and s["promoted"], s["promotion_reasons"]
+    assert set(s["metrics"]["base_few_shot"]) == set(base)  # the prompted classifier, same keys
     assert s["train"]["validation_loss"] is not None
 
     import mlflow

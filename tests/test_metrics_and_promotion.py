@@ -156,11 +156,13 @@ def test_model_card_has_data_metrics_decision_and_limitations():
         task="extraction", primary_metric="field_accuracy", higher_is_better=True,
         sample=EvalSample(n=12, of=40, seed=0, how="seeded random sample"), champion_version="2",
         champion_note="champion v2 re-evaluated on this run's rows",
-        metrics={"base": {"field_accuracy": 0.1, "eval_loss": 0.8}, "finetuned": {"field_accuracy": 0.8,
-                                                                                  "eval_loss": 0.1},
-                 "champion": {"field_accuracy": 0.7, "eval_loss": 0.2}})
+        metrics={"base": {"field_accuracy": 0.1, "eval_loss": 0.8}, "base_few_shot": {"field_accuracy": 0.3,
+                                                                                      "eval_loss": 0.6},
+                 "finetuned": {"field_accuracy": 0.8, "eval_loss": 0.1},
+                 "champion": {"field_accuracy": 0.7, "eval_loss": 0.2}},
+        few_shot={"k": 3.0, "used_mean": 2.5, "used_min": 1.0, "used_max": 3.0, "rows_with_all": 6.0})
     forgetting = Forgetting(applicable=True, questions=60, base=0.6, finetuned=0.58, drop=0.02, max_allowed=0.1)
-    decision = decide("field_accuracy", True, 0.8, 0.1, 0.7, "2", 0.02, CFG)
+    decision = decide("field_accuracy", True, 0.8, 0.3, 0.7, "2", 0.02, CFG, baseline="base few-shot (3 shots)")
     dataset = DatasetInfo(fingerprint="abc", source="d.jsonl", task="extraction", task_reason="r", rows_in=50,
                           duplicates_removed=3, rejected=1, rows={"train": 30, "validation": 5, "test": 11}, unused=0,
                           export_dir="/x", verdict="passed", warnings=["10.0% of rows were duplicates"])
@@ -169,9 +171,13 @@ def test_model_card_has_data_metrics_decision_and_limitations():
                               resumed_from_step=None, tokens=100, padding_fraction=0.0, tokens_per_second=10.0,
                               wall_seconds=1.0, trainable_parameters=1, total_parameters=2)
     card = model_card.render("m", "3", spec, cfg.model.base, dataset, training, cfg.train, evaluation, forgetting,
-                             PromotionDecision(promoted=decision.promoted, reasons=decision.reasons), 72)
+                             PromotionDecision(promoted=decision.promoted, reasons=decision.reasons,
+                                               baseline_used="few_shot"), 72)
     assert card.startswith("# m v3")
-    assert "fingerprint `abc`" in card and "| field_accuracy (primary) | 0.1000 | 0.8000 | 0.7000 |" in card
+    assert "| metric | base | base few-shot | fine-tuned | champion |" in card
+    assert "fingerprint `abc`" in card and "| field_accuracy (primary) | 0.1000 | 0.3000 | 0.8000 | 0.7000 |" in card
+    assert "3 training rows as worked examples" in card and "compared with the base few-shot" in card
+    assert "PASS base: field_accuracy 0.8000 >= base few-shot (3 shots) 0.3000" in card
     assert "promoted to champion" in card and "PASS forgetting" in card and "## Known limitations" in card
     assert "12 test rows scored (seeded random sample, seed 0)" in card and "Extract the fields." in card
     assert "warning: 10.0% of rows were duplicates" in card

@@ -80,7 +80,20 @@ def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[
     metrics.update(overlap)
     for row, value in zip(row_scores, rouge_l, strict=True):
         row["rougeL"] = value
-    examples = [truncate(encode_messages(tokenizer, conv), max_seq_length) for conv in conversations]
+    examples = [truncate(_own_turns_only(tokenizer, conv, int(r.get("context_messages") or 0)), max_seq_length)
+                for conv, r in zip(conversations, rows, strict=True)]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
     metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])
     return ModelScores(metrics=metrics, outputs=outputs, row_scores=row_scores)
+
+
+def _own_turns_only(tokenizer: Any, conversation: list[dict[str, str]], context: int) -> dict[str, list[int]]:
+    """The conversation's encoding with its first `context` messages (a few-shot prompt's system turn
+    and worked examples) unlabelled: eval loss is on the row's own answers, as for every other model.
+    The encoding is prefix-stable, so the context's tokens are exactly the first ones."""
+    encoded = encode_messages(tokenizer, conversation)
+    if context <= 0 or not any(m["role"] == "assistant" for m in conversation[:context]):
+        return encoded
+    last = max(i for i, m in enumerate(conversation[:context]) if m["role"] == "assistant")
+    n = len(encode_messages(tokenizer, conversation[:last + 1])["input_ids"])
+    return {"input_ids": encoded["input_ids"], "labels": [IGNORE_INDEX] * n + encoded["labels"][n:]}

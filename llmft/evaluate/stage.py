@@ -29,6 +29,7 @@ from llmft.contracts import (
     SplitInfo,
     TrainingResult,
 )
+from llmft.evaluate import few_shot
 from llmft.evaluate.sampling import sample_rows
 from llmft.tasks import get_task, primary_metric
 from llmft.tasks.base import EvalSettings, TaskSpec
@@ -60,22 +61,55 @@ def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, sp
                            outputs=scores.outputs, row_scores=scores.row_scores, extras=scores.extras)
 
 
-def evaluate_base(sample: pd.DataFrame, spec: TaskSpec, model: ModelConfig, split: SplitInfo, cfg: EvalConfig,
-                  max_seq_length: int, seed: int) -> ModelEvaluation:
-    """The pretrained model with this task's instruction (a classifier: a new head, seeded)."""
-    from transformers import set_seed
+SHOT_COLUMNS = ["messages", "response", "text", "label"]
 
+
+def draw_shots(train_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> pd.DataFrame:
+    """The few-shot base's worked examples: eval.few_shot_k training rows (never test), seeded by
+    eval.sample_seed, stratified by label for classification."""
+    label_key = "label" if get_task(spec.name).classifier else None
+    columns = [c for c in SHOT_COLUMNS if c in train_split.columns]
+    rows = few_shot.draw_shots(train_split[columns].to_dict(orient="records"), cfg.few_shot_k, cfg.sample_seed,
+                               label_key)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame | None, spec: TaskSpec,
+                           model: ModelConfig, split: SplitInfo, cfg: EvalConfig,
+                           max_seq_length: int) -> ModelEvaluation:
+    """The pretrained (instruct) model prompted for the task on the evaluation rows: zero-shot
+    without `shots`, else with them as earlier turns. A classifier's base is the language model told
+    the label set and scored by each label's likelihood (never a randomly initialised head)."""
     from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
 
+    task = get_task(spec.name)
     base = resolve_base_model(model)
-    labels = split.labels if get_task(spec.name).classifier else None
+    labels = split.labels if task.classifier else None
+    shot_rows = [] if shots is None else shots.to_dict(orient="records")
+    llm, tokenizer = load_model(base), load_tokenizer(base)  # the causal LM, also for a classification task
+    scores = task.evaluate_prompted(llm, tokenizer, sample.to_dict(orient="records"), spec.instruction,
+                                    _settings(cfg, max_seq_length), labels, shot_rows, desc=f"eval {role}")
+    del llm
+    how = ("label likelihood" if task.classifier else "greedy generation") + (
+        f", {len(shot_rows)} shots drawn, {scores.extras['few_shot']['used_mean']:.2f} used per row on average"
+        if shot_rows else ", zero-shot")
+    return ModelEvaluation(role=role, identity=base_identity(model.base, model.revision),
+                           note=f"{model.base}, prompted ({how}), same instruction and rows", metrics=scores.metrics,
+                           outputs=scores.outputs, row_scores=scores.row_scores, extras=scores.extras)
 
-    def load() -> tuple[Any, Any]:
-        set_seed(seed)  # a classifier base has a new head: seeded, so its chance-level numbers repeat
-        return load_model(base, labels), load_tokenizer(base)
 
-    return score_model("base", base_identity(model.base, model.revision), load, sample, spec, cfg, max_seq_length,
-                       labels, note=f"{model.base}, same instruction and rows")
+def evaluate_base(sample: pd.DataFrame, spec: TaskSpec, model: ModelConfig, split: SplitInfo, cfg: EvalConfig,
+                  max_seq_length: int) -> ModelEvaluation:
+    """The base model zero-shot: the task's instruction, nothing else."""
+    return evaluate_prompted_base("base", sample, None, spec, model, split, cfg, max_seq_length)
+
+
+def evaluate_base_few_shot(sample: pd.DataFrame, shots: pd.DataFrame, spec: TaskSpec, model: ModelConfig,
+                           split: SplitInfo, cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
+    """The base model with eval.few_shot_k worked examples from the training split before each row."""
+    if shots.empty:
+        return ModelEvaluation(role="base_few_shot", available=False, note="few-shot base off (eval.few_shot_k=0)")
+    return evaluate_prompted_base("base_few_shot", sample, shots, spec, model, split, cfg, max_seq_length)
 
 
 def champion_comparable(champion: ChampionRef | None, spec: TaskSpec, labels: list[str] | None,
@@ -165,16 +199,17 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd
                                                                                 "steps")
 
 
-def compare(base: ModelEvaluation, candidate: ModelEvaluation, champion: ModelEvaluation, sample: pd.DataFrame,
-            drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig, max_seq_length: int) -> Evaluation:
-    """The three side by side; metrics, predictions table and plots go to the active MLflow run."""
+def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: ModelEvaluation,
+            champion: ModelEvaluation, sample: pd.DataFrame, drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig,
+            max_seq_length: int) -> Evaluation:
+    """All of them side by side; metrics, predictions table and plots go to the active MLflow run."""
     import mlflow
 
     from llmft import plots
 
     task = get_task(spec.name)
     primary = primary_metric(task, cfg.primary_metric)
-    models = [m for m in (base, candidate, champion) if m.available]
+    models = [m for m in (base, base_few_shot, candidate, champion) if m.available]
     for m in models:
         mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
         for label, scores in m.extras.get("per_class", {}).items():
@@ -202,13 +237,20 @@ def compare(base: ModelEvaluation, candidate: ModelEvaluation, champion: ModelEv
     mlflow.log_dict({"key": scores_key(sample, spec, cfg, max_seq_length), "evaluation": candidate.model_dump()},
                     SCORES_ARTIFACT)
     mlflow.set_tags({"evaluation.champion": champion.note, "evaluation.sample": f"{drawn.n} of {drawn.of} test rows, "
-                                                                                 f"{drawn.how}"})
+                                                                                 f"{drawn.how}",
+                     "evaluation.base": base.note, "evaluation.base_few_shot": base_few_shot.note})
+    shots = base_few_shot.extras.get("few_shot", {}) if base_few_shot.available else {}
+    if shots:
+        mlflow.log_metrics({f"few_shot/{k}": v for k, v in shots.items()})  # beside, not among, its metrics
     run = mlflow.active_run()
     return Evaluation(task=spec.name, primary_metric=primary, higher_is_better=task.higher_is_better(primary),
-                      sample=drawn, metrics={"base": base.metrics, "finetuned": candidate.metrics,
+                      sample=drawn, metrics={"base": base.metrics,
+                                             "base_few_shot": base_few_shot.metrics if base_few_shot.available
+                                             else None,
+                                             "finetuned": candidate.metrics,
                                              "champion": champion.metrics if champion.available else None},
                       champion_version=champion.version if champion.available else None,
-                      champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None)
+                      champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None, few_shot=shots)
 
 
 def _last_user(row: dict[str, Any]) -> str:

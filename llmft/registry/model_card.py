@@ -12,6 +12,7 @@ from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
 SHIPPED_DEMOS = ("data/products.jsonl", "data/sentiment.jsonl")
+HEADERS = {"base": "base", "base_few_shot": "base few-shot", "finetuned": "fine-tuned", "champion": "champion"}
 
 
 def _fmt(value: Any) -> str:
@@ -27,7 +28,7 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
            max_new_tokens: int) -> str:
     task = get_task(spec.name)
     metrics = evaluation.metrics
-    columns = [role for role in ("base", "finetuned", "champion") if metrics.get(role)]
+    columns = [role for role in ("base", "base_few_shot", "finetuned", "champion") if metrics.get(role)]
     primary = evaluation.primary_metric
     rows = dataset.rows
     verdict = "promoted to champion" if decision.promoted else "not promoted"
@@ -62,13 +63,23 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
         "",
         "## Metrics (same test rows for every column)",
         "",
-        "| metric | " + " | ".join(columns) + " |",
+        "| metric | " + " | ".join(HEADERS[c] for c in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     for metric in metrics["finetuned"] or {}:
         mark = " (primary)" if metric == primary else ""
         lines.append(f"| {metric}{mark} | " + " | ".join(_fmt((metrics[c] or {}).get(metric)) for c in columns) + " |")
     lines += ["", f"Champion: {evaluation.champion_note}."]
+    if evaluation.few_shot:
+        shots = evaluation.few_shot
+        lines.append(f"Base few-shot: {shots['k']:.0f} training rows as worked examples before each test row, "
+                     f"{shots['used_mean']:.2f} per row on average fitted the context (train.max_seq_length).")
+    if decision.baseline_used:
+        lines.append(f"The promotion gate compared with the base {decision.baseline_used.replace('_', '-')} "
+                     "(promotion.baseline).")
+    if task.classifier:
+        lines.append("The base columns are the instruct model told the label set and scored by each label's "
+                     "likelihood (no generation), not a randomly initialised classification head.")
     lines += ["", "## Forgetting probe", ""]
     if forgetting.applicable:
         lines.append(f"{forgetting.questions} general-knowledge questions: base {_fmt(forgetting.base)}, "

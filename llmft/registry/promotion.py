@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -82,14 +83,32 @@ def _verdict(ok: bool, check: str, text: str) -> str:
     return f"{'PASS' if ok else 'FAIL'} {check}: {text}"
 
 
+BASELINE_NAMES = {"zero_shot": "base zero-shot", "few_shot": "base few-shot"}
+
+
+def pick_baseline(baselines: dict[str, float | None], mode: str, higher_is_better: bool) -> tuple[str, float]:
+    """The baseline the candidate must beat: `best` is the stronger of those measured (a tie goes to
+    zero-shot, the simpler prompt); a named one falls back to zero-shot when it was not measured."""
+    measured = {name: v for name, v in baselines.items() if v is not None and math.isfinite(v)}
+    if not measured:
+        raise ValueError(f"no baseline was measured: {baselines}")
+    if mode != "best":
+        name = mode if mode in measured else "zero_shot"
+        return name, measured[name]
+    order = sorted(measured, key=lambda n: n != "zero_shot")  # zero-shot first: it wins ties
+    best = max(order, key=lambda n: measured[n]) if higher_is_better else min(order, key=lambda n: measured[n])
+    return best, measured[best]
+
+
 def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,
            champion_version: str | None, forgetting_drop: float | None, cfg: PromotionConfig,
-           champion_note: str = "no current champion") -> Decision:
+           champion_note: str = "no current champion", baseline: str = "base") -> Decision:
+    """`base` is the baseline's value on `metric`; `baseline` names it in the reason line."""
     word, sign = (">=", "+") if higher_is_better else ("<=", "-")
     need = base + cfg.min_delta if higher_is_better else base - cfg.min_delta
     checks = [(_at_least(candidate, need, higher_is_better), "base",
-               f"{metric} {candidate:.4f} {word} base {base:.4f} {sign} min_delta {cfg.min_delta} = {need:.4f} "
-               f"(delta {candidate - base:+.4f})")]
+               f"{metric} {candidate:.4f} {word} {baseline} {base:.4f} {sign} min_delta {cfg.min_delta} = "
+               f"{need:.4f} (delta {candidate - base:+.4f})")]
     if champion is None:
         checks.append((True, "champion", champion_note))
     elif not cfg.beat_champion:

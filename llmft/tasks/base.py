@@ -12,6 +12,7 @@ as a typed step parameter.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from llmft.chat_format import encode_to_fit, with_system
 from llmft.data.shapes import Example
 from llmft.evaluate import text_metrics
+from llmft.evaluate.few_shot import fit_shots, prepare_shots, usage
 from llmft.evaluate.scoring import ModelScores, score_generative
 
 
@@ -82,6 +84,30 @@ class Task(ABC):
 
     def card_lines(self, labels: list[str] | None) -> list[str]:
         return [self.summary]
+
+    def prompt_conversation(self, row: dict[str, Any], system: str | None,
+                            labels: list[str] | None) -> list[dict[str, str]]:
+        """A split row as the prompted base model sees it, ending with its reference answer (a
+        training row shown as a worked example uses its user/assistant turns)."""
+        return with_system(system, json.loads(row["messages"]))
+
+    def evaluate_prompted(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], system: str | None,
+                          settings: EvalSettings, labels: list[str] | None, shots: list[dict[str, Any]],
+                          desc: str) -> ModelScores:
+        """The pretrained model prompted for the task: zero-shot without `shots`, else with the shots'
+        turns before each row, as many as fit `settings.max_seq_length` (extras["few_shot"] says how
+        many); eval loss stays on the row's own answers."""
+        if not shots:
+            return self.evaluate(model, tokenizer, rows, system, settings, labels, desc)
+        examples = prepare_shots(tokenizer, [self.prompt_conversation(s, None, labels) for s in shots], len(shots),
+                                 settings.max_seq_length)
+        fitted = [fit_shots(tokenizer, self.prompt_conversation(r, system, labels), examples, settings.max_seq_length)
+                  for r in rows]
+        prompted = [{**r, "messages": json.dumps(f.conversation, ensure_ascii=False),
+                     "context_messages": f.context_messages} for r, f in zip(rows, fitted, strict=True)]
+        scores = self.evaluate(model, tokenizer, prompted, system, settings, labels, desc)
+        scores.extras["few_shot"] = usage([f.shots_used for f in fitted], len(shots))
+        return scores
 
 
 class GenerativeTask(Task):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from llmft.chat_format import CHARS_PER_TOKEN_BOUND
+from llmft.chat_format import CHARS_PER_TOKEN_BOUND, encode_to_fit
 from llmft.data.shapes import Example
+from llmft.evaluate.few_shot import fit_shots, prepare_shots, usage
 from llmft.tasks.base import Encoded, EvalSettings, ModelScores, Task
 
 PRIMARY_METRIC = "macro_f1"
@@ -110,6 +111,82 @@ def score_classifier(model: Any, tokenizer: Any, texts: list[str], references: l
     return ModelScores(metrics=metrics, outputs=predicted, row_scores=rows, extras=extras)
 
 
+def label_instruction(system: str | None, labels: list[str]) -> str:
+    """The prompted classifier's system turn: the data's instruction (if any) and the label set."""
+    ask = f"Classify the text. Answer with exactly one of these labels: {', '.join(labels)}."
+    return f"{system}\n{ask}" if system else ask
+
+
+def label_completions(tokenizer: Any, prompt: list[dict[str, str]], labels: list[str]) -> list[list[int]]:
+    """Each label as the assistant's whole answer: its tokens and the end-of-turn token, as the chat
+    template renders it (so "tech" and "technology" are different answers, not prefixes)."""
+    from llmft.chat_format import render_chat, render_generation_prompt
+
+    prefix = render_generation_prompt(tokenizer, prompt)
+    out = []
+    for label in labels:
+        completion = render_chat(tokenizer, [*prompt, {"role": "assistant", "content": label}])[len(prefix):]
+        cut = completion.find(tokenizer.eos_token) if tokenizer.eos_token else -1
+        completion = completion[: cut + len(tokenizer.eos_token)] if cut >= 0 else completion
+        out.append(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def label_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], labels: list[str],
+                   desc: str = "label likelihood", progress: bool = True) -> list[list[float]]:
+    """log P(label | prompt) of every label for every prompt (a causal LM, no generation): the prompt
+    runs once, its cache is repeated for the labels, which then run together."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from llmft.chat_format import render_generation_prompt
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    out: list[list[float]] = []
+    with torch.inference_mode():
+        for messages in tqdm(prompts, desc=desc, unit="row", disable=not progress, dynamic_ncols=True):
+            prompt_ids = tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+            completions = label_completions(tokenizer, messages, labels)
+            first = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
+            head = first.logits[0, -1].float().log_softmax(-1)
+            scores = [float(head[c[0]]) for c in completions]
+            width = max(len(c) for c in completions)
+            if width > 1:  # later label tokens: one batch over the labels on the shared prompt cache
+                cache = first.past_key_values
+                cache.batch_repeat_interleave(len(labels))
+                tail = torch.tensor([c + [pad] * (width - len(c)) for c in completions], device=model.device)
+                mask = torch.tensor([[1] * (len(prompt_ids) + len(c)) + [0] * (width - len(c)) for c in completions],
+                                    device=model.device)
+                rest = model(input_ids=tail, attention_mask=mask, past_key_values=cache).logits.float().log_softmax(-1)
+                for i, c in enumerate(completions):
+                    scores[i] += sum(float(rest[i, j - 1, c[j]]) for j in range(1, len(c)))
+            out.append(scores)
+    return out
+
+
+def score_label_likelihood(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], references: list[str],
+                           labels: list[str], desc: str) -> ModelScores:
+    """A causal LM as a classifier: the label with the highest likelihood after the prompt. Same
+    metrics as the classification head; eval loss is the cross-entropy over the label set."""
+    import math
+
+    logps = label_logprobs(model, tokenizer, prompts, labels, desc=desc)
+    probs = []
+    for row in logps:
+        top = max(row)
+        weights = [math.exp(v - top) for v in row]
+        probs.append([w / sum(weights) for w in weights])
+    predicted = [labels[max(range(len(labels)), key=p.__getitem__)] for p in probs]
+    targets = [labels.index(ref) for ref in references]
+    metrics = {**score(predicted, references, labels), "eval_loss": eval_loss(probs, targets)}
+    rows = [{"correct": float(p == r), "p_true": row[t]}
+            for p, r, row, t in zip(predicted, references, probs, targets, strict=True)]
+    extras = {"labels": labels, "confusion": confusion(predicted, references, labels),
+              "per_class": per_class(predicted, references, labels), "scored_by": "label likelihood"}
+    return ModelScores(metrics=metrics, outputs=predicted, row_scores=rows, extras=extras)
+
+
 class ClassificationTask(Task):
     name = "classification"
     summary = "Classification: the model assigns one label of a fixed set to a text (a classification head)."
@@ -136,6 +213,34 @@ class ClassificationTask(Task):
 
     def smoke_request(self, system: str | None) -> dict[str, Any]:
         return {"inputs": ["The product arrived on time and works as described."]}
+
+    def prompt_conversation(self, row: dict[str, Any], system: str | None,
+                            labels: list[str] | None) -> list[dict[str, str]]:
+        return [{"role": "system", "content": label_instruction(system, labels or [])},
+                {"role": "user", "content": str(row["text"])}, {"role": "assistant", "content": str(row["label"])}]
+
+    def evaluate_prompted(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], system: str | None,
+                          settings: EvalSettings, labels: list[str] | None, shots: list[dict[str, Any]],
+                          desc: str) -> ModelScores:
+        """The instruct model (causal LM) told the label set, scored by each label's likelihood; the
+        random-head classifier is no baseline. Texts are cut to fit with the longest label, so the
+        true label's length never decides how much text is shown."""
+        if not labels:
+            raise ValueError("classification needs the label set")
+        longest = max(labels, key=lambda name: len(tokenizer(name, add_special_tokens=False)["input_ids"]))
+        conversations = []
+        for row in rows:
+            conversation = self.prompt_conversation({**row, "label": longest}, system, labels)
+            fitted = encode_to_fit(tokenizer, conversation, settings.max_seq_length)
+            conversations.append(fitted[1] if fitted is not None else conversation)
+        examples = prepare_shots(tokenizer, [self.prompt_conversation(s, None, labels) for s in shots], len(shots),
+                                 settings.max_seq_length) if shots else []
+        with_shots = [fit_shots(tokenizer, c, examples, settings.max_seq_length) for c in conversations]
+        scores = score_label_likelihood(model, tokenizer, [f.conversation[:-1] for f in with_shots],
+                                        [str(r["label"]) for r in rows], labels, desc)
+        if shots:
+            scores.extras["few_shot"] = usage([f.shots_used for f in with_shots], len(shots))
+        return scores
 
     def card_lines(self, labels: list[str] | None) -> list[str]:
         return [self.summary, f"Labels ({len(labels or [])}): {', '.join(labels or [])}."]
