@@ -96,6 +96,8 @@ def _locate(spec: str, revision: str | None) -> str:
         return str(target)
     if spec.startswith("embedded:"):
         raise BaseModelError(f"model.base={spec}: unknown embedded model; known: {', '.join(_EMBEDDED)}")
+    if spec.startswith("models:/"):
+        return registered_model_dir(spec)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -179,6 +181,49 @@ def load_model(name_or_path: str, labels: list[str] | None = None, four_bit: boo
     return model
 
 
+def registered_version(spec: str) -> tuple[str, str]:
+    """(name, version) of `models:/NAME/VERSION` or `models:/NAME@ALIAS` (the alias's version now)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from llmft.locations import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    ref = spec[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        name, version = ref.rsplit("/", 1)
+        MlflowClient().get_model_version(name, version)
+        return name, version
+    except (MlflowException, ValueError) as exc:
+        raise BaseModelError(f"model.base={spec}: no such registered model version "
+                             f"({str(exc).splitlines()[0]})") from None
+
+
+def registered_model_dir(spec: str) -> str:
+    """A registered model (e.g. the supervised champion a preference run starts from) as a plain
+    Hugging Face folder, written once per version under the model cache."""
+    name, version = registered_version(spec)
+    target = model_cache() / "registered" / name / version
+    if not (target / "config.json").is_file():
+        from llmft.registry.versions import load_components
+
+        model, tokenizer = load_components(name, version)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=_mkdir(target.parent)))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic, like the GGUF conversion
+    return str(target)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def base_identity(spec: str, revision: str | None = None) -> str:
     """What determines the base model's weights, for caching its evaluations: the embedded package's
     version, a local folder's config and weight files (name, size, mtime), or hub id and revision."""
@@ -191,6 +236,8 @@ def base_identity(spec: str, revision: str | None = None) -> str:
             return f"{spec}@{package}=={importlib.metadata.version(package)}"
         except importlib.metadata.PackageNotFoundError:
             return spec
+    if spec.startswith("models:/"):  # an alias moves: the version it points at now is the identity
+        return "models:/{}/{}".format(*registered_version(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
         digest = hashlib.sha256()

@@ -26,7 +26,8 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    base: str = Field(EMBEDDED_MODEL, description="hub id, local directory, or the embedded default")
+    base: str = Field(EMBEDDED_MODEL, description="hub id, local directory, the embedded default, or a registered "
+                                                 "model: models:/NAME@champion or models:/NAME/VERSION")
     revision: str | None = None
     trust_remote_code: bool = False
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llmft.base_model import resolve_base_model
 from llmft.config import Config, ConfigError
+from llmft.data import self_play
 from llmft.data.ingest import read_rows
 from llmft.data.shapes import to_examples
 from llmft.tasks import get_task, primary_metric
@@ -38,6 +39,7 @@ def derive_model_name(source: str, task: str) -> str:
 
 def resolve_run(cfg: Config) -> ResolvedRun:
     resolve_base_model(cfg.model)  # a missing model or one that would run its own code fails before the run
+    cfg = self_play.materialise(cfg)  # data.preference_pairs=self_play: the run reads the built pairs
     rows = read_rows(cfg.data.source)
     rows = rows[: min(cfg.data.max_rows or _INFER_ROWS, _INFER_ROWS)]
     examples, _ = to_examples(rows, cfg.data)

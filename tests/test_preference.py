@@ -169,3 +169,45 @@ def test_preference_methods_train_on_the_real_model(method: str, base_model_path
         assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     model, _ = load_trained(base_model_path, result.output_dir)
     assert not hasattr(model, "peft_config")  # merged: one plain model for evaluation and the registry
+
+
+def test_self_play_pairs_take_the_models_own_answer_as_rejected(base_model_path: str, tokenizer):
+    from llmft.base_model import load_model
+    from llmft.data.self_play import self_play_pairs
+
+    examples, _ = to_examples([RawRow(f"line {i}", {"prompt": p, "response": r}) for i, (p, r) in enumerate(
+        [("What is the capital of France?", "Paris is the capital of France."), ("Say hi", "Hi.")])], DataConfig())
+    rows = self_play_pairs(examples, load_model(base_model_path), tokenizer, None, max_new_tokens=8, batch_size=2)
+    assert rows and all(r["rejected"] and r["rejected"] != r["chosen"] for r in rows)
+    assert rows[0] == {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+                       "chosen": "Paris is the capital of France.", "rejected": rows[0]["rejected"],
+                       "source": "line 0"}
+    pairs, _ = to_examples([RawRow("x", r) for r in rows], DataConfig())  # the cached file reads back as pairs
+    assert {ex.shape for ex in pairs} == {"preference"}
+
+
+def test_an_unknown_registered_base_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from llmft.base_model import BaseModelError, resolve_base_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(BaseModelError, match="models:/nothing@champion: no such registered model version"):
+        resolve_base_model("models:/nothing@champion")
+
+
+@pytest.mark.e2e
+def test_dpo_run_on_real_pairs_goes_through_the_gate_and_registers(run_env: dict[str, str], tmp_path: Path):
+    from test_e2e import run_py
+
+    out = tmp_path / "summary.json"
+    proc = run_py(run_env, "--pipeline", "finetune", "--set", "train.method=dpo", "--set", f"data.source={PAIRS}",
+                  "--set", "train.max_steps=3", "--set", "train.eval_steps=null", "--set", "train.save_steps=1000",
+                  "--set", "eval.max_samples=6", "--set", "eval.max_new_tokens=8", "--summary", str(out),
+                  timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["task"] == "preference" and s["primary_metric"] == "preference_accuracy"
+    assert s["registered_model"]["name"] == "preference-preference" and s["dataset"]["rows_in"] == 40
+    for role in ("base", "finetuned"):
+        assert {"preference_accuracy", "reward_margin", "rougeL", "eval_loss"} <= set(s["metrics"][role])
+    assert s["forgetting"]["applicable"]
+    assert [r.split(":")[0].split(" ", 1)[1] for r in s["promotion_reasons"]] == ["base", "champion", "forgetting"]
