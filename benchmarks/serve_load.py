@@ -4,22 +4,31 @@
     python benchmarks/serve_load.py --clients 100 --requests 1
     # start servers itself and compare batching on (max batch 32) with batching off (max batch 1)
     python benchmarks/serve_load.py --model-uri models:/product-attribute-extractor@champion --compare-batching
+    # ours (continuous and static batching) against `mlflow models serve` on the same registered model,
+    # at 10 and 100 clients; without --model-uri the base model is registered into a temporary store
+    python benchmarks/serve_load.py --compare-mlflow --clients 10 100 --min-requests 30 --max-tokens 16 \
+        --markdown benchmarks/results-serve-load-cpu-2core.md
 
-Each client sends its requests one after another; all clients start together. Requests are the
-product task's prompts (instruction + listing), greedy, `--max-tokens` each. Prints p50/p95/max
-latency, requests/s, generated tokens/s and errors (anything but HTTP 200 with a chat.completion).
+Each client sends its requests one after another; all clients start together (with --min-requests,
+each client sends enough that a level has at least that many). Requests are product listings with an
+extraction instruction as the system turn, greedy, `--max-tokens` each (mlflow's server gets no
+`temperature`: it refuses 0, and its default is greedy). Prints p50/p95/max latency, requests/s,
+generated tokens/s and errors (anything but HTTP 200 with a chat.completion). One server runs at a
+time, each after a warm-up request.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -31,34 +40,42 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _prompts(count: int) -> list[list[dict[str, str]]]:
-    from llmft.tasks.extraction import INSTRUCTION
+# the extraction task's instruction for data/products.jsonl (what tasks/extraction.instruction_for writes)
+INSTRUCTION = ("Extract the fields from the text. Answer with only a JSON object with the keys brand, category, "
+               "color, material, size, price. price is a number. Use null for anything not stated.")
 
+
+def _prompts(count: int) -> list[list[dict[str, str]]]:
     records = [json.loads(line) for line in (ROOT / "data" / "products.jsonl").read_text().splitlines()]
     listings = [records[i % len(records)]["prompt"] for i in range(count)]
     return [[{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": text}] for text in listings]
 
 
-def _one(endpoint: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, bool, int, str]:
+def _one(endpoint: str, messages: list[dict[str, str]], max_tokens: int,
+         greedy: dict[str, Any]) -> tuple[float, bool, int, str]:
     from llmft.serve.deploy import post_json
 
     start = time.perf_counter()
     try:
-        status, body = post_json(endpoint, {"messages": messages, "max_tokens": max_tokens, "temperature": 0},
-                                 timeout=900)
+        status, body = post_json(endpoint, {"messages": messages, "max_tokens": max_tokens, **greedy}, timeout=900)
     except OSError as exc:
         return time.perf_counter() - start, False, 0, f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - start
+    if isinstance(body, list) and len(body) == 1:  # mlflow's server answers a list of one chat.completion
+        body = body[0]
     ok = status == 200 and isinstance(body, dict) and body.get("object") == "chat.completion"
     tokens = body["usage"]["completion_tokens"] if ok else 0
     return seconds, ok, tokens, "" if ok else f"HTTP {status}: {str(body)[:120]}"
 
 
-def load(endpoint: str, clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+def load(endpoint: str, clients: int, requests: int, max_tokens: int,
+         greedy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`greedy`: what makes a request greedy on this server (ours: temperature 0; mlflow's: nothing)."""
     prompts = _prompts(clients * requests)
+    greedy = {"temperature": 0} if greedy is None else greedy
 
     def client(c: int) -> list[tuple[float, bool, int, str]]:
-        return [_one(endpoint, prompts[c * requests + r], max_tokens) for r in range(requests)]
+        return [_one(endpoint, prompts[c * requests + r], max_tokens, greedy) for r in range(requests)]
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -80,31 +97,181 @@ def _health(base: str) -> dict[str, Any]:
         return json.loads(resp.read())
 
 
-def _start_server(model_uri: str, max_batch_size: int, max_tokens: int) -> tuple[subprocess.Popen, str]:
-    from llmft.locations import tracking_uri
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _tracking_uri() -> str:
+    from llmft.locations import tracking_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri()
+
+
+def _start_server(model_uri: str, max_batch_size: int, max_tokens: int,
+                  engine: str = "continuous") -> tuple[subprocess.Popen, str]:
+    port = _free_port()
     # the server takes its limits as one JSON of deploy.* keys (it has no per-limit flags)
     limits = {"max_batch_size": max_batch_size, "max_tokens": max(max_tokens, 16), "max_queue": 4096,
-              "request_timeout_s": 3600}  # one-at-a-time runs take minutes; measured, not timed out
+              "request_timeout_s": 3600, "engine": engine}  # one-at-a-time runs take minutes; measured, not timed out
     proc = subprocess.Popen([sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--port", str(port),
                              "--limits", json.dumps(limits)],
-                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri()}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
+    return proc, _wait_up(proc, f"http://127.0.0.1:{port}", model_uri)
+
+
+def _start_mlflow(model_uri: str) -> tuple[subprocess.Popen, str]:
+    """MLflow's own scoring server on the same registered version, in this environment."""
+    port = _free_port()
+    log = Path(tempfile.gettempdir()) / f"mlflow-serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                env={**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri()}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, _wait_up(proc, f"http://127.0.0.1:{port}", f"{model_uri} (mlflow; log {log})", path="/ping")
+
+
+def _wait_up(proc: subprocess.Popen, base: str, what: str, path: str = "/health") -> str:
+    deadline = time.time() + 600
     while time.time() < deadline:
         try:
-            _health(base)
-            return proc, base
+            with urllib.request.urlopen(f"{base}{path}", timeout=5):
+                return base
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"server for {model_uri} exited with {proc.returncode}") from None
+                raise SystemExit(f"server for {what} exited with {proc.returncode}") from None
             time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("server did not come up")
+    raise SystemExit(f"server for {what} did not come up")
+
+
+def _cpu_seconds(root: int) -> float:
+    """User+system CPU time of a process and all its descendants (Linux /proc). On a machine shared
+    with other work, wall-clock throughput mostly measures how many threads a server runs (the kernel
+    shares CPU per thread); CPU seconds per request measure what the server itself costs."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        # after the command: state ppid ... utime(12) stime(13), 0-based from the state field
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(stats[pid][1] for pid in tree if pid in stats)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _register_base(home: Path) -> str:
+    """The embedded base model as version 1 of a registered model in a temporary MLflow store (what
+    `register` logs: transformers flavor, llm/v1/chat); sets MLFLOW_TRACKING_URI for the servers."""
+    import mlflow
+
+    from llmft.base_model import load_model, load_tokenizer, resolve_base_model
+    from llmft.config import EMBEDDED_MODEL
+    from llmft.registry.versions import register_model
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serve-load")
+    path = resolve_base_model(EMBEDDED_MODEL)
+    with mlflow.start_run():
+        found = register_model(load_model(path), load_tokenizer(path), "serve-load-base", {"task": "extraction"})
+    return found.model_uri
+
+
+def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, max_tokens: int,
+                   max_batch_size: int, static: bool) -> dict[str, Any]:
+    """Each server in turn (ours continuous, ours static, mlflow models serve) under each load level."""
+    servers: list[tuple[str, Any, dict[str, Any]]] = [
+        ("ours continuous", lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"),
+         {"temperature": 0})]
+    if static:
+        servers.append(("ours static", lambda: _start_server(model_uri, max_batch_size, max_tokens, "static"),
+                        {"temperature": 0}))
+    servers.append(("mlflow models serve", lambda: _start_mlflow(model_uri), {}))
+    results: dict[str, Any] = {"model_uri": model_uri, "max_tokens": max_tokens, "max_batch_size": max_batch_size,
+                               "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
+                               "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                               "runs": {}}
+    for name, start, greedy in servers:
+        started = time.perf_counter()
+        proc, base = start()
+        print(f"{name}: up in {time.perf_counter() - started:.0f} s", flush=True)
+        try:
+            endpoint = f"{base}/invocations"
+            warm = load(endpoint, 1, 1, max_tokens, greedy)  # first-call costs (threads, caches) out of the numbers
+            if warm["errors"]:
+                raise SystemExit(f"{name}: warm-up request failed: {warm['error_examples']}")
+            for clients in client_levels:
+                requests = max(1, math.ceil(min_requests / clients))
+                cpu_before = _cpu_seconds(proc.pid)
+                r = load(endpoint, clients, requests, max_tokens, greedy)
+                r["server_cpu_s"] = round(_cpu_seconds(proc.pid) - cpu_before, 1)
+                r["requests_per_cpu_s"] = round(r["requests"] / max(r["server_cpu_s"], 0.01), 3)
+                r["tokens_per_cpu_s"] = round(r["completion_tokens"] / max(r["server_cpu_s"], 0.01), 2)
+                if name.startswith("ours"):
+                    r["largest_batch"] = _health(base)["largest_batch"]
+                r["load_average"] = round(os.getloadavg()[0], 1)
+                results["runs"][f"{name} @ {clients}"] = r
+                _print(f"{name} @{clients}", r)
+        finally:
+            _stop(proc)
+    for clients in client_levels:
+        theirs = results["runs"].get(f"mlflow models serve @ {clients}")
+        for name, _, _ in servers[:-1]:
+            ours = results["runs"].get(f"{name} @ {clients}")
+            if ours and theirs and theirs["requests_per_s"] and ours["p50_s"]:
+                results.setdefault("ratios", {})[f"{name} / mlflow @ {clients}"] = {
+                    "requests_per_s": round(ours["requests_per_s"] / theirs["requests_per_s"], 2),
+                    "tokens_per_s": round(ours["tokens_per_s"] / max(theirs["tokens_per_s"], 1e-9), 2),
+                    "p50": round(ours["p50_s"] / theirs["p50_s"], 2),
+                    "requests_per_cpu_s": round(ours["requests_per_cpu_s"] / theirs["requests_per_cpu_s"], 2),
+                    "p95": round(ours["p95_s"] / theirs["p95_s"], 2)}
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"Model `{results['model_uri']}` (the embedded base model registered as a transformers llm/v1/chat "
+             f"version), greedy, up to {results['max_tokens']} tokens per answer, our max_batch_size "
+             f"{results['max_batch_size']}, OMP_NUM_THREADS={results['torch_threads']} for every server, "
+             f"{results['cpu_count']} CPU cores shared with other work "
+             f"(load average {results['load_average_at_start']:.1f} at start).", "",
+             "| server @ clients | requests | errors | wall s | requests/s | tokens/s | p50 s | p95 s | max s "
+             "| largest batch | server CPU s | requests/CPU-s | tokens/CPU-s | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["runs"].items():
+        lines.append(f"| {name} | {r['requests']} | {r['errors']} | {r['wall_s']} | {r['requests_per_s']} | "
+                     f"{r['tokens_per_s']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
+                     f"{r.get('largest_batch', '')} | {r['server_cpu_s']} | {r['requests_per_cpu_s']} | "
+                     f"{r['tokens_per_cpu_s']} | {r['load_average']} |")
+    if results.get("ratios"):
+        lines += ["", "| ours / mlflow | requests/s | tokens/s | p50 | p95 | requests per CPU-second |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, q in results["ratios"].items():
+            lines.append(f"| {name} | {q['requests_per_s']}x | {q['tokens_per_s']}x | {q['p50']}x | {q['p95']}x | "
+                         f"{q['requests_per_cpu_s']}x |")
+    return "\n".join(lines) + "\n"
 
 
 def _print(name: str, r: dict[str, Any]) -> None:
@@ -116,13 +283,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", help="default: the project's running deployment")
     parser.add_argument("--model-uri", help="start a server for this model instead (needed for --compare-batching)")
-    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--clients", type=int, nargs="+", default=[100], help="one or more load levels")
     parser.add_argument("--requests", type=int, default=1, help="per client, one after another")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=32, help="for servers this script starts")
     parser.add_argument("--compare-batching", action="store_true", help="also run with batching off (batch 1)")
+    parser.add_argument("--compare-mlflow", action="store_true",
+                        help="ours (continuous, static) against `mlflow models serve` on the same registered model")
+    parser.add_argument("--no-static", action="store_true", help="with --compare-mlflow: skip our static engine")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="OMP_NUM_THREADS for every server started (the same for all; 0: torch's default). On a "
+                             "shared 2-core machine 1 thread decodes ~4x faster than 2 (spinning threads)")
+    parser.add_argument("--min-requests", type=int, default=0,
+                        help="with --compare-mlflow: each client sends enough requests for at least this many")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--markdown", help="with --compare-mlflow: also write a results table here")
     args = parser.parse_args()
+    if args.torch_threads:  # inherited by the servers this script starts, ours and mlflow's alike
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.torch_threads)
+
+    if args.compare_mlflow:
+        with tempfile.TemporaryDirectory(prefix="serve-load-") as home:
+            model_uri = args.model_uri or _register_base(Path(home))
+            results = compare_mlflow(model_uri, args.clients, max(args.min_requests, args.requests), args.max_tokens,
+                                     args.max_batch_size, not args.no_static)
+        for name, q in results.get("ratios", {}).items():
+            print(f"{name}: {q['requests_per_s']}x requests/s, p50 {q['p50']}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        if args.markdown:
+            Path(args.markdown).write_text(f"# Serving load: ours vs `mlflow models serve`\n\n"
+                                           f"`python benchmarks/serve_load.py {' '.join(sys.argv[1:])}`\n\n"
+                                           + markdown(results))
+        return
+    args.clients = args.clients[0]
 
     results: dict[str, Any] = {"clients": args.clients, "requests_per_client": args.requests,
                                "max_tokens": args.max_tokens}
