@@ -155,6 +155,21 @@ def test_go_template_renders_like_the_jinja_template(tokenizer):
     assert "SYSTEM" not in text  # no recorded instruction: the template's default applies
 
 
+def test_modelfile_keeps_a_baked_in_prompt_prefix(tokenizer):
+    """Prompt tuning bakes its virtual tokens into the chat template as a constant prefix."""
+    import copy
+
+    tuned = copy.deepcopy(tokenizer)
+    tuned.chat_template = "<|vt_0|><|vt_1|>" + tokenizer.chat_template
+    chat = inspect_template(tuned)
+    assert chat.kind == "chatml" and chat.prefix == "<|vt_0|><|vt_1|>" and chat.default_system == SMOLLM_SYSTEM
+    text, _ = modelfile("m.gguf", tuned)
+    assert 'TEMPLATE """<|vt_0|><|vt_1|>{{- if .System }}' in text
+    tuned.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    assert inspect_template(tuned).kind == "unknown"
+    assert "TEMPLATE" not in modelfile("m.gguf", tuned)[0].replace("no TEMPLATE", "")
+
+
 def test_unsupported_architecture_is_one_clear_line(tokenizer, tmp_path: Path):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForSequenceClassification
 

@@ -3,8 +3,9 @@ and the system prompt the model was trained with.
 
 Ollama does not run Jinja, so the model's Hugging Face template is translated. Only ChatML (what
 SmolLM2 uses) is translated, and only after checking that the Jinja template really renders ChatML;
-its default system message (the one the template adds when a conversation has none) is carried over
-so Ollama prompts exactly as transformers does.
+its default system message (the one the template adds when a conversation has none) and a constant
+prefix (prompt tuning bakes its virtual tokens in as one) are carried over, so Ollama prompts exactly
+as transformers does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ChatTemplate:
     kind: str  # "chatml" or "unknown"
     default_system: str | None  # what the template inserts when a conversation has no system turn
     stops: list[str]
+    prefix: str = ""  # rendered before everything (prompt tuning's virtual tokens)
 
 
 def _chatml(messages: list[dict[str, str]]) -> str:
@@ -36,30 +38,31 @@ def inspect_template(tokenizer: Any) -> ChatTemplate:
         return ChatTemplate("unknown", None, [])
     with_system = [{"role": "system", "content": "PROBE-SYSTEM"}, *_PROBE]
     rendered = tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
-    if rendered != _chatml(with_system):
+    if not rendered.endswith(_chatml(with_system)):
         return ChatTemplate("unknown", None, [])
+    prefix = rendered[: len(rendered) - len(_chatml(with_system))]
     bare = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
     tail = _chatml(_PROBE)
-    if not bare.endswith(tail):
+    if not (bare.startswith(prefix) and bare.endswith(tail)) or len(bare) < len(prefix) + len(tail):
         return ChatTemplate("unknown", None, [])
-    head = bare[: len(bare) - len(tail)]
+    head = bare[len(prefix): len(bare) - len(tail)]
     default_system = None
     if head:
-        prefix, suffix = "<|im_start|>system\n", "<|im_end|>\n"
-        if not (head.startswith(prefix) and head.endswith(suffix)):
+        opening, closing = "<|im_start|>system\n", "<|im_end|>\n"
+        if not (head.startswith(opening) and head.endswith(closing)):
             return ChatTemplate("unknown", None, [])
-        default_system = head[len(prefix): -len(suffix)]
+        default_system = head[len(opening): -len(closing)]
     vocab = tokenizer.get_vocab()
     stops = [t for t in ("<|im_end|>", "<|im_start|>", tokenizer.eos_token, "<|endoftext|>") if t and t in vocab]
-    return ChatTemplate("chatml", default_system, list(dict.fromkeys(stops)))
+    return ChatTemplate("chatml", default_system, list(dict.fromkeys(stops)), prefix)
 
 
-def go_template(default_system: str | None) -> str:
+def go_template(default_system: str | None, prefix: str = "") -> str:
     """ChatML as an Ollama Go template over `.Messages`. Ollama puts the Modelfile's SYSTEM (or the
     request's own system message) in `.System`; system turns are skipped in the loop because they are
     already rendered once at the top, as the Jinja template does."""
     fallback = (f"{{{{ else }}}}<|im_start|>system\n{default_system}<|im_end|>\n" if default_system else "")
-    return ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
+    return (prefix + "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
             f"{fallback}{{{{ end }}}}\n"
             "{{- range .Messages }}{{ if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
             "{{ end }}{{ end }}<|im_start|>assistant\n")
@@ -78,7 +81,7 @@ def modelfile(gguf_name: str, tokenizer: Any, system_prompt: str | None = None,
     lines = [f"# {header}"] if header else []
     lines.append(f"FROM ./{gguf_name}")
     if template.kind == "chatml":
-        lines.append(f"TEMPLATE {_quote(go_template(template.default_system))}")
+        lines.append(f"TEMPLATE {_quote(go_template(template.default_system, template.prefix))}")
         lines += [f'PARAMETER stop "{stop}"' for stop in template.stops]
     else:
         # Ollama then falls back to the Jinja template inside the GGUF, which it may or may not know
