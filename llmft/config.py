@@ -140,6 +140,126 @@ class TrainConfig(_Section):
         "lora", description="dpo/orpo train this adapter; for dpo the adapter-disabled model is the reference")
 
 
+# training keys a sweep may not vary: the data was tokenized at max_seq_length, and the rest are
+# plumbing (checkpoints, logging, processes); within trials validation runs every sweep.eval_steps
+_UNSWEPT_TRAIN_KEYS = ("max_seq_length", "resume", "save_steps", "logging_steps", "eval_steps", "num_processes",
+                       "lora.target_modules")
+
+
+def _flatten_space(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{train: {lora: {r: [8, 16]}}}` (how --set writes it) and `{train.lora.r: [8, 16]}` (how YAML
+    is usually written) are the same space; a leaf is a list of choices or a {low, high} range."""
+    out: dict[str, Any] = {}
+    for key, value in space.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and not ({"low", "high"} & set(value)):
+            out.update(_flatten_space(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+class SweepRange(_Section):
+    """A numeric range; ints for integer fields (train.max_steps, train.lora.r), floats otherwise."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+
+class SweepConfig(_Section):
+    """`--pipeline sweep`: an Optuna search over `train.*` keys scored on the validation split; the best
+    trial's settings then go through the normal finetune -> evaluate -> gate path."""
+
+    space: dict[str, SweepRange | list[Any]] = Field(
+        default_factory=lambda: {"train.learning_rate": SweepRange(low=1e-4, high=3e-3, log=True),
+                                 "train.lora.r": [8, 16, 32]},
+        description="train.* key -> {low, high, log, step} or a list of choices")
+    trials: int = Field(8, ge=1, description="finished trials (complete or pruned) the study should reach; a "
+                                             "resumed study runs only the missing ones")
+    metric: Literal["validation_loss", "best_validation_loss"] = Field(
+        "validation_loss", description="scored on the validation split (never test): the kept model's loss, or the "
+                                       "lowest seen during the trial")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    pruner: Literal["median", "none"] = Field("median", description="median: stop a trial whose validation loss "
+                                                                   "is worse than the median of earlier trials")
+    pruner_startup_trials: int = Field(2, ge=0, description="trials that always finish before pruning starts")
+    pruner_warmup_steps: int = Field(0, ge=0, description="training steps before a trial can be pruned")
+    eval_steps: int | None = Field(None, ge=1, description="validation loss every N steps within a trial (what the "
+                                                           "pruner sees); null: a quarter of the trial's max_steps")
+    seed: int = Field(0, description="seed of the TPE sampler")
+    study_name: str | None = Field(None, description="null: <registry name>-<hash of data, settings and space>, "
+                                                     "so the same command resumes the same study")
+    storage: str | None = Field(None, description="Optuna storage URL; null: sqlite <project folder>/sweeps.db. "
+                                                  "Parallel trials on a cluster need a shared database")
+    timeout_s: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
+    parallel_steps: int = Field(1, ge=1, le=64, description="pipeline steps that run trials on the study at once "
+                                                          "where the orchestrator runs steps in parallel (Kubernetes: "
+                                                          "a pod each); locally they run one after another")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dotted_space(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("space"), dict):
+            data = {**data, "space": _flatten_space(data["space"])}
+            for key, dim in data["space"].items():  # one line naming the key, not pydantic's union report
+                if isinstance(dim, dict) and not {"low", "high"} <= set(dim) <= set(SweepRange.model_fields):
+                    raise ValueError(f"sweep.space.{key}: a range has low and high (and optionally log, step); "
+                                     f"got keys {sorted(dim)}")
+        return data
+
+    @model_validator(mode="after")
+    def _space_is_valid(self) -> SweepConfig:
+        if not self.space:
+            raise ValueError("sweep.space: empty; give at least one train.* key, e.g. train.learning_rate: "
+                             "{low: 1e-4, high: 3e-3, log: true}")
+        if self.direction != "minimize":  # both metrics are losses
+            raise ValueError(f"sweep.direction: {self.metric} is lower-is-better, so it must be minimize")
+        base = _flatten_space(TrainConfig().model_dump(mode="json"))
+        for key, dim in self.space.items():
+            where = f"sweep.space.{key}"
+            field = key.removeprefix("train.")
+            if not key.startswith("train.") or field not in base:
+                raise ValueError(f"{where}: not a training key; use one of "
+                                 f"{', '.join('train.' + k for k in sorted(base) if k not in _UNSWEPT_TRAIN_KEYS)}")
+            if field in _UNSWEPT_TRAIN_KEYS:
+                raise ValueError(f"{where}: cannot be swept (fixed by the data or by the sweep itself)")
+            values = dim if isinstance(dim, list) else [dim.low, dim.high]
+            if isinstance(dim, list):
+                if not dim or any(v is not None and not isinstance(v, (bool, int, float, str)) for v in dim):
+                    raise ValueError(f"{where}: choices must be a non-empty list of numbers, strings or booleans "
+                                     f"(got {dim!r})")
+            else:
+                kind = type(base[field])
+                if kind not in (int, float):
+                    raise ValueError(f"{where}: a range needs a numeric key; give a list of choices instead")
+                if dim.low >= dim.high:
+                    raise ValueError(f"{where}: low must be below high (got low={dim.low:g}, high={dim.high:g})")
+                if dim.log and (dim.low <= 0 or dim.step is not None):
+                    raise ValueError(f"{where}: log ranges need low > 0 and no step")
+                if kind is int and (dim.low != int(dim.low) or dim.high != int(dim.high)):
+                    raise ValueError(f"{where}: integer key, so low and high must be whole numbers")
+            if field == "method":
+                if len({str(v) in ("dpo", "orpo") for v in values}) > 1:  # they need pairs, the others do not
+                    raise ValueError(f"{where}: cannot mix preference (dpo, orpo) and supervised methods")
+            for value in values:  # every endpoint and choice must itself be a valid setting
+                tree: dict[str, Any] = TrainConfig().model_dump(mode="json")
+                node = tree
+                *parents, leaf = field.split(".")
+                for part in parents:
+                    node = node[part]
+                node[leaf] = value
+                try:
+                    TrainConfig.model_validate(tree)
+                except ValidationError as exc:
+                    raise ValueError(f"{where}: {value!r} is not a valid train.{field} "
+                                     f"({exc.errors()[0]['msg']})") from None
+        return self
+
+
 class EvalConfig(_Section):
     max_samples: int | None = Field(100, ge=1, description="cap on test rows scored (a seeded sample, stratified by "
                                                           "label); null = the whole test split")
@@ -285,6 +405,7 @@ class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig = SweepConfig()
     deploy: DeployConfig = DeployConfig()
     retrain: RetrainConfig = RetrainConfig()
     compute: ComputeConfig = ComputeConfig()
