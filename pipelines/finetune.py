@@ -1,6 +1,7 @@
 """fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base zero-shot, base
 few-shot and champion cached, candidate) + forgetting probe (base cached, candidate) -> register (challenger)
--> promote (gate against the best baseline) -> deploy if promoted (deploy.on_promotion)."""
+-> promote (gate against the best baseline) -> deploy if promoted (deploy.on_promotion) -> export if promoted
+(export.after_promotion)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from steps.evaluate import (
     probe_candidate,
     sample_test,
 )
+from steps.export import export_if_promoted
 from steps.registry import promote, register
 from steps.train import finetune, track_config
 
@@ -50,3 +52,4 @@ def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None,
     decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, cfg.train,
                        champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)
     deploy_if_promoted(decision, name, cfg.deploy, cfg.model.trust_remote_code)
+    export_if_promoted(decision, name, cfg.export)
