@@ -6,6 +6,7 @@ valid ones; type errors name the file, the line and the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +214,9 @@ class SweepConfig(_Section):
 
     @model_validator(mode="after")
     def _space_is_valid(self) -> SweepConfig:
+        if self.storage and re.search(r"://[^/@\s]*:[^/@\s]*@", self.storage):
+            raise ValueError("sweep.storage: holds a password, and the config is logged to MLflow; leave it out of "
+                             "the URL and set PGPASSWORD or ~/.pgpass (PostgreSQL) instead")
         if not self.space:
             raise ValueError("sweep.space: empty; give at least one train.* key, e.g. train.learning_rate: "
                              "{low: 1e-4, high: 3e-3, log: true}")
@@ -269,6 +273,9 @@ class EvalConfig(_Section):
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
     probe_max_new_tokens: int = Field(24, ge=1, description="answer length for the forgetting probe")
+    genai_table_rows: int = Field(20, ge=0, description="rows per model in MLflow's GenAI evaluation view (a trace "
+                                                       "per row: slow on a small CPU); 0 = off. Every row is in "
+                                                       "evaluation/predictions.json either way")
     few_shot_k: int = Field(3, ge=0, le=32, description="worked examples (seeded, from the training split, stratified "
                                                         "by label) in the few-shot base's prompt; 0: no few-shot base")
 

@@ -30,6 +30,7 @@ from llmft.contracts import (
     TrainingResult,
 )
 from llmft.evaluate import few_shot
+from llmft.evaluate.genai_tables import log_genai_evaluations
 from llmft.evaluate.sampling import sample_rows
 from llmft.tasks import get_task, primary_metric
 from llmft.tasks.base import EvalSettings, TaskSpec
@@ -230,6 +231,8 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
         for key in m.row_scores[0] if m.row_scores else ():
             table[f"{m.role}_{key}"] = [row[key] for row in m.row_scores]
     mlflow.log_table(table, "evaluation/predictions.json")
+    genai_runs = log_genai_evaluations(models, table["input"], table["reference"], cfg.genai_table_rows, spec.name)
+    mlflow.set_tags({f"evaluation.genai_run.{role}": run_id for role, run_id in genai_runs.items()})
     rates = [k for k in candidate.metrics if k not in ("eval_loss", "perplexity")]
     mlflow.log_figure(plots.metric_comparison({m.role: m.metrics for m in models}, rates),
                       "plots/metric_comparison.png")
