@@ -32,3 +32,12 @@ def test_the_served_prompt_is_the_trained_one(store: None) -> None:
     assert not matches(loaded, "{{ messages }}")
     none = load_training_prompt(register_training_prompt("m", "chat", None, "t").uri)
     assert none.instruction is None
+
+
+def test_the_server_takes_the_instruction_from_the_prompt_version_and_refuses_another_template(store: None) -> None:
+    from llmft.serve.app import trained_prompt
+
+    uri = register_training_prompt("served", "extraction", "Extract the fields.", "{{ chatml }}").uri
+    assert trained_prompt(uri, "{{ chatml }}", "models:/served/1") == "Extract the fields."
+    with pytest.raises(RuntimeError, match="not the one it was trained with"):
+        trained_prompt(uri, "{{ llama3 }}", "models:/served/1")
