@@ -17,7 +17,10 @@ from llmft.locations import local_artifact_root, project_home, tracking_uri
 log = logging.getLogger(__name__)
 
 STACK_NAME = "llmft-local"
-TRACKER_NAME = "llmft-mlflow-tracker"
+LOCAL_TRACKER_NAME = "llmft-mlflow-tracker"  # the llmft-local stack's tracker component
+# what steps pass as `experiment_tracker`: True is the active stack's tracker, whatever its name, so the
+# pipelines also run on stacks registered by infra/ scripts (llmft-team's tracker is llmft-team-tracker)
+TRACKER_NAME: bool | str = True
 REGISTRY_NAME = "llmft-mlflow-registry"
 
 
@@ -67,6 +70,12 @@ def ensure_stack(name: str | None = None) -> str:
             raise StackError(f"compute.stack {name!r} is not a registered ZenML stack (see infra/README.md)")
         if client.active_stack_model.name != name:
             client.activate_stack(name)
+        # run.py reads champions and experiments at `uri`; the steps log where the stack's tracker points
+        trackers = client.active_stack_model.components.get(StackComponentType.EXPERIMENT_TRACKER) or []
+        stack_uri = trackers[0].configuration.get("tracking_uri") if trackers else None
+        if stack_uri and stack_uri.rstrip("/") != uri.rstrip("/"):
+            raise StackError(f"stack {name!r} tracks to {stack_uri}: export MLFLOW_TRACKING_URI={stack_uri} "
+                             "(and its MLFLOW_TRACKING_USERNAME/PASSWORD) so this process reads the same server")
         return uri
     wanted = _tracker_config(uri, client)
 
@@ -77,14 +86,14 @@ def ensure_stack(name: str | None = None) -> str:
         elif any(existing.items[0].configuration.get(k) != v for k, v in config.items()):
             client.update_stack_component(name_id_or_prefix=name, component_type=kind, configuration=config)
 
-    component(TRACKER_NAME, StackComponentType.EXPERIMENT_TRACKER, wanted)
+    component(LOCAL_TRACKER_NAME, StackComponentType.EXPERIMENT_TRACKER, wanted)
     component(REGISTRY_NAME, StackComponentType.MODEL_REGISTRY, {})
     if client.list_stacks(name=STACK_NAME).total == 0:
         default = client.get_stack("default")
         client.create_stack(name=STACK_NAME, components={
             StackComponentType.ORCHESTRATOR: default.components[StackComponentType.ORCHESTRATOR][0].name,
             StackComponentType.ARTIFACT_STORE: default.components[StackComponentType.ARTIFACT_STORE][0].name,
-            StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
+            StackComponentType.EXPERIMENT_TRACKER: LOCAL_TRACKER_NAME,
             StackComponentType.MODEL_REGISTRY: REGISTRY_NAME,
         })
         log.info("created ZenML stack %s", STACK_NAME)
