@@ -43,10 +43,12 @@ def accelerate_command(num_processes: int, spec_dir: Path, gpu: bool) -> list[st
 
 def run_training(base_path: str, train_examples: list[dict[str, Any]], validation_examples: list[dict[str, Any]],
                  cfg: TrainConfig, output_dir: Path, labels: list[str] | None, init_text: str | None,
-                 checkpoint_dir: Path | None, log_to_mlflow: bool = True) -> TrainResult:
+                 checkpoint_dir: Path | None, log_to_mlflow: bool = True,
+                 extra_callbacks: list[Any] | None = None) -> TrainResult:
+    """`extra_callbacks` (TrainerCallbacks) run only in-process: they cannot cross into worker processes."""
     if cfg.num_processes == 1:
         return train(base_path, train_examples, validation_examples, cfg, output_dir, labels, init_text,
-                     checkpoint_dir, log_to_mlflow)
+                     checkpoint_dir, log_to_mlflow, extra_callbacks)
     import torch
 
     spec_dir = output_dir / "spec"

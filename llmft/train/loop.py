@@ -237,13 +237,14 @@ def _examples_check(train_examples: list[dict[str, Any]], classifier: bool, eos_
 def train(base_path: str, train_examples: list[dict[str, Any]], validation_examples: list[dict[str, Any]],
           cfg: TrainConfig, output_dir: Path, labels: list[str] | None = None,
           init_text: str | None = None, checkpoint_dir: Path | None = None,
-          log_to_mlflow: bool = True) -> TrainResult:
+          log_to_mlflow: bool = True, extra_callbacks: list[Any] | None = None) -> TrainResult:
     """Train `cfg.method` on tokenized examples and save the result under `output_dir/trained`.
 
     SFT examples have `input_ids`/`labels` (prompt tokens -100, EOS labelled); classification
     examples have `input_ids` and `label` (an index into `labels`). With `checkpoint_dir`, a
     checkpoint is kept every `cfg.save_steps` steps (only the latest) and, when `cfg.resume`, a
     run started again continues from it; the folder is removed once training finishes.
+    `extra_callbacks` are more TrainerCallbacks (a sweep's pruning hook sees every validation loss).
     """
     import torch
     from transformers import TrainingArguments, set_seed
@@ -310,7 +311,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     trainer_cls = _trainer_class(not classifier and cfg.method != "prompt_tuning", counter, cfg)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=validation_examples or None, data_collator=collator,
-                          callbacks=[metrics_cb, early_cb])
+                          callbacks=[metrics_cb, early_cb, *(extra_callbacks or [])])
     from transformers.trainer_callback import ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
