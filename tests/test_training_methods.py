@@ -95,15 +95,29 @@ def test_same_seed_same_losses(base_model_path: str, tokenizer, tmp_path: Path):
 
 
 def test_early_stopping_keeps_the_best_weights(base_model_path: str, tokenizer, tmp_path: Path):
-    """A learning rate that wrecks the model: validation loss rises, training stops, the best weights return."""
+    """A learning rate that wrecks the model: validation loss rises, training stops, the best weights return.
+    Every saved checkpoint is an MLflow LoggedModel; the best one is tagged as kept, with the reason."""
+    import mlflow
+
     examples = _sft_examples(tokenizer)
     cfg = _cfg("lora", "train.max_steps=12", "train.eval_steps=1", "train.early_stopping_patience=2",
-               "train.learning_rate=0.05")
-    result = train(base_model_path, examples, examples[:2], cfg, tmp_path, log_to_mlflow=False)
+               "train.learning_rate=0.05", "train.save_steps=1")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        result = train(base_model_path, examples, examples[:2], cfg, tmp_path / "out",
+                       checkpoint_dir=tmp_path / "checkpoints")
     assert result.stopped_early and result.steps < 12
-    evals = [h["eval_loss"] for h in result.history if "eval_loss" in h][:-1]  # the last one is after the restore
-    assert min(evals) < evals[-1]  # it got worse, which is why it stopped
+    evals = [(h["step"], h["eval_loss"]) for h in result.history if "eval_loss" in h][:-1]  # last: after restore
+    assert min(loss for _, loss in evals) < evals[-1][1]  # it got worse, which is why it stopped
     assert abs(result.validation_loss - result.best_validation_loss) < 1e-4  # measured on the restored best
+
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    checkpoints = {int(m.tags["llmft.step"]): m for m in models if m.model_type == "checkpoint"}
+    assert sorted(checkpoints) == list(range(1, result.steps + 1))
+    kept = [step for step, m in checkpoints.items() if m.tags["llmft.kept"] == "true"]
+    best_step = min(evals, key=lambda e: e[1])[0]
+    assert kept == [best_step] and "lowest validation loss" in checkpoints[best_step].tags["llmft.kept_reason"]
+    assert {m.key for m in checkpoints[best_step].metrics} == {"train_loss", "validation_loss"}
 
 
 def test_gradient_accumulation_and_checkpointing(base_model_path: str, tokenizer, tmp_path: Path):

@@ -111,14 +111,21 @@ def _callbacks(counter: _TokenCounter, cfg: TrainConfig, log_to_mlflow: bool) ->
             self.best: float | None = None
             self.best_state: dict[str, Any] | None = None
             self.bad_evals = 0
+            self.best_step: int | None = None
             self.stopped = False
+
+        def kept(self, final_step: int) -> tuple[int, str]:
+            """The step whose weights training ends with, and why."""
+            if self.best_state is not None and self.best_step is not None:
+                return self.best_step, f"lowest validation loss {self.best:.4f} (restored when training ended)"
+            return final_step, "the final step"
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             loss = (metrics or {}).get("eval_loss")
             if loss is None or cfg.early_stopping_patience is None:
                 return
             if self.best is None or loss < self.best - cfg.early_stopping_min_delta:
-                self.best, self.bad_evals = loss, 0
+                self.best, self.bad_evals, self.best_step = loss, 0, state.global_step
                 self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                 return
             self.bad_evals += 1
@@ -312,6 +319,10 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=validation_examples or None, data_collator=collator,
                           callbacks=[metrics_cb, early_cb, *(extra_callbacks or [])])
+    if log_to_mlflow:  # each saved checkpoint becomes a LoggedModel in the run
+        from llmft.train.checkpoint_models import CheckpointModels
+
+        trainer.add_callback(CheckpointModels(early_cb.kept))
     from transformers.trainer_callback import ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
