@@ -84,8 +84,9 @@ def load(endpoint: str, clients: int, requests: int, max_tokens: int,
     latencies = sorted(r[0] for r in results)
     errors = [r[3] for r in results if not r[1]]
     tokens = sum(r[2] for r in results)
+    answered = len(results) - len(errors)  # a timed-out or refused request is no throughput
     return {"clients": clients, "requests": len(results), "errors": len(errors), "error_examples": errors[:3],
-            "wall_s": round(wall, 2), "requests_per_s": round(len(results) / wall, 2),
+            "wall_s": round(wall, 2), "requests_per_s": round(answered / wall, 2),
             "tokens_per_s": round(tokens / wall, 1), "completion_tokens": tokens,
             "p50_s": round(statistics.median(latencies), 2),
             "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
@@ -129,7 +130,9 @@ def _start_mlflow(model_uri: str) -> tuple[subprocess.Popen, str]:
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
                                  "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                                env={**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri()}, stdout=out,
+                                # its default 60 s request timeout turns slow answers into 504s; ours gets 3600 too
+                                env={**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri(),
+                                     "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "3600"}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return proc, _wait_up(proc, f"http://127.0.0.1:{port}", f"{model_uri} (mlflow; log {log})", path="/ping")
 
@@ -200,20 +203,23 @@ def _register_base(home: Path) -> str:
     return found.model_uri
 
 
+SERVERS = ("ours continuous", "ours static", "mlflow models serve")
+
+
 def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, max_tokens: int,
-                   max_batch_size: int, static: bool) -> dict[str, Any]:
-    """Each server in turn (ours continuous, ours static, mlflow models serve) under each load level."""
-    servers: list[tuple[str, Any, dict[str, Any]]] = [
-        ("ours continuous", lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"),
-         {"temperature": 0})]
-    if static:
-        servers.append(("ours static", lambda: _start_server(model_uri, max_batch_size, max_tokens, "static"),
-                        {"temperature": 0}))
-    servers.append(("mlflow models serve", lambda: _start_mlflow(model_uri), {}))
-    results: dict[str, Any] = {"model_uri": model_uri, "max_tokens": max_tokens, "max_batch_size": max_batch_size,
-                               "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
-                               "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
-                               "runs": {}}
+                   max_batch_size: int, only: list[str], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each server in `only` in turn (ours continuous, ours static, mlflow models serve) under each load
+    level; `earlier`: results of a previous run whose other servers' rows are kept."""
+    starters: dict[str, tuple[Any, dict[str, Any]]] = {
+        "ours continuous": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"),
+                            {"temperature": 0}),
+        "ours static": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "static"), {"temperature": 0}),
+        "mlflow models serve": (lambda: _start_mlflow(model_uri), {})}
+    servers = [(name, *starters[name]) for name in SERVERS if name in only]
+    results: dict[str, Any] = earlier or {"model_uri": model_uri, "max_tokens": max_tokens,
+                                          "max_batch_size": max_batch_size, "cpu_count": os.cpu_count(),
+                                          "load_average_at_start": os.getloadavg()[0],
+                                          "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"), "runs": {}}
     for name, start, greedy in servers:
         started = time.perf_counter()
         proc, base = start()
@@ -228,7 +234,7 @@ def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, 
                 cpu_before = _cpu_seconds(proc.pid)
                 r = load(endpoint, clients, requests, max_tokens, greedy)
                 r["server_cpu_s"] = round(_cpu_seconds(proc.pid) - cpu_before, 1)
-                r["requests_per_cpu_s"] = round(r["requests"] / max(r["server_cpu_s"], 0.01), 3)
+                r["requests_per_cpu_s"] = round((r["requests"] - r["errors"]) / max(r["server_cpu_s"], 0.01), 3)
                 r["tokens_per_cpu_s"] = round(r["completion_tokens"] / max(r["server_cpu_s"], 0.01), 2)
                 if name.startswith("ours"):
                     r["largest_batch"] = _health(base)["largest_batch"]
@@ -237,9 +243,10 @@ def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, 
                 _print(f"{name} @{clients}", r)
         finally:
             _stop(proc)
+    results["ratios"] = {}
     for clients in client_levels:
         theirs = results["runs"].get(f"mlflow models serve @ {clients}")
-        for name, _, _ in servers[:-1]:
+        for name in SERVERS[:2]:
             ours = results["runs"].get(f"{name} @ {clients}")
             if ours and theirs and theirs["requests_per_s"] and ours["p50_s"]:
                 results.setdefault("ratios", {})[f"{name} / mlflow @ {clients}"] = {
@@ -290,7 +297,10 @@ def main() -> None:
     parser.add_argument("--compare-batching", action="store_true", help="also run with batching off (batch 1)")
     parser.add_argument("--compare-mlflow", action="store_true",
                         help="ours (continuous, static) against `mlflow models serve` on the same registered model")
-    parser.add_argument("--no-static", action="store_true", help="with --compare-mlflow: skip our static engine")
+    parser.add_argument("--servers", nargs="+", choices=["continuous", "static", "mlflow"],
+                        default=["continuous", "static", "mlflow"], help="with --compare-mlflow: which servers run")
+    parser.add_argument("--merge", help="with --compare-mlflow: a previous --json whose other servers' rows are kept "
+                                        "(rerun one server without rerunning all)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="OMP_NUM_THREADS for every server started (the same for all; 0: torch's default). On a "
                              "shared 2-core machine 1 thread decodes ~4x faster than 2 (spinning threads)")
@@ -305,15 +315,19 @@ def main() -> None:
     if args.compare_mlflow:
         with tempfile.TemporaryDirectory(prefix="serve-load-") as home:
             model_uri = args.model_uri or _register_base(Path(home))
+            only = [name for name in SERVERS if name.split()[-1] in args.servers or
+                    (name.startswith("mlflow") and "mlflow" in args.servers)]
+            earlier = json.loads(Path(args.merge).read_text()) if args.merge else None
             results = compare_mlflow(model_uri, args.clients, max(args.min_requests, args.requests), args.max_tokens,
-                                     args.max_batch_size, not args.no_static)
+                                     args.max_batch_size, only, earlier)
+            results.setdefault("commands", []).append(f"python benchmarks/serve_load.py {' '.join(sys.argv[1:])}")
         for name, q in results.get("ratios", {}).items():
             print(f"{name}: {q['requests_per_s']}x requests/s, p50 {q['p50']}x")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         if args.markdown:
-            Path(args.markdown).write_text(f"# Serving load: ours vs `mlflow models serve`\n\n"
-                                           f"`python benchmarks/serve_load.py {' '.join(sys.argv[1:])}`\n\n"
+            commands = "".join(f"    {c}\n" for c in results["commands"])
+            Path(args.markdown).write_text(f"# Serving load: ours vs `mlflow models serve`\n\n{commands}\n"
                                            + markdown(results))
         return
     args.clients = args.clients[0]

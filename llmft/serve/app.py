@@ -302,9 +302,12 @@ def _settle(future: Future, result: Any = None, exc: BaseException | None = None
 
 
 class Batcher:
-    """One thread owns the model: it takes whatever chat requests are waiting (up to a batch),
-    drops those whose client left or timed out, groups the rest by sampling settings and generates
-    each group in one call. A supervisor thread restarts it if it ever dies; /health says so meanwhile."""
+    """One thread owns the model. Engine "continuous": it keeps up to max_batch_size sequences
+    decoding together, admits waiting requests between steps and retires finished, cancelled and
+    timed-out ones at once (scheduler.DecodeBatch). Engine "static": it takes whatever is waiting (up
+    to a batch), drops requests whose client left or timed out, groups the rest by sampling settings
+    and generates each group in one call. A supervisor thread restarts the worker if it ever dies;
+    /health says so meanwhile."""
 
     RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # a worker that keeps dying is restarted ever more slowly
 
