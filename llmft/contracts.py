@@ -91,6 +91,7 @@ class TrainingResult(BaseModel):
     total_parameters: int
     num_processes: int = 1
     labels: list[str] | None = None
+    overfitting_step: int | None = None  # validation loss rose from here while training loss fell
 
 
 class EvalSample(BaseModel):

@@ -20,6 +20,7 @@ from llmft.contracts import SplitInfo, TrainingResult
 from llmft.locations import claim_checkpoint_dir, scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
+from llmft.train.overfitting import overfitting_onset
 from llmft.train.preference import is_preference
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,11 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
                         "train/padding_fraction": result.padding_fraction,
                         "train/trainable_parameters": result.trainable_parameters})
+    onset = overfitting_onset(result.history)
+    if onset is not None:
+        log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; "
+                    "set train.early_stopping_patience (or fewer train.max_steps) to keep the best weights", onset)
     mlflow.set_tags({"train.resumed_from_step": str(result.resumed_from_step),
-                     "train.stopped_early": str(result.stopped_early)})
-    summary = result.model_dump(exclude={"history", "output_dir", "labels"})
-    return Path(result.output_dir), TrainingResult(**summary, labels=labels)
+                     "train.stopped_early": str(result.stopped_early), "train.overfitting_from_step": str(onset)})
+    summary = result.model_dump(exclude={"history", "output_dir", "labels", "overfitting_step"})
+    return Path(result.output_dir), TrainingResult(**summary, labels=labels, overfitting_step=onset)
