@@ -15,7 +15,7 @@ from llmft.resolve import ResolvedRun
 
 _STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
 
-PIPELINES = ("finetune", "data", "deploy", "promote", "export")
+PIPELINES = ("finetune", "data", "deploy", "promote", "export", "sweep")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,15 +80,16 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
     cfg, spec = run.cfg, run.spec
     model_name = str(cfg.registry.model_name)
     settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=cfg.tracking.experiment_name)}
-    if name == "finetune":
+    if name in ("finetune", "sweep"):  # a sweep ends in the finetune DAG: same model version, run name, clean-up
         from llmft.registry.versions import champion_ref
         from pipelines.finetune import finetune_pipeline
+        from pipelines.sweep import sweep_pipeline
 
         step_options = cfg.finetune_step_options()
         # each run is a ZenML Model Control Plane version of the registry's model; stages mirror aliases
         model = Model(name=model_name, description=f"{spec.name} model fine-tuned from {cfg.model.base}")
         # a unique run name: a failed run's clean-up finds exactly its own run, never a concurrent one
-        run_name = f"finetune-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_name = f"{name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         options: dict[str, Any] = {"settings": settings, "model": model, "run_name": run_name}
         if step_options:
             options["steps"] = {"finetune": step_options}
@@ -103,7 +104,7 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
         mlflow.set_tracking_uri(tracking_uri())
         champion = champion_ref(model_name)
         try:
-            return finetune_pipeline.with_options(**options)(
+            return (sweep_pipeline if name == "sweep" else finetune_pipeline).with_options(**options)(
                 cfg=cfg, task=spec, champion=champion, base_identity=base_identity(cfg.model.base, cfg.model.revision),
                 code_version=code_version())
         except Exception:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.pipeline in ("finetune", "data"):
+    if args.pipeline in ("finetune", "data", "sweep"):
         print(resolved.spec.announce(), flush=True)
     cfg = resolved.cfg
 
@@ -219,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - _STARTED
     if args.pipeline == "finetune":
         summary = report.finetune_summary(run, uri, wall)
+        print(report.finetune_table(summary, locations.ui_command(uri)))
+    elif args.pipeline == "sweep":
+        summary = report.sweep_summary(run, uri, wall)
+        print("\n".join(report.sweep_lines(summary["sweep"])))
         print(report.finetune_table(summary, locations.ui_command(uri)))
     elif args.pipeline == "data":
         summary = report.data_summary(run, uri, wall)

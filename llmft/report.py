@@ -85,6 +85,43 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
     }
 
 
+def sweep_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+    """The finetune summary of the best trial's candidate, plus every trial of the study."""
+    from llmft.sweep import SweepResult
+
+    result: SweepResult = _load(run, "sweep", "sweep")
+    return {**finetune_summary(run, tracking_uri, wall_seconds), "pipeline": "sweep", "sweep": result.model_dump()}
+
+
+def sweep_lines(sweep: dict[str, Any]) -> list[str]:
+    """One line per trial (parameters, validation metric, state), then the best."""
+    def params(values: dict[str, Any]) -> str:
+        return ", ".join(f"{k.removeprefix('train.')}={v:.3g}" if isinstance(v, float) else
+                         f"{k.removeprefix('train.')}={v}" for k, v in values.items())
+
+    trials = sweep["trials"]
+    pruned = sum(t["state"] == "PRUNED" for t in trials)
+    head = (f"sweep {sweep['study_name']}: {len(trials)} trials ({pruned} pruned), {sweep['metric']} on the "
+            f"validation split, {sweep['direction']}")
+    if sweep["finished_before"]:
+        head += f"; resumed: {sweep['finished_before']} finished before, {sweep['ran_now']} run now"
+    lines = ["", head]
+    for t in trials:
+        if t["state"] == "PRUNED":
+            state = f"pruned at step {t['pruned_at_step']}"
+        elif t["state"] == "COMPLETE":
+            state = f"{t['value']:.4f}"
+        else:
+            state = t["state"].lower()
+        mark = " <- best" if t["number"] == sweep["best_trial"] else ""
+        lines.append(f"  trial {t['number']:>3}  {state:<22} {params(t['params'])}{mark}")
+    lines.append(f"best trial {sweep['best_trial']}: {sweep['metric']} {sweep['best_value']:.4f} with "
+                 f"{params(sweep['best_params'])}; the candidate below was trained with these settings")
+    if sweep["plots_skipped"]:
+        lines.append("plots skipped: " + "; ".join(f"{k}: {v}" for k, v in sweep["plots_skipped"].items()))
+    return lines
+
+
 def data_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
     dataset: DatasetInfo = _load(run, "export_dataset", "dataset")
     return {"pipeline": "data", "task": dataset.task, "zenml_run_id": str(run.id),

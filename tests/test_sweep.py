@@ -185,6 +185,7 @@ def test_trials_resume_prune_and_nest_in_mlflow(splits, tmp_path: Path, monkeypa
     assert "too small" in second.plots_skipped["param_importances"] and second.importances == {}
 
 
+@pytest.mark.e2e
 def test_sweep_pipeline_end_to_end(run_env: dict[str, str], tmp_path: Path):
     """`run.py --pipeline sweep`: two tiny trials, then the best one through finetune -> evaluate -> gate.
     Two parallel trial steps share the study (the local orchestrator runs them one after another)."""
@@ -196,7 +197,7 @@ def test_sweep_pipeline_end_to_end(run_env: dict[str, str], tmp_path: Path):
          "--set", "validation.min_rows=4", "--set", "eval.max_samples=3", "--set", "eval.max_new_tokens=24",
          "--set", "eval.probe_max_new_tokens=8", "--set", "train.max_seq_length=256",
          "--set", "registry.model_name=sweep-e2e"],
-        cwd=ROOT, env=run_env, text=True, capture_output=True, timeout=900)
+        cwd=ROOT, env=run_env, text=True, capture_output=True, timeout=2400)  # ~25 min on 2 shared, busy cores
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(out.read_text())
     sweep = summary["sweep"]
@@ -211,6 +212,7 @@ def test_sweep_pipeline_end_to_end(run_env: dict[str, str], tmp_path: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{run_env['LLMFT_HOME']}/mlflow.db")
     parent = client.get_run(sweep["mlflow_run_id"])
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.info.run_id for c in children) == sorted(t["mlflow_run_id"] for t in sweep["trials"])
+    trial_runs = {c.info.run_id for c in children if "sweep.trial" in c.data.tags}  # evaluations nest there too
+    assert trial_runs == {t["mlflow_run_id"] for t in sweep["trials"]}
     # the candidate trained with the best trial's settings
     assert parent.data.params["sweep.best.train.learning_rate"] == str(best["params"]["train.learning_rate"])
