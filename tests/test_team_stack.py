@@ -5,7 +5,8 @@ real infra/team/register_stack.sh. A tiny finetune runs on stack `llmft-team`; t
 the bucket, the registry version and ZenML's artifacts in its bucket are checked through the servers
 themselves; then the version is promoted and served.
 
-Needs the `team` extra (pip install -e ".[team]"); skipped without it. About 12 minutes on 2 cores."""
+Needs the `team` extra (pip install -e ".[team]"); skipped without it. 38 minutes on 2 cores shared with other
+jobs (load 15-50), about 15 CPU-minutes: the stack starts in ~6, the tiny finetune takes most of the rest."""
 
 from __future__ import annotations
 
