@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from llmft.config import ConfigError, load_config
+from llmft.credentials import mask
 from llmft.resolve import ResolvedRun
 
 _STARTED = time.perf_counter()  # wall_seconds covers imports and stack setup too
@@ -128,7 +129,8 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
         return data_pipeline.with_options(settings=settings)(cfg=cfg, task=spec, code_version=code_version())
     from pipelines.deploy import deploy_pipeline
 
-    return deploy_pipeline.with_options(settings=settings)(model_name=model_name, deploy=cfg.deploy)
+    return deploy_pipeline.with_options(settings=settings)(model_name=model_name, deploy=cfg.deploy,
+                                                          trust_remote_code=cfg.model.trust_remote_code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides + (["train.resume=false"] if args.no_resume else []))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
         return 2
     if args.pipeline == "promote" and bool(args.version) == args.rollback:
         print("error: --pipeline promote needs exactly one of --version N or --rollback", file=sys.stderr)
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_cron(args.schedule)
         except ScheduleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {mask(str(exc))}", file=sys.stderr)
             return 2
 
     if args.ui:
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resolved = resolve_run(cfg)
     except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
         return 2
     if args.pipeline in ("finetune", "data", "sweep"):
         print(resolved.spec.announce(), flush=True)
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = ensure_stack(cfg.compute.stack)
     except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
         return 2
     ensure_experiment(cfg.tracking.experiment_name)
     if args.tick or args.schedule:
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = _run_pipeline(args.pipeline, resolved, args)
     except Exception as exc:
-        print("error: " + (_failure_line(args.pipeline, exc).splitlines() or [""])[0], file=sys.stderr)
+        print("error: " + mask((_failure_line(args.pipeline, exc).splitlines() or [""])[0]), file=sys.stderr)
         return 1
 
     from zenml.client import Client

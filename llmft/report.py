@@ -23,7 +23,7 @@ from llmft.credentials import mask
 UI_URL = "http://127.0.0.1:5000"
 TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
               "stopped_early", "resumed_from_step", "tokens_per_second", "padding_fraction", "wall_seconds",
-              "trainable_parameters", "num_processes")
+              "trainable_parameters", "num_processes", "overfitting_step")
 
 
 def _load(run: Any, step_name: str, output: str) -> Any:

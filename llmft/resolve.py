@@ -40,8 +40,7 @@ def derive_model_name(source: str, task: str) -> str:
 def resolve_run(cfg: Config) -> ResolvedRun:
     resolve_base_model(cfg.model)  # a missing model or one that would run its own code fails before the run
     cfg = self_play.materialise(cfg)  # data.preference_pairs=self_play: the run reads the built pairs
-    rows = read_rows(cfg.data.source)
-    rows = rows[: min(cfg.data.max_rows or _INFER_ROWS, _INFER_ROWS)]
+    rows = read_rows(cfg.data.source, limit=min(cfg.data.max_rows or _INFER_ROWS, _INFER_ROWS))
     examples, _ = to_examples(rows, cfg.data)
     spec = resolve_task(cfg, examples)
     name = cfg.registry.model_name or derive_model_name(cfg.data.source, spec.name)

@@ -5,6 +5,8 @@ few-shot and champion cached, candidate) + forgetting probe (base cached, candid
 
 from __future__ import annotations
 
+from typing import Any
+
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
@@ -32,10 +34,18 @@ from steps.train import finetune, track_config
 def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None, base_identity: str,
                       code_version: str) -> None:
     """`base_identity` and `code_version` key the caches of the base model's evaluation and probe."""
-    name = cfg.registry.model_name
     track_config(cfg, task)
-    fingerprint, train, validation, test, split, dataset = prepare_data(cfg, task, code_version)
-    trained, training = finetune(train, validation, split, task, cfg.model, cfg.train)
+    prepared = prepare_data(cfg, task, code_version)
+    train_to_deploy(cfg, task, champion, base_identity, code_version, prepared, cfg.train)
+
+
+def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, base_identity: str,
+                    code_version: str, prepared: tuple[Any, ...], train_cfg: Any) -> None:
+    """Everything after the data stages, shared by the finetune and sweep pipelines; `train_cfg` is
+    `cfg.train` or the sweep's best settings (an artifact)."""
+    name = cfg.registry.model_name
+    fingerprint, train, validation, test, split, dataset = prepared
+    trained, training = finetune(train, validation, split, task, cfg.model, train_cfg)
     rows, sample = sample_test(test, task, cfg.eval)
     shots = draw_shots(train, task, cfg.eval)
     base_key = f"{base_identity} code {code_version}"  # prompting and scoring live in the library: its code keys
@@ -49,7 +59,7 @@ def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None,
     base_answers = probe_base(task, cfg.model, cfg.eval, base_key)
     forgetting = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, cfg.promotion.max_forgetting)
     registration = register(trained, training, evaluation, task, cfg.model, name, fingerprint)
-    decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, cfg.train,
+    decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, train_cfg,
                        champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)
     deploy_if_promoted(decision, name, cfg.deploy, cfg.model.trust_remote_code)
     export_if_promoted(decision, name, cfg.export)
