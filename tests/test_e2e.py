@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_http
 
-from llmft.serve.deploy import post_json
+from llmft.serve.deploy import ServingError, post_json
 from llmft.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,7 +409,7 @@ def test_deploy_swaps_in_a_new_champion_and_refuses_a_broken_one(weak_summary: d
 
     stop = run_py(run_env, "--pipeline", "deploy", "--stop")
     assert stop.returncode == 0 and "stopped server" in stop.stdout
-    with pytest.raises(OSError):
+    with pytest.raises(ServingError, match="Connection refused"):  # one line, not a urllib traceback
         post_json(endpoint, {"messages": []}, timeout=3)
 
 
