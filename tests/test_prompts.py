@@ -35,9 +35,11 @@ def test_the_served_prompt_is_the_trained_one(store: None) -> None:
 
 
 def test_the_server_takes_the_instruction_from_the_prompt_version_and_refuses_another_template(store: None) -> None:
-    from llmft.serve.app import trained_prompt
+    from llmft.registry.prompts import trained_instruction
 
     uri = register_training_prompt("served", "extraction", "Extract the fields.", "{{ chatml }}").uri
-    assert trained_prompt(uri, "{{ chatml }}", "models:/served/1") == "Extract the fields."
+    tags = {"prompt_uri": uri, "instruction": "stale tag"}
+    assert trained_instruction(tags, "{{ chatml }}", "models:/served/1") == "Extract the fields."
     with pytest.raises(RuntimeError, match="not the one it was trained with"):
-        trained_prompt(uri, "{{ llama3 }}", "models:/served/1")
+        trained_instruction(tags, "{{ llama3 }}", "models:/served/1")
+    assert trained_instruction({"instruction": "older version"}, "{{ x }}", "models:/served/0") == "older version"

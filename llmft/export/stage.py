@@ -105,6 +105,7 @@ def export_version(name: str, cfg: ExportConfig, out_root: Path | None = None) -
     from mlflow.exceptions import MlflowException
 
     from llmft.locations import project_home
+    from llmft.registry.prompts import trained_instruction
     from llmft.registry.versions import load_components, set_version_tags
 
     version = resolve_version(name, cfg.version)
@@ -118,7 +119,8 @@ def export_version(name: str, cfg: ExportConfig, out_root: Path | None = None) -
     root = out_root or project_home() / "exports"
     out_dir = Path(cfg.output_dir) if cfg.output_dir else root / f"{name}-v{version}"
     # the system message the server applies is the one the model was trained with (the task's instruction)
-    result = export_model(model, tokenizer, out_dir, name, version, cfg, tags.get("instruction") or None)
+    instruction = trained_instruction(tags, tokenizer.chat_template or "", f"models:/{name}/{version}")
+    result = export_model(model, tokenizer, out_dir, name, version, cfg, instruction)
     if cfg.log_to_mlflow and record.run_id:
         client.log_artifacts(record.run_id, result.output_dir, ARTIFACT_PATH)
         result.artifact_uri = f"runs:/{record.run_id}/{ARTIFACT_PATH}"

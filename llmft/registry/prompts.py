@@ -68,3 +68,16 @@ def load_training_prompt(uri: str) -> TrainingPrompt:
 def matches(prompt: TrainingPrompt, chat_template: str) -> bool:
     """Does the tokenizer in hand render with the chat template the model was trained with?"""
     return prompt.chat_template_sha256 == _sha(chat_template or "")
+
+
+def trained_instruction(tags: dict[str, str], chat_template: str, model_uri: str) -> str | None:
+    """The system instruction a registered version was trained with: from its prompt version
+    (`prompt_uri`), refusing a tokenizer whose chat template differs from the trained one; versions
+    registered before prompts were versioned carry it as the `instruction` tag."""
+    if not tags.get("prompt_uri"):
+        return tags.get("instruction") or None
+    prompt = load_training_prompt(tags["prompt_uri"])
+    if not matches(prompt, chat_template):
+        raise RuntimeError(f"{model_uri}: its tokenizer's chat template is not the one it was trained with "
+                           f"({tags['prompt_uri']}); refusing to serve it with another template")
+    return prompt.instruction

@@ -105,6 +105,7 @@ def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
     here) is refused unless the user set model.trust_remote_code (server --trust-remote-code)."""
     from mlflow import MlflowClient
 
+    from llmft.registry.prompts import trained_instruction
     from llmft.registry.versions import load_registered
 
     parts = load_registered(model_uri, trust_remote_code)
@@ -119,9 +120,8 @@ def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
             name, _, number = name.rpartition("/")
             found = client.get_model_version(name, number)
         tags = dict(found.tags)
-        version, instruction, task = str(found.version), tags.get("instruction") or None, tags.get("task")
-        if tags.get("prompt_uri"):  # serve with the prompt version the model was trained with
-            instruction = trained_prompt(tags["prompt_uri"], tokenizer.chat_template or "", model_uri)
+        version, task = str(found.version), tags.get("task")
+        instruction = trained_instruction(tags, tokenizer.chat_template or "", model_uri)
         if found.run_id:  # traces go to the experiment the version was trained in
             try:
                 experiment_id = client.get_run(found.run_id).info.experiment_id
@@ -135,18 +135,6 @@ def load_served(model_uri: str, trust_remote_code: bool = False) -> Served:
     model.config.use_cache = True
     return Served(model_uri, version, False, model, tokenizer, instruction=instruction, task=task,
                   experiment_id=experiment_id)
-
-
-def trained_prompt(prompt_uri: str, chat_template: str, model_uri: str) -> str | None:
-    """The instruction of the prompt version a model was trained with; refuses a tokenizer whose chat
-    template differs from the trained one (the train/serve template mismatch)."""
-    from llmft.registry.prompts import load_training_prompt, matches
-
-    prompt = load_training_prompt(prompt_uri)
-    if not matches(prompt, chat_template):
-        raise RuntimeError(f"{model_uri}: its tokenizer's chat template is not the one it was trained with "
-                           f"({prompt_uri}); refusing to serve it with another template")
-    return prompt.instruction
 
 
 def check_load_uri(uri: Any, registry_name: str | None) -> str:
