@@ -12,6 +12,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_state():
+    """MLflow keeps the tracking URI, the active experiment (also exported as MLFLOW_EXPERIMENT_ID) and
+    the run stack in process globals; a test that sets them must not point the next test's fresh store
+    at an experiment id that exists only in its own."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+    from mlflow.tracking import fluent
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    fluent._active_experiment_id = None
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        os.environ.pop(key)
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def project_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("llmft-home")

@@ -103,6 +103,7 @@ def test_early_stopping_keeps_the_best_weights(base_model_path: str, tokenizer, 
     cfg = _cfg("lora", "train.max_steps=12", "train.eval_steps=1", "train.early_stopping_patience=2",
                "train.learning_rate=0.05", "train.save_steps=1")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("early-stopping")
     with mlflow.start_run() as run:
         result = train(base_model_path, examples, examples[:2], cfg, tmp_path / "out",
                        checkpoint_dir=tmp_path / "checkpoints")
