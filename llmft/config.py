@@ -52,6 +52,15 @@ class ColumnsConfig(_Section):
     rejected: str | None = None
 
 
+class MixSource(_Section):
+    source: str = Field(description="a file or directory like data.source, or builtin:general (general "
+                                    "instructions shipped with the project, disjoint from the forgetting probe)")
+    weight: float = Field(gt=0.0, le=10.0, description="rows drawn from this source per training row of data.source "
+                                                       "(0.2: one for every five); capped at what the source has")
+    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "turns", "text_label"] = "auto"
+    columns: ColumnsConfig = ColumnsConfig()
+
+
 class DataConfig(_Section):
     source: str = "data/products.jsonl"
     format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "turns", "text_label",
@@ -72,6 +81,9 @@ class DataConfig(_Section):
         "data", description="data: pairs come from the source (prompt/chosen/rejected); self_play: supervised rows "
                             "become pairs, chosen = the reference, rejected = the starting model's own answer")
     self_play_max_new_tokens: int = Field(64, ge=1, description="self_play: length of the generated rejected answers")
+    mix: list[MixSource] = Field([], description="extra sources sampled into the training split only (replay "
+                                                 "against forgetting, weighted mixing); never into validation or "
+                                                 "test")
 
 
 class ValidationConfig(_Section):
@@ -278,6 +290,18 @@ class EvalConfig(_Section):
                                                        "evaluation/predictions.json either way")
     few_shot_k: int = Field(3, ge=0, le=32, description="worked examples (seeded, from the training split, stratified "
                                                         "by label) in the few-shot base's prompt; 0: no few-shot base")
+    slice_by: str | None = Field(None, description="a column of data.source: the primary metric per value of it "
+                                                   "(bias check), and the worst slice, in the report and MLflow")
+
+
+class AugmentConfig(_Section):
+    enabled: bool = Field(False, description="paraphrase training inputs into extra (synthetic) training rows")
+    model: str | None = Field(None, description="the paraphrasing model (hub id, local directory); null: model.base")
+    per_row: int = Field(1, ge=1, le=8, description="paraphrases asked for per training row")
+    max_rows: int | None = Field(None, ge=1, description="training rows paraphrased (a seeded sample); null: all")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature; 0 = greedy (one paraphrase)")
+    max_new_tokens: int = Field(160, ge=8)
+    seed: int = 0
 
 
 class RegistryConfig(_Section):
@@ -407,6 +431,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -15,7 +15,7 @@ from steps.data import export_dataset, fingerprint_data, gate_and_tokenize, inge
 def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, Any, Any, Any, Any, Any]:
     """The data stages, shared by the data and finetune pipelines."""
     fingerprint = fingerprint_data(cfg.data.source)
-    examples, shape_rejections = ingest_data(fingerprint, cfg.data, code_version, cfg.validation)
+    examples, shape_rejections = ingest_data(fingerprint, cfg.data, code_version, cfg.validation, cfg.eval.slice_by)
     clean, rejected, report = gate_and_tokenize(examples, shape_rejections, task, cfg.model, cfg.data, cfg.validation,
                                                 cfg.train.max_seq_length)
     train, validation, test, split = split_data(clean, task, cfg.data)

@@ -27,12 +27,12 @@ def fingerprint_data(source: str) -> Annotated[str, "dataset_fingerprint"]:
 
 @step
 def ingest_data(dataset_fingerprint: str, data: DataConfig, code_version: str,
-                validation: ValidationConfig) -> tuple[
+                validation: ValidationConfig, slice_by: str | None = None) -> tuple[
     Annotated[pd.DataFrame, "examples"], Annotated[pd.DataFrame, "shape_rejections"]
 ]:
     """`code_version` keys the cache: new data-handling code re-runs the data steps. Personal data
     is screened here (and redacted under `pii_action: redact`), so this artifact holds none."""
-    examples, rejections = stages.ingest_frames(data, validation)
+    examples, rejections = stages.ingest_frames(data, validation, slice_by)
     log_metadata({"rows": len(examples) + len(rejections), "fingerprint": dataset_fingerprint,
                   "source": data.source}, artifact_name="examples", infer_artifact=True)
     return examples, rejections

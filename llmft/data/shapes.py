@@ -61,6 +61,7 @@ class Example:
     text: str = ""  # classification input
     label: str | None = None
     fields: str = ""  # the source columns it came from, e.g. "document/summary" (task inference reads it)
+    slice: str | None = None  # the row's value of eval.slice_by (metrics per slice)
 
     @property
     def prompt_key(self) -> str:
@@ -79,12 +80,12 @@ class Example:
     def as_row(self) -> dict[str, Any]:
         return {"where": self.where, "shape": self.shape, "messages": json.dumps(self.messages, ensure_ascii=False),
                 "text": self.text, "label": self.label, "prompt": self.prompt_key, "response": self.target,
-                "fields": self.fields}
+                "fields": self.fields, "slice": self.slice}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Example:
         return cls(row["where"], row["shape"], messages=json.loads(row["messages"]), text=row["text"] or "",
-                   label=row["label"], fields=row.get("fields") or "")
+                   label=row["label"], fields=row.get("fields") or "", slice=row.get("slice"))
 
 
 @dataclass

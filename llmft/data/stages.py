@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmft.config import DataConfig, ModelConfig, ValidationConfig
+from llmft.config import ConfigError, DataConfig, ModelConfig, ValidationConfig
 from llmft.contracts import DatasetInfo, GateReport, SplitInfo
 from llmft.data import pii
 from llmft.data.export import export_dir, public_row, write_jsonl
@@ -23,7 +23,8 @@ from llmft.locations import scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
-EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields"]
+EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields", "slice"]
+MISSING_SLICE = "(missing)"
 ENCODED_COLUMNS = [*EXAMPLE_COLUMNS, "input_ids", "labels", "truncated"]
 REJECTION_COLUMNS = ["where", "kind", "reason", "data"]
 PII_COLUMN = "pii"  # per example: JSON list of [field, kind] found at ingest (values already redacted if asked)
@@ -45,17 +46,37 @@ def screen_rows(rows: list[RawRow], action: str) -> tuple[list[RawRow], dict[str
     return screened, found
 
 
-def ingest_frames(data: DataConfig, validation: ValidationConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def slice_values(rows: list[RawRow], column: str, source: str) -> dict[str, str]:
+    """Each row's value of `column` as a slice name (lists joined with "+", absent or empty: "(missing)")."""
+    if rows and not any(column in r.data for r in rows):
+        seen = sorted({k for r in rows[:200] for k in r.data})
+        raise ConfigError(f"eval.slice_by: no column {column!r} in {source} (its columns: {', '.join(seen)})")
+    out = {}
+    for r in rows:
+        value = r.data.get(column)
+        if isinstance(value, list):
+            value = "+".join(str(v) for v in value)
+        out[r.where] = MISSING_SLICE if value is None or str(value).strip() == "" else str(value).strip()[:80]
+    return out
+
+
+def ingest_frames(data: DataConfig, validation: ValidationConfig | None = None,
+                  slice_by: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every row of `data.source` as a canonical example, or a rejection with its reason.
 
     With `validation`, personal data is found here, per field, and under `pii_action: redact` removed
     before the rows become examples: the ingest artifact (examples and shape rejections) never holds it.
+    With `slice_by`, each example keeps its value of that column (read before redaction would hide it:
+    a slice is a category, not free text, and is cut to 80 characters).
     """
     rows = read_rows(data.source, limit=data.max_rows)
+    slices = slice_values(rows, slice_by, data.source) if slice_by else {}
     found: dict[str, list[list[str]]] | None = None
     if validation is not None:
         rows, found = screen_rows(rows, validation.pii_action)
     examples, rejections = to_examples(rows, data)
+    for example in examples:
+        example.slice = slices.get(example.where)
     records = [e.as_row() for e in examples]
     columns = EXAMPLE_COLUMNS
     if found is not None:
