@@ -1,4 +1,5 @@
-"""fingerprint -> ingest -> gate and tokenize -> split -> export: check a dataset before paying for training."""
+"""fingerprint -> ingest -> gate and tokenize -> split -> (augment, mix: training rows only) -> export: check a
+dataset before paying for training."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from zenml.enums import ExecutionMode
 
 from llmft.config import Config
 from llmft.tasks.base import TaskSpec
-from steps.data import export_dataset, fingerprint_data, gate_and_tokenize, ingest_data, split_data
+from steps.data import (
+    augment_training,
+    export_dataset,
+    fingerprint_data,
+    gate_and_tokenize,
+    ingest_data,
+    mix_training,
+    split_data,
+)
 
 
 def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, Any, Any, Any, Any, Any]:
@@ -19,8 +28,17 @@ def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, A
     clean, rejected, report = gate_and_tokenize(examples, shape_rejections, task, cfg.model, cfg.data, cfg.validation,
                                                 cfg.train.max_seq_length)
     train, validation, test, split = split_data(clean, task, cfg.data)
+    extras = None
+    if cfg.augment.enabled or cfg.data.mix:  # training-only rows; validation and test stay the user's
+        augmentation = None
+        if cfg.augment.enabled:
+            train, augmentation = augment_training(train, validation, test, split, task, cfg.model, cfg.augment,
+                                                   cfg.data, cfg.validation, cfg.train.max_seq_length,
+                                                   cfg.eval.batch_size)
+        train, extras = mix_training(train, validation, test, split, task, cfg.model, cfg.data, cfg.validation,
+                                     cfg.train.max_seq_length, augmentation)
     dataset = export_dataset(train, validation, test, rejected, report, split, task, fingerprint, cfg.data.source,
-                             cfg.train.max_seq_length)
+                             cfg.train.max_seq_length, extras)
     return fingerprint, train, validation, test, split, dataset
 
 

@@ -25,6 +25,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def public_row(row: dict[str, Any]) -> dict[str, Any]:
     """A split row as users read it: source location, conversation or text/label, no token ids."""
     out: dict[str, Any] = {"where": row["where"]}
+    if row.get("origin") not in (None, "data"):  # lineage: replayed or synthetic, never from data.source
+        out["origin"] = row["origin"]
     if row.get("shape") == "text_label":
         out.update(text=row["text"], label=row["label"])
     else:

@@ -21,7 +21,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,8 @@ def _texts(ex: Example) -> list[str]:
 
 def _redacted(ex: Example) -> Example:
     if ex.shape == "text_label":
-        return Example(ex.where, ex.shape, text=pii.redact(ex.text), label=ex.label, fields=ex.fields)
-    return Example(ex.where, ex.shape, messages=[{**m, "content": pii.redact(m["content"])} for m in ex.messages],
-                   fields=ex.fields)
+        return replace(ex, text=pii.redact(ex.text))
+    return replace(ex, messages=[{**m, "content": pii.redact(m["content"])} for m in ex.messages])
 
 
 def _scrub(value: Any) -> Any:
@@ -128,11 +127,12 @@ def _share_to_pass(share: float) -> str:
 
 def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: DataConfig, cfg: ValidationConfig,
              encode: Encoder, max_seq_length: int, docs_dir: Path | None = None,
-             pii_found: dict[str, list[list[str]]] | None = None) -> GateResult:
+             pii_found: dict[str, list[list[str]]] | None = None, suite: bool = True) -> GateResult:
     """Apply the row rules, deduplicate, encode, then run the GE suite over every input row.
 
     `pii_found`: what ingest found per row ([field, kind]; under `redact` already removed from the rows);
-    None means ingest did not screen, and the gate scans the example texts itself."""
+    None means ingest did not screen, and the gate scans the example texts itself. `suite=False` applies
+    the row rules only (training-only extra rows: their counts are reported, not gated on)."""
     rejected = list(shape_rejections)
     table: list[dict[str, Any]] = [
         {"where": r.where, "prompt": "", "response": "", "tokens": None, "pii_matches": 0, "label": None,
@@ -215,7 +215,8 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
 
     if cfg.pii_action != "warn":  # rejected rows are written to files: they must not leak what we redact
         rejected = [Rejection(r.where, r.reason, _scrub(r.data), r.kind) for r in rejected]
-    ge_result, checks, docs = _run_suite(table, data, cfg, max_seq_length, labels, docs_dir)
+    ge_result, checks, docs = (_run_suite(table, data, cfg, max_seq_length, labels, docs_dir) if suite
+                               else ({}, [], None))
     not_dup = [r for r in rejected if r.kind != "duplicate"]
     duplicates = sum(r["is_duplicate"] for r in table)
     warnings = []

@@ -62,6 +62,7 @@ class Example:
     label: str | None = None
     fields: str = ""  # the source columns it came from, e.g. "document/summary" (task inference reads it)
     slice: str | None = None  # the row's value of eval.slice_by (metrics per slice)
+    origin: str = "data"  # "data" (data.source), "mix" (a data.mix source) or "synthetic" (augmentation)
 
     @property
     def prompt_key(self) -> str:
@@ -80,12 +81,13 @@ class Example:
     def as_row(self) -> dict[str, Any]:
         return {"where": self.where, "shape": self.shape, "messages": json.dumps(self.messages, ensure_ascii=False),
                 "text": self.text, "label": self.label, "prompt": self.prompt_key, "response": self.target,
-                "fields": self.fields, "slice": self.slice}
+                "fields": self.fields, "slice": self.slice, "origin": self.origin}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Example:
         return cls(row["where"], row["shape"], messages=json.loads(row["messages"]), text=row["text"] or "",
-                   label=row["label"], fields=row.get("fields") or "", slice=row.get("slice"))
+                   label=row["label"], fields=row.get("fields") or "", slice=row.get("slice"),
+                   origin=row.get("origin") or "data")
 
 
 @dataclass

@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from llmft.config import ConfigError, DataConfig, ModelConfig, ValidationConfig
-from llmft.contracts import DatasetInfo, GateReport, SplitInfo
+from llmft.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, ValidationConfig
+from llmft.contracts import DatasetInfo, ExtraRows, GateReport, SplitInfo
 from llmft.data import pii
 from llmft.data.export import export_dir, public_row, write_jsonl
 from llmft.data.gate import DataGateError, GateResult, run_gate
 from llmft.data.ingest import RawRow, read_rows
-from llmft.data.shapes import Example, Rejection, to_examples
+from llmft.data.shapes import Example, Rejection, normalise_text, to_examples
 from llmft.data.split import split_frame
 from llmft.locations import scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
-EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields", "slice"]
+EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields", "slice", "origin"]
 MISSING_SLICE = "(missing)"
 ENCODED_COLUMNS = [*EXAMPLE_COLUMNS, "input_ids", "labels", "truncated"]
 REJECTION_COLUMNS = ["where", "kind", "reason", "data"]
@@ -147,6 +148,99 @@ def enforce_gate(report: GateReport, rejected: pd.DataFrame, source: str, run_na
     raise DataGateError(f"{source} (report: {out}): {report.verdict}")
 
 
+def admit_extra_rows(examples: list[Example], splits: list[pd.DataFrame], spec: TaskSpec, encode_with: str,
+                     model: ModelConfig, data: DataConfig, validation: ValidationConfig, max_seq_length: int,
+                     labels: list[str] | None) -> tuple[pd.DataFrame, Counter[str]]:
+    """Training-only rows through the gate's row rules (empty, length, personal data, duplicates among
+    themselves), encoded like training rows; a row whose input any split already has is dropped (a
+    replayed or paraphrased copy of a test prompt would leak it), as is a label the run does not train."""
+    from llmft.base_model import load_tokenizer, resolve_base_model
+
+    task, encoder = get_task(spec.name), get_task(encode_with)
+    system = spec.instruction if encode_with == spec.name else None  # replayed chat keeps its own (no) system
+    tokenizer = load_tokenizer(resolve_base_model(model))
+    result = run_gate(examples, [], data, validation, lambda ex: encoder.encode(tokenizer, ex, system, max_seq_length),
+                      max_seq_length, suite=False)
+    dropped = Counter(r.kind for r in result.rejected)
+    seen = {normalise_text(p) for frame in splits for p in frame["prompt"]}
+    kept = []
+    for row in result.kept:
+        key = normalise_text(row.example.prompt_key)
+        if key in seen:
+            dropped["duplicate_of_a_split_row"] += 1
+        elif task.classifier and labels is not None and row.example.label not in labels:
+            dropped["label_not_trained"] += 1
+        else:
+            seen.add(key)
+            kept.append(row)
+    return _kept_frame(GateResult(report=result.report, kept=kept)), dropped
+
+
+def mix_training(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, split: SplitInfo,
+                 spec: TaskSpec, model: ModelConfig, data: DataConfig, validation_cfg: ValidationConfig,
+                 max_seq_length: int) -> tuple[pd.DataFrame, list[ExtraRows]]:
+    """The training split with each `data.mix` source's rows added (weight x the user's training rows,
+    seeded by data.split_seed); validation and test are untouched."""
+    from llmft.data import mix
+
+    if not data.mix:
+        return train, []
+    task = get_task(spec.name)
+    if task.name == "preference":
+        raise ConfigError("data.mix: a preference run trains on pairs; mixing supervised rows in is not supported "
+                          "(remove data.mix)")
+    user_rows = int((train["origin"] == "data").sum()) if "origin" in train.columns else len(train)
+    frames, reports = [train], []
+    for i, source in enumerate(data.mix):
+        examples = mix.read_mix_source(source, i, data)
+        problem = mix.mix_kind_error(examples, task.classifier, f"data.mix[{i}]", source.source)
+        if problem:
+            raise ConfigError(problem)
+        admitted, dropped = admit_extra_rows(examples, [*frames, validation, test], spec,
+                                             spec.name if task.classifier else "chat", model, data, validation_cfg,
+                                             max_seq_length, split.labels)
+        chosen, note = mix.draw(list(range(len(admitted))), source.weight, user_rows,
+                                f"{data.split_seed}:{source.source}")
+        frames.append(admitted.iloc[chosen])
+        reports.append(ExtraRows(origin="mix", source=source.source, weight=source.weight, read=len(examples),
+                                 kept=len(admitted), used=len(chosen), dropped_by_reason=dict(dropped), note=note))
+    return pd.concat(frames, ignore_index=True), reports
+
+
+def augment_training(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, split: SplitInfo,
+                     spec: TaskSpec, model: ModelConfig, augment: AugmentConfig, data: DataConfig,
+                     validation_cfg: ValidationConfig, max_seq_length: int, batch_size: int,
+                     ) -> tuple[pd.DataFrame, ExtraRows | None]:
+    """The training split plus faithful paraphrases of (a seeded sample of) its rows' inputs."""
+    import random
+
+    from llmft.base_model import load_model, load_tokenizer, resolve_base_model
+    from llmft.data import augment as paraphrasing
+
+    if not augment.enabled:
+        return train, None
+    task = get_task(spec.name)
+    if task.name == "preference":
+        raise ConfigError("augment.enabled: preference pairs are not paraphrased (a reworded prompt changes what the "
+                          "answers respond to); set augment.enabled=false")
+    rows = [r for r in train.to_dict("records") if r.get("origin", "data") == "data"]
+    if augment.max_rows is not None and augment.max_rows < len(rows):
+        rows = random.Random(augment.seed).sample(rows, augment.max_rows)
+    paraphraser = resolve_base_model(model if augment.model is None else
+                                     model.model_copy(update={"base": augment.model, "revision": None}))
+    tokenizer = load_tokenizer(paraphraser, padding_side="left")
+    new, dropped, generated = paraphrasing.paraphrase(
+        [Example.from_row(r) for r in rows], load_model(paraphraser), tokenizer, augment.per_row,
+        augment.temperature, augment.max_new_tokens, batch_size, augment.seed, extraction=task.name == "extraction")
+    admitted, gate_dropped = admit_extra_rows(new, [train, validation, test], spec, spec.name, model, data,
+                                              validation_cfg, max_seq_length, split.labels)
+    dropped.update(gate_dropped)
+    report = ExtraRows(origin="synthetic", source=augment.model or model.base, read=generated, kept=len(admitted),
+                       used=len(admitted), dropped_by_reason=dict(dropped),
+                       note=f"{len(rows)} training rows paraphrased x{augment.per_row}")
+    return pd.concat([train, admitted], ignore_index=True), report
+
+
 def split_dataset(clean: pd.DataFrame, spec: TaskSpec, data: DataConfig,
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, SplitInfo]:
     return split_frame(clean, data, get_task(spec.name).classifier)
@@ -154,8 +248,9 @@ def split_dataset(clean: pd.DataFrame, spec: TaskSpec, data: DataConfig,
 
 def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, rejected: pd.DataFrame,
                    report: GateReport, split: SplitInfo, spec: TaskSpec, fingerprint: str, source: str,
-                   max_seq_length: int, run_name: str) -> DatasetInfo:
-    """This run's dataset as files, and its lineage in the active MLflow run (input, gate, plots)."""
+                   max_seq_length: int, run_name: str, extras: list[ExtraRows] | None = None) -> DatasetInfo:
+    """This run's dataset as files, and its lineage in the active MLflow run (inputs, gate, plots): the
+    training split's rows from data.source, each mix source and the synthetic rows are separate inputs."""
     import mlflow
 
     from llmft import plots
@@ -170,9 +265,21 @@ def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
         duplicates_removed=report.duplicates_removed, duplicate_examples=report.duplicate_examples,
         warnings=report.warnings, rejected=report.rejected, rejected_by_reason=report.rejected_by_reason,
         truncated=report.truncated, pii=report.pii, rows=split.rows, unused=split.unused, labels=split.labels,
-        export_dir=str(out), verdict=report.verdict)
-    mlflow.log_input(mlflow.data.from_pandas(train[["prompt", "response", "label"]], source=source,
+        export_dir=str(out), verdict=report.verdict, extras=extras or [])
+    origin = train["origin"] if "origin" in train.columns else pd.Series(["data"] * len(train), index=train.index)
+    columns = ["prompt", "response", "label"]
+    mlflow.log_input(mlflow.data.from_pandas(train.loc[origin == "data", columns], source=source,
                                              name=f"train-{fingerprint}", digest=fingerprint), context="training")
+    for i, extra in enumerate(info.extras):
+        rows = train.loc[origin == extra.origin, columns]
+        if extra.origin == "mix":  # one input per source: rows of a source are the ones located in it
+            rows = rows[train.loc[rows.index, "where"].str.startswith(extra.source)]
+        name = f"{extra.origin}-{i}-{Path(extra.source).name}"
+        mlflow.log_input(mlflow.data.from_pandas(rows, source=extra.source, name=name),
+                         context=f"training-{extra.origin}")
+        mlflow.log_metrics({f"data/{extra.origin}_{i}/used": extra.used, f"data/{extra.origin}_{i}/kept": extra.kept})
+        mlflow.set_tag(f"data.{extra.origin}.{i}", f"{extra.source}: {extra.used} rows"
+                                                   + (f" (weight {extra.weight})" if extra.weight else ""))
     mlflow.set_tags({"dataset_fingerprint": fingerprint, "dataset_source": source, "data_gate": "passed",
                      "task": spec.name, "task.reason": spec.reason})
     mlflow.log_metrics({"data/rows_in": info.rows_in, "data/duplicates_removed": info.duplicates_removed,
