@@ -50,6 +50,20 @@ class SplitInfo(BaseModel):
     label_counts: dict[str, dict[str, int]] = Field(default_factory=dict)  # split -> label -> rows
 
 
+class ExtraRows(BaseModel):
+    """Rows added to the training split only (never validation or test): a `data.mix` source or the
+    augmentation step's paraphrases, with what happened to them on the way in."""
+
+    origin: str  # "mix" or "synthetic"
+    source: str  # the mix source, or the paraphrasing model
+    weight: float | None = None  # mix: rows asked per training row of data.source
+    read: int  # rows read (mix) or paraphrases generated (synthetic)
+    kept: int  # passed the gate and are not a duplicate of any row of any split
+    used: int  # added to the training split
+    dropped_by_reason: dict[str, int] = Field(default_factory=dict)
+    note: str = ""
+
+
 class DatasetInfo(BaseModel):
     """What the run trained and evaluated on, with its lineage."""
 
@@ -71,6 +85,7 @@ class DatasetInfo(BaseModel):
     export_dir: str
     verdict: str
     mlflow_run_id: str | None = None
+    extras: list[ExtraRows] = Field(default_factory=list)  # training-only rows beyond data.source
 
 
 class TrainingResult(BaseModel):
@@ -117,6 +132,35 @@ class ModelEvaluation(BaseModel):
     extras: dict[str, Any] = Field(default_factory=dict)
 
 
+class SliceScores(BaseModel):
+    """One value of `eval.slice_by`: its rows in the evaluation sample and each model's primary metric
+    recomputed on those rows alone."""
+
+    name: str  # the value ("(missing)": rows without one)
+    key: str  # the name as MLflow metric keys spell it (slice/<key>/<role>/<metric>)
+    rows: int
+    values: dict[str, float | None]  # role -> metric on these rows (None: not computable without the model)
+
+
+class SliceReport(BaseModel):
+    """The bias check: the primary metric per slice for every evaluated model, and the fine-tuned
+    model's worst slice."""
+
+    column: str  # eval.slice_by
+    metric: str
+    higher_is_better: bool
+    overall: dict[str, float | None]  # role -> the metric on all evaluation rows
+    slices: list[SliceScores]  # largest first, capped; the worst slice is always among them
+    total: int  # slices in the sample
+    left_out: int = 0  # the smallest slices beyond the cap
+    left_out_rows: int = 0
+    worst: str | None = None  # the fine-tuned model's worst slice
+    worst_rows: int = 0
+    worst_value: float | None = None
+    worst_gap: float | None = None  # worst_value minus the fine-tuned model's overall metric
+    note: str = ""
+
+
 class Evaluation(BaseModel):
     """Base, fine-tuned candidate and champion on the same rows, and what the gate compares."""
 
@@ -129,6 +173,7 @@ class Evaluation(BaseModel):
     champion_note: str
     mlflow_run_id: str | None = None
     few_shot: dict[str, float] = Field(default_factory=dict)  # shots drawn (k) and used per row (mean, min, max)
+    slices: SliceReport | None = None  # eval.slice_by: the primary metric per slice (None: not asked for)
 
 
 class ProbeRun(BaseModel):
