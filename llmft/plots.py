@@ -142,3 +142,37 @@ def preference_rewards(history: list[dict[str, float]]) -> Any:
             ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def slice_metric(report: Any) -> Any:
+    """The bias check as bars: one group per slice (largest first, as listed), one bar per model; the
+    fine-tuned model's overall value as a dashed line, so a slice below (or above) it stands out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from llmft.evaluate.slices import ROLE_NAMES, roles
+
+    models = roles(report)
+    slices = report.slices
+    fig, ax = plt.subplots(figsize=(8.5, 0.35 * len(slices) * max(len(models), 1) / 2 + 1.8))
+    height = 0.8 / max(len(models), 1)
+    for i, role in enumerate(models):
+        values = [s.values.get(role) for s in slices]
+        ax.barh([j + i * height for j in range(len(slices))], [v if v is not None else 0.0 for v in values],
+                height=height, label=ROLE_NAMES[role])
+    overall = report.overall.get("finetuned")
+    if overall is not None:
+        ax.axvline(overall, color="black", linestyle="--", linewidth=1, label="fine-tuned, all rows")
+    labels = [f"{s.name[:30]} ({s.rows})" + (" <- worst" if s.name == report.worst else "") for s in slices]
+    ax.set_yticks([j + height * (len(models) - 1) / 2 for j in range(len(slices))], labels)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    way = "higher" if report.higher_is_better else "lower"
+    ax.set_xlabel(f"{report.metric} ({way} is better)")
+    shown = f"{len(slices)} of {report.total} slices" if report.left_out else f"{len(slices)} slices"
+    ax.set_title(f"{report.metric} by {report.column} ({shown}; rows in brackets)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)  # clear of the bars
+    fig.tight_layout()
+    return fig

@@ -16,9 +16,11 @@ from llmft.contracts import (
     ModelEvaluation,
     PromotionDecision,
     Registration,
+    SliceReport,
     TrainingResult,
 )
 from llmft.credentials import mask
+from llmft.evaluate.slices import ROLE_NAMES, left_out_line, roles, worst_line
 
 UI_URL = "http://127.0.0.1:5000"
 TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
@@ -73,6 +75,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "promotion_reasons": promotion.reasons,
         "baseline_used": promotion.baseline_used,
         "few_shot": evaluation.few_shot,
+        "slices": evaluation.slices.model_dump() if evaluation.slices else None,
         "champion_version": promotion.champion,
         "previous_champion": promotion.previous_champion,
         "dataset": dataset.model_dump(exclude={"mlflow_run_id"}),
@@ -164,6 +167,22 @@ def write_summary(summary: dict[str, Any], path: str | None) -> None:
         Path(path).write_text(mask(json.dumps(summary, indent=2, default=str)) + "\n")
 
 
+def slice_lines(slices: dict[str, Any] | None) -> list[str]:
+    """The bias check (eval.slice_by): the primary metric per slice and model, then the worst slice."""
+    if not slices:
+        return []
+    report = SliceReport.model_validate(slices)
+    head = f"{report.metric} by {report.column}" + (f" ({report.note})" if report.note else "")
+    columns = roles(report)
+    lines = ["", head, f"{'slice':<28}{'rows':>6}" + "".join(f"{ROLE_NAMES[r]:>15}" for r in columns)]
+    for s in report.slices:
+        cells = "".join(f"{v:>15.4f}" if v is not None else f"{'-':>15}" for v in (s.values.get(r) for r in columns))
+        mark = " <- worst" if s.name == report.worst else ""
+        lines.append(f"{s.name[:27]:<28}{s.rows:>6}{cells}{mark}")
+    left = left_out_line(report)
+    return [*lines, *([left] if left else []), worst_line(report)]
+
+
 def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
     metrics = summary["metrics"]
     base, tuned, champion = metrics["base"], metrics["finetuned"], metrics.get("champion")
@@ -203,6 +222,7 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         ("base few-shot: " + (f"{shots['k']:.0f} training rows as worked examples, {shots['used_mean']:.2f} per row "
                               f"fitted train.max_seq_length (min {shots['used_min']:.0f}, max "
                               f"{shots['used_max']:.0f})" if shots else "not measured (eval.few_shot_k=0)")),
+        *slice_lines(summary.get("slices")),
         f"task {summary['task']} ({summary['task_reason']}); rows in {dataset['rows_in']}, train/validation/test = "
         f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
         f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",

@@ -49,7 +49,9 @@ def test_score_generative_reports_every_metric_and_per_row_scores(model, tokeniz
     assert set(scored.metrics) == set(task.metric_names)
     assert 0 < scored.metrics["eval_loss"] < 5 and scored.metrics["perplexity"] > 1
     assert len(scored.outputs) == 3 and len(scored.row_scores) == 3
-    assert set(scored.row_scores[0]) == {"json_valid", "field_accuracy", "rougeL"}
+    assert set(scored.row_scores[0]) == {"json_valid", "field_accuracy", "rougeL", "unsupported_items"}
+    counts = [r["unsupported_items"] for r in scored.row_scores]
+    assert scored.metrics["unsupported_output_rate"] == sum(c > 0 for c in counts) / 3
 
 
 def test_forgetting_probe_on_the_base_model(model, tokenizer):

@@ -12,9 +12,12 @@ from llmft.config import ConfigError, load_config
 from llmft.data.ingest import DataError, RawRow, read_rows
 from llmft.data.shapes import to_examples
 from llmft.data.split import split_frame
+from llmft.evaluate import text_metrics
 from llmft.evaluate.sampling import sample_rows
+from llmft.evaluate.scoring import support_text
+from llmft.evaluate.text_metrics import unsupported_items
 from llmft.resolve import derive_model_name
-from llmft.tasks import TASKS, get_task
+from llmft.tasks import TASKS, GenerativeTask, get_task
 from llmft.tasks.extraction import instruction_for
 from llmft.tasks.inference import infer_task, resolve_task
 from llmft.tasks.summarization import unsupported_share
@@ -168,6 +171,47 @@ def test_summarization_faithfulness_and_length_ratio():
     task = get_task("summarization")
     metrics, rows = task.score(["a b c d", "a b"], ["a b", "a b c d"], ["a b c d", "a b c d"])
     assert metrics["length_ratio"] == pytest.approx((2.0 + 0.5) / 2) and len(rows) == 2
+
+
+def test_unsupported_items_in_free_text_hand_checked():
+    source = ("The council approved a budget of 1,000 dollars and 4.50 percent on Tuesday. Mayor Jane Doe said "
+              "\"we need green space\".")
+    faithful = "The council approved 1000 dollars. Mayor Doe's plan: \"We need green space\", on Tuesday."
+    assert unsupported_items(faithful, source) == []  # figures compared as figures, quotes and names folded
+    made_up = "The council approved 9 dollars at 4.5 percent. Then Mayor Smith said \"parks first\"."
+    assert unsupported_items(made_up, source) == ["9", '"parks first"', "Smith"]
+    # a sentence's first word, a list's numbering and "I" are capitalised or numbered anyway
+    assert unsupported_items("1. Approved it.\n2) Then I left. Council met.", source) == []
+
+
+def test_unsupported_items_in_a_json_answer_are_its_field_values():
+    prompt = ("Extract the fields. category is one of outerwear, shoes. Use null for anything not stated.\n"
+              "Lumora rain jacket | navy blue | Size M | $79.99")
+    good = '```json\n{"brand": "Lumora", "color": "navy", "size": "M", "price": 79.99, "category": "outerwear", ' \
+           '"material": null, "sale": false}\n```'
+    assert unsupported_items(good, prompt) == []  # an allowed value named by the instruction is supported
+    bad = '{"brand": "Lumina", "color": "navy", "size": "L", "price": "$89.99", "tags": ["rain", "waterproof"]}'
+    assert unsupported_items(bad, prompt) == ["Lumina", "L", "$89.99", "waterproof"]
+
+
+def test_unsupported_output_rate_is_the_share_of_outputs_with_any_item():
+    assert text_metrics.unsupported_rate([0.0, 2.0, 0.0, 1.0]) == 0.5
+    assert text_metrics.unsupported_rate([]) == 0.0
+    # what the answer may draw on: system turns and the row's own turns, not a few-shot prompt's examples
+    prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": "shot q"},
+              {"role": "assistant", "content": "shot 42"}, {"role": "user", "content": "own q"}]
+    assert support_text(prompt, 3) == "sys\nown q"
+    assert support_text(prompt, 0) == "sys\nshot q\nshot 42\nown q"
+
+
+def test_every_generative_task_reports_the_unsupported_rate_lower_is_better():
+    generative = [t for t in TASKS.values() if isinstance(t, GenerativeTask)]
+    assert {t.name for t in generative} >= {"chat", "summarization", "extraction"}
+    for task in generative:
+        assert text_metrics.UNSUPPORTED_RATE in task.metric_names
+        assert not task.higher_is_better(text_metrics.UNSUPPORTED_RATE)
+    assert "unsupported_content" in get_task("summarization").metric_names  # the older signal stays beside it
+    assert text_metrics.UNSUPPORTED_RATE not in get_task("classification").metric_names
 
 
 def test_extraction_scorer_takes_prose_references():

@@ -1,5 +1,9 @@
 """Score a model on the held-out test split: batched greedy generation plus teacher-forced loss.
 
+Every generative task also gets the hallucination signal here, once for all of them:
+`unsupported_output_rate`, the share of outputs stating something (a number, a name, a quote, a
+JSON field value) that the prompt the model saw does not contain.
+
 Generation is left-padded and batched over length-sorted prompts (order restored afterwards), with
 a progress bar; `batch_size=1` is the one-prompt-at-a-time path the benchmark compares against.
 Eval loss is the mean cross-entropy over response tokens, the same tokens training learns.
@@ -80,11 +84,24 @@ def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[
     metrics.update(overlap)
     for row, value in zip(row_scores, rouge_l, strict=True):
         row["rougeL"] = value
+    supports = [support_text(conv[:-1], int(r.get("context_messages") or 0)) for conv, r in
+                zip(conversations, rows, strict=True)]
+    for row, output, support in zip(row_scores, outputs, supports, strict=True):
+        row[text_metrics.UNSUPPORTED_ITEMS] = float(len(text_metrics.unsupported_items(output, support)))
+    metrics[text_metrics.UNSUPPORTED_RATE] = text_metrics.unsupported_rate(
+        [row[text_metrics.UNSUPPORTED_ITEMS] for row in row_scores])
     examples = [truncate(_own_turns_only(tokenizer, conv, int(r.get("context_messages") or 0)), max_seq_length)
                 for conv, r in zip(conversations, rows, strict=True)]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
     metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])
     return ModelScores(metrics=metrics, outputs=outputs, row_scores=row_scores)
+
+
+def support_text(prompt: list[dict[str, str]], context: int) -> str:
+    """What an answer may draw on: the system turns (an instruction naming allowed values supports
+    them) and the row's own turns; a few-shot prompt's worked examples (its first `context`
+    messages) do not: a figure copied from another row's answer is not supported by this row."""
+    return "\n".join(m["content"] for i, m in enumerate(prompt) if m["role"] == "system" or i >= context)
 
 
 def _own_turns_only(tokenizer: Any, conversation: list[dict[str, str]], context: int) -> dict[str, list[int]]:

@@ -26,12 +26,14 @@ from llmft.contracts import (
     Forgetting,
     ModelEvaluation,
     ProbeRun,
+    SliceReport,
     SplitInfo,
     TrainingResult,
 )
 from llmft.evaluate import few_shot
 from llmft.evaluate.genai_tables import log_genai_evaluations
 from llmft.evaluate.sampling import sample_rows
+from llmft.evaluate.slices import left_out_line, metric_key, slice_names, slice_report, worst_line
 from llmft.tasks import get_task, primary_metric
 from llmft.tasks.base import EvalSettings, TaskSpec
 
@@ -203,7 +205,8 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd
 def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: ModelEvaluation,
             champion: ModelEvaluation, sample: pd.DataFrame, drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig,
             max_seq_length: int) -> Evaluation:
-    """All of them side by side; metrics, predictions table and plots go to the active MLflow run."""
+    """All of them side by side; metrics, predictions table and plots go to the active MLflow run.
+    With eval.slice_by, also the primary metric per slice of the rows (the bias check)."""
     import mlflow
 
     from llmft import plots
@@ -214,7 +217,7 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
     for m in models:
         mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
         for label, scores in m.extras.get("per_class", {}).items():
-            mlflow.log_metrics({f"{m.role}/per_class/{_metric_key(label)}/{k}": v for k, v in scores.items()})
+            mlflow.log_metrics({f"{m.role}/per_class/{metric_key(label)}/{k}": v for k, v in scores.items()})
         if "confusion" in m.extras:
             mlflow.log_dict({"labels": m.extras["labels"], "matrix": m.extras["confusion"]},
                             f"evaluation/confusion_{m.role}.json")
@@ -225,6 +228,12 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
     table: dict[str, list[Any]] = {
         "input": [r["text"] if task.classifier else _last_user(r) for r in rows],
         "reference": [str(r["label"]) if task.classifier else r["response"] for r in rows]}
+    slices = None
+    if cfg.slice_by:
+        values = sample["slice"].tolist() if "slice" in sample.columns else [None] * len(rows)
+        slices = slice_report(cfg.slice_by, values, rows, models, task, primary)
+        table["slice"] = slice_names(values)
+        _log_slices(slices)
     for m in models:
         table[f"{m.role}_output"] = m.outputs
     for m in models:
@@ -253,17 +262,39 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
                                              "finetuned": candidate.metrics,
                                              "champion": champion.metrics if champion.available else None},
                       champion_version=champion.version if champion.available else None,
-                      champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None, few_shot=shots)
+                      champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None, few_shot=shots,
+                      slices=slices)
+
+
+def _log_slices(report: SliceReport) -> None:
+    """Per slice and model `slice/<value>/<role>/<metric>` (and `slice/<value>/rows`), the worst slice
+    as a tag and metrics, the whole report as JSON and the bars as a plot."""
+    import mlflow
+
+    from llmft import plots
+
+    for s in report.slices:
+        mlflow.log_metrics({f"slice/{s.key}/rows": float(s.rows),
+                            **{f"slice/{s.key}/{role}/{report.metric}": v for role, v in s.values.items()
+                               if v is not None and math.isfinite(v)}})
+    if report.worst is not None and report.worst_value is not None:
+        mlflow.log_metric(f"slice_worst/finetuned/{report.metric}", report.worst_value)
+        if report.worst_gap is not None:
+            mlflow.log_metric(f"slice_worst/gap/{report.metric}", report.worst_gap)
+    tags = {"evaluation.slice_by": report.column, "evaluation.worst_slice": report.worst or "",
+            "evaluation.worst_slice_detail": worst_line(report)}
+    left = left_out_line(report)
+    if left:
+        tags["evaluation.slices_left_out"] = left
+    mlflow.set_tags(tags)
+    mlflow.log_dict(report.model_dump(), "evaluation/slices.json")
+    if report.slices:
+        mlflow.log_figure(plots.slice_metric(report), f"plots/slices_{metric_key(report.metric)}.png")
 
 
 def _last_user(row: dict[str, Any]) -> str:
     messages = json.loads(row["messages"])
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), row.get("prompt", ""))
-
-
-def _metric_key(label: str) -> str:
-    """MLflow metric names allow letters, digits and _-. /: anything else becomes _."""
-    return "".join(ch if ch.isalnum() or ch in "_-. " else "_" for ch in label).strip() or "_"
 
 
 # ---- forgetting probe ----

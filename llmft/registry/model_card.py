@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from llmft.config import TrainConfig
-from llmft.contracts import DatasetInfo, Evaluation, Forgetting, PromotionDecision, TrainingResult
+from llmft.contracts import DatasetInfo, Evaluation, Forgetting, PromotionDecision, SliceReport, TrainingResult
+from llmft.evaluate.slices import left_out_line, roles, worst_line
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
@@ -80,6 +81,7 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
     if task.classifier:
         lines.append("The base columns are the instruct model told the label set and scored by each label's "
                      "likelihood (no generation), not a randomly initialised classification head.")
+    lines += slice_section(evaluation.slices)
     lines += ["", "## Forgetting probe", ""]
     if forgetting.applicable:
         lines.append(f"{forgetting.questions} general-knowledge questions: base {_fmt(forgetting.base)}, "
@@ -103,3 +105,22 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
     if dataset.source in SHIPPED_DEMOS:
         lines.append("- Trained on the shipped synthetic dataset: a demonstration, not a production model.")
     return "\n".join(lines) + "\n"
+
+
+def slice_section(report: SliceReport | None) -> list[str]:
+    """The bias check (eval.slice_by): the primary metric per slice, largest slices first."""
+    if report is None:
+        return []
+    columns = roles(report)
+    lines = ["", f"## {report.metric} by {report.column} (eval.slice_by)", ""]
+    if report.note:
+        lines += [report.note, ""]
+    lines += ["| slice | rows | " + " | ".join(HEADERS[c] for c in columns) + " |",
+              "|---|---:|" + "---:|" * len(columns)]
+    for s in report.slices:
+        name = s.name.replace("|", "\\|")  # a value with a pipe would split the table's cell
+        mark = " (worst)" if s.name == report.worst else ""
+        lines.append(f"| {name}{mark} | {s.rows} | " + " | ".join(_fmt(s.values.get(c)) for c in columns) + " |")
+    left, worst = left_out_line(report), worst_line(report)
+    lines += ["", *([f"{left}."] if left else []), f"{worst[0].upper()}{worst[1:]}."]
+    return lines

@@ -8,36 +8,22 @@ fractions in [0, 1]:
 - field_accuracy (primary): per (record, field) pair, the predicted value equals the gold value
   after normalisation (case and whitespace for strings, 0.01 tolerance for numbers, null == null);
   unparseable outputs score 0 on every field;
-- all_fields_correct: every field of a record correct (text-level exact match is a generic metric).
+- all_fields_correct: every field of a record correct (text-level exact match is a generic metric);
+- unsupported_output_rate (as for every generative task, lower is better): the share of outputs with a
+  field value that the input text and instruction do not contain.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 from llmft.data.shapes import Example
 from llmft.evaluate import text_metrics
+from llmft.evaluate.text_metrics import parse_json_object  # one parser: scoring and the support check agree
 from llmft.tasks.base import GenerativeTask
 
 PRIMARY_METRIC = "field_accuracy"
 _MAX_ENUM = 8  # a string field with at most this many distinct values is described by its values
-
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
-
-
-def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in a model output, tolerating code fences and trailing chatter."""
-    text = _FENCE.sub("", text.strip())
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
-    except json.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _norm(value: Any) -> Any:
@@ -129,8 +115,8 @@ class ExtractionTask(GenerativeTask):
     summary = "Extraction: the model reads a text and answers with a JSON object of the fields it states."
     primary_metric = PRIMARY_METRIC
     overlap_metrics = text_metrics.NAMES
-    metric_names = ("json_validity", "field_accuracy", "all_fields_correct", *overlap_metrics, "eval_loss",
-                    "perplexity")
+    metric_names = ("json_validity", "field_accuracy", "all_fields_correct", *overlap_metrics,
+                    text_metrics.UNSUPPORTED_RATE, "eval_loss", "perplexity")
     smoke_prompt = "Lumora rain jacket | navy blue | 100% nylon | Size M | $79.99"
     smoke_max_tokens = 48
 

@@ -11,7 +11,8 @@ one; `reward_margin` is the mean of that log-likelihood difference. Both are pro
 model, so the base, the candidate and the champion are compared on the same footing (a DPO model's
 implicit reward margin against its reference is beta * (candidate margin - base margin); training
 logs it as `train/rewards/*` and `validation/rewards/*`). The chat metrics (ROUGE-L, BLEU, chrF,
-exact match, eval loss and perplexity) score greedy answers against the chosen responses.
+exact match, unsupported_output_rate, eval loss and perplexity) score greedy answers against the
+chosen responses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, ClassVar
 
 from llmft.chat_format import encode_messages, encode_to_fit, truncate, with_system
 from llmft.data.shapes import REJECTED_ROLE, Example, pair_conversations
+from llmft.evaluate import text_metrics
 from llmft.evaluate.scoring import ModelScores, score_generative
 from llmft.tasks.base import Encoded, EvalSettings, GenerativeTask
 
@@ -42,7 +44,8 @@ class PreferenceTask(GenerativeTask):
                "rejected one (DPO / ORPO on chosen/rejected pairs).")
     primary_metric = "preference_accuracy"
     overlap_metrics: ClassVar[tuple[str, ...]] = ("rougeL", "bleu", "chrf", "exact_match")
-    metric_names = ("preference_accuracy", "reward_margin", *overlap_metrics, "eval_loss", "perplexity")
+    metric_names = ("preference_accuracy", "reward_margin", *overlap_metrics, text_metrics.UNSUPPORTED_RATE,
+                    "eval_loss", "perplexity")
 
     def encode(self, tokenizer: Any, example: Example, system: str | None, max_seq_length: int) -> Encoded | None:
         chosen, rejected = pair_conversations(example.messages)

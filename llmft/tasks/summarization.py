@@ -4,7 +4,9 @@ Instruction: summarise the text (replaced by `data.system_prompt`). Over-long do
 from their end, keeping the lead and the whole reference summary. Metrics: ROUGE-1/2/L/Lsum
 (ROUGE-Lsum primary), the length ratio of generated to reference summaries, and a cheap
 faithfulness signal, `unsupported_content`: the share of the summary's content words and numbers
-that do not occur in the source (lower is better; made-up names and figures raise it).
+that do not occur in the source (lower is better; made-up names and figures raise it); beside it,
+as for every generative task, `unsupported_output_rate`: the share of summaries with at least one
+number, name or quote the source does not contain.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from typing import ClassVar
 
 from llmft.data.shapes import Example
+from llmft.evaluate import text_metrics
 from llmft.tasks.base import GenerativeTask
 
 INSTRUCTION = "Summarize the following text in a few sentences. Answer with only the summary."
@@ -45,7 +48,8 @@ class SummarizationTask(GenerativeTask):
     summary = "Summarization: the model writes a short summary of the given text."
     primary_metric = "rougeLsum"
     overlap_metrics: ClassVar[tuple[str, ...]] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-    metric_names = (*overlap_metrics, "length_ratio", "unsupported_content", "eval_loss", "perplexity")
+    metric_names = (*overlap_metrics, "length_ratio", "unsupported_content", text_metrics.UNSUPPORTED_RATE, "eval_loss",
+                    "perplexity")
     smoke_prompt = ("The city council met on Tuesday and approved a new budget for public parks. The plan adds "
                     "three playgrounds and extends opening hours during the summer.")
     smoke_max_tokens = 48
