@@ -46,8 +46,11 @@ def fetch(names: list[str], cache: Path) -> dict[str, Path]:
     return {name: cache / by_name[name].filename for name in names}
 
 
-def run_one(name: str, source: Path, steps: int, workdir: Path) -> dict:
-    home = workdir / name
+def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str, ...] = (),
+            label: str | None = None) -> dict:
+    """One finetune run in a fresh project folder; `extra` are more `--set` overrides, `label` names the
+    folder and the row (default: the corpus)."""
+    home = workdir / (label or name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env.update({"LLMFT_HOME": str(home), "ZENML_CONFIG_PATH": str(home / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
@@ -55,6 +58,7 @@ def run_one(name: str, source: Path, steps: int, workdir: Path) -> dict:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--pipeline", "finetune", "--quiet",
                            "--set", f"data.source={source}", "--set", f"train.max_steps={steps}",
+                           *[a for item in extra for a in ("--set", item)],
                            "--summary", str(summary_file)], cwd=ROOT, env=env, text=True, capture_output=True)
     wall = time.perf_counter() - started
     row: dict = {"corpus": name, "kind": ZOO[name], "source": source.name, "wall_seconds": round(wall, 1),
@@ -73,7 +77,7 @@ def run_one(name: str, source: Path, steps: int, workdir: Path) -> dict:
         "base": s["metrics"]["base"][metric], "finetuned": s["metrics"]["finetuned"][metric],
         "metrics": s["metrics"], "forgetting": s["forgetting"], "promoted": s["promoted"],
         "promotion_reasons": s["promotion_reasons"], "registered_model": s["registered_model"]["name"],
-        "train": s["train"]})
+        "train": s["train"], "dataset_extras": d.get("extras", [])})
     return row
 
 

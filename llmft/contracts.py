@@ -63,6 +63,14 @@ class ExtraRows(BaseModel):
     dropped_by_reason: dict[str, int] = Field(default_factory=dict)
     note: str = ""
 
+    def line(self) -> str:
+        """One line for the console summary and the model card."""
+        what = f"replay/mix from {self.source} (weight {self.weight})" if self.origin == "mix" else \
+            f"synthetic paraphrases by {self.source}"
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped_by_reason.items())) or "none"
+        return (f"+{self.used} training rows: {what}; read {self.read}, kept {self.kept}, dropped {dropped}"
+                + (f" ({self.note})" if self.note else ""))
+
 
 class DatasetInfo(BaseModel):
     """What the run trained and evaluated on, with its lineage."""

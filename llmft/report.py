@@ -12,6 +12,7 @@ from llmft.contracts import (
     DatasetInfo,
     Deployment,
     Evaluation,
+    ExtraRows,
     Forgetting,
     ModelEvaluation,
     PromotionDecision,
@@ -143,6 +144,7 @@ def data_table(summary: dict[str, Any]) -> str:
              f"duplicates removed {dataset['duplicates_removed']}; rejected {dataset['rejected']}; "
              f"truncated {dataset['truncated']}",
              *[f"  duplicate: {d}" for d in dataset["duplicate_examples"]],
+             *[ExtraRows.model_validate(e).line() for e in dataset.get("extras", [])],
              *[f"warning: {w}" for w in dataset["warnings"]],
              f"fingerprint {dataset['fingerprint']}; files in {dataset['export_dir']}",
              f"served from cache: {', '.join(cached) if cached else 'nothing'}"]
@@ -226,6 +228,7 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         f"task {summary['task']} ({summary['task_reason']}); rows in {dataset['rows_in']}, train/validation/test = "
         f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
         f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",
+        *[ExtraRows.model_validate(e).line() for e in dataset.get("extras", [])],
         *[f"warning: {w}" for w in dataset["warnings"]],
         f"champion: {summary['champion_note']}",
         ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "

@@ -69,8 +69,11 @@ SHOT_COLUMNS = ["messages", "response", "text", "label"]
 
 def draw_shots(train_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> pd.DataFrame:
     """The few-shot base's worked examples: eval.few_shot_k training rows (never test), seeded by
-    eval.sample_seed, stratified by label for classification."""
+    eval.sample_seed, stratified by label for classification; the user's own rows only (replayed or
+    synthetic training rows are not what the task looks like)."""
     label_key = "label" if get_task(spec.name).classifier else None
+    if "origin" in train_split.columns:
+        train_split = train_split[train_split["origin"] == "data"]
     columns = [c for c in SHOT_COLUMNS if c in train_split.columns]
     rows = few_shot.draw_shots(train_split[columns].to_dict(orient="records"), cfg.few_shot_k, cfg.sample_seed,
                                label_key)

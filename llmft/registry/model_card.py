@@ -53,6 +53,7 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
         f"{json.dumps(dataset.rejected_by_reason)}, truncated to fit {dataset.truncated}",
         f"- split train / validation / test: {rows.get('train')} / {rows.get('validation')} / {rows.get('test')}; "
         f"{sample.n} test rows scored ({sample.how}{f', seed {sample.seed}' if sample.seed is not None else ''})",
+        *[f"- {extra.line()} (training split only)" for extra in dataset.extras],
         *[f"- warning: {w}" for w in dataset.warnings],
         "",
         "## Training",
