@@ -28,12 +28,13 @@ from real_data import ROOT, fetch, run_one
 STUDIES = {
     "replay": {
         "corpus": "movie_dialog",
-        "common": ["train.method=full", "train.learning_rate=5e-5", "eval.max_samples=60"],
+        "common": ["train.method=full", "train.learning_rate=5e-5", "eval.max_samples=40", "eval.few_shot_k=0",
+                   "eval.genai_table_rows=0"],
         "arms": {"no replay": [], "replay 0.5": ["data.mix=[{source: builtin:general, weight: 0.5}]"]},
     },
     "augmentation": {
         "corpus": "sms_spam",
-        "common": ["data.max_train_rows=100", "eval.max_samples=100"],
+        "common": ["data.max_train_rows=100", "eval.max_samples=100", "eval.few_shot_k=0", "eval.genai_table_rows=0"],
         "arms": {"no augmentation": [], "augmentation x2": ["augment.enabled=true", "augment.per_row=2"]},
     },
 }

@@ -32,7 +32,8 @@ def readable_decision(s: dict) -> None:
 
 
 def test_dialog_corpus_is_chat(run_env: dict[str, str], tmp_path: Path):
-    s, console = finetune(run_env, tmp_path, "dialog.jsonl")
+    s, console = finetune(run_env, tmp_path, "dialog.jsonl", "--set", "augment.enabled=true",
+                          "--set", "augment.max_rows=4", "--set", "augment.max_new_tokens=48")
     assert s["task"] == "chat" and s["task_reason"] == "inferred from conversations in column conversation"
     assert console.startswith("task: chat (inferred from conversations in column conversation; set task=")
     assert s["registered_model"]["name"] == "dialog-chat" and s["primary_metric"] == "rougeL"
@@ -40,6 +41,13 @@ def test_dialog_corpus_is_chat(run_env: dict[str, str], tmp_path: Path):
     assert s["dataset"]["duplicate_examples"][0].startswith(f"{REAL / 'dialog.jsonl'}, line ")
     assert s["metrics"]["finetuned"]["eval_loss"] < s["metrics"]["base"]["eval_loss"]  # it learned the replies
     assert s["forgetting"]["applicable"]
+    # augmentation: four rows paraphrased once each; what was not kept is accounted for by reason
+    (synthetic,) = s["dataset"]["extras"]
+    assert synthetic["origin"] == "synthetic" and synthetic["used"] == synthetic["kept"]
+    assert synthetic["read"] + synthetic["dropped_by_reason"].get("too_long_to_paraphrase", 0) == 4
+    assert synthetic["read"] - synthetic["kept"] == sum(v for k, v in synthetic["dropped_by_reason"].items()
+                                                        if k != "too_long_to_paraphrase")
+    assert "synthetic paraphrases by" in console
     readable_decision(s)
     # a clean console: progress bars and step lines, never the trainer's raw log dicts
     assert "{'loss'" not in console and "'grad_norm'" not in console and "Failed to disable MLflow" not in console
@@ -61,11 +69,21 @@ def test_news_corpus_is_classification_with_inferred_labels(run_env: dict[str, s
 
 
 def test_summarization_corpus_with_document_summary_columns(run_env: dict[str, str], tmp_path: Path):
-    s, _ = finetune(run_env, tmp_path, "summarization.jsonl", "--set", "eval.max_new_tokens=48")
+    s, _ = finetune(run_env, tmp_path, "summarization.jsonl", "--set", "eval.max_new_tokens=48",
+                    "--set", "eval.slice_by=aspect", "--set", "data.mix=[{source: builtin:general, weight: 0.25}]")
     assert s["task"] == "summarization" and s["task_reason"] == "inferred from columns document/summary"
     assert s["primary_metric"] == "rougeLsum"
     tuned = s["metrics"]["finetuned"]
-    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "length_ratio", "unsupported_content"} <= set(tuned)
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "length_ratio", "unsupported_content",
+            "unsupported_output_rate"} <= set(tuned)
+    # replay: a quarter of the training rows again, from the shipped general set, training split only
+    (replay,) = s["dataset"]["extras"]
+    assert replay["origin"] == "mix" and replay["used"] == round(0.25 * s["dataset"]["rows"]["train"])
+    # slices: the paper aspect each summary is about; every evaluated row is in one
+    slices = s["slices"]
+    assert slices["column"] == "aspect" and {x["name"] for x in slices["slices"]} <= {"challenge", "approach",
+                                                                                     "outcome"}
+    assert sum(x["rows"] for x in slices["slices"]) == s["eval_sample"]["n"] and slices["worst"] is not None
     assert tuned["eval_loss"] < s["metrics"]["base"]["eval_loss"]
     readable_decision(s)
 
