@@ -43,3 +43,13 @@ def test_the_server_takes_the_instruction_from_the_prompt_version_and_refuses_an
     with pytest.raises(RuntimeError, match="not the one it was trained with"):
         trained_instruction(tags, "{{ llama3 }}", "models:/served/1")
     assert trained_instruction({"instruction": "older version"}, "{{ x }}", "models:/served/0") == "older version"
+
+
+def test_the_prompt_version_is_linked_to_the_training_run(store: None) -> None:
+    from llmft.registry.prompts import link_to_run
+
+    registered = register_training_prompt("linked", "chat", "Be kind.", "{{ m }}")
+    with mlflow.start_run() as run:
+        link_to_run(registered.uri, run.info.run_id)
+    linked = mlflow.get_run(run.info.run_id).data.tags.get("mlflow.linkedPrompts", "")
+    assert '"name": "linked-prompt"' in linked and '"version": "1"' in linked

@@ -55,6 +55,13 @@ def register_training_prompt(model_name: str, task: str, instruction: str | None
     return TrainingPrompt(created.uri, instruction, digest)
 
 
+def link_to_run(uri: str, run_id: str) -> None:
+    """Show the prompt version on the run's page ("Registered prompts") and the run on the prompt's."""
+    from mlflow import MlflowClient
+
+    MlflowClient().link_prompt_version_to_run(run_id, uri)
+
+
 def load_training_prompt(uri: str) -> TrainingPrompt:
     """The instruction and chat-template hash recorded under `prompt_uri`."""
     import mlflow

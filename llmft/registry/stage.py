@@ -28,7 +28,7 @@ from llmft.registry.promotion import (
     pick_baseline,
     registry_lock,
 )
-from llmft.registry.prompts import register_training_prompt
+from llmft.registry.prompts import link_to_run, register_training_prompt
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
@@ -76,6 +76,7 @@ def register_candidate(trained_model: Path, training: TrainingResult, evaluation
     prompt = register_training_prompt(name, spec.name, spec.instruction, tokenizer.chat_template or "")
     tags["prompt_uri"] = prompt.uri
     mlflow.set_tag("prompt_uri", prompt.uri)
+    link_to_run(prompt.uri, mlflow.active_run().info.run_id)
     version = registry.register_model(loaded, tokenizer, name, tags, get_task(spec.name).registry_flavor)
     if zenml_model is not None:
         zenml_model.log_metadata({"mlflow_model": version.name, "mlflow_version": version.version,
