@@ -90,6 +90,40 @@ def test_the_builtin_replay_set_mixes_into_a_chat_run(products):
     assert len(added) == round(0.25 * len(train)) and added["where"].str.startswith("builtin:general, line").all()
 
 
+def test_extra_rows_are_their_own_mlflow_inputs_and_marked_in_the_export(products, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    import mlflow
+
+    from llmft.contracts import ExtraRows, GateReport
+
+    run, train, validation, test, split = products
+    monkeypatch.setenv("LLMFT_HOME", str(tmp_path))
+    cfg = type(run.cfg.data).model_validate({**run.cfg.data.model_dump(),
+                                             "mix": [{"source": "builtin:general", "weight": 0.25}]})
+    mixed, reports = stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, cfg,
+                                         run.cfg.validation, run.cfg.train.max_seq_length)
+    synthetic = train.iloc[:2].assign(origin="synthetic", where=lambda f: f["where"] + ", paraphrase 1")
+    mixed = pd.concat([mixed, synthetic], ignore_index=True)
+    extras = [ExtraRows(origin="synthetic", source="embedded:smollm2-135m-instruct", read=3, kept=2, used=2,
+                        dropped_by_reason={"unchanged": 1}), *reports]
+    report = GateReport(success=True, verdict="ok", rows_in=len(train), kept=len(train), duplicates_removed=0,
+                        rejected=0, checks=[], ge_result={})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("extras")
+    with mlflow.start_run() as active:
+        info = stages.export_dataset(mixed, validation, test, pd.DataFrame(columns=stages.REJECTION_COLUMNS), report,
+                                     split, run.spec, "abc", run.cfg.data.source, 160, "extras-run", extras)
+    inputs = mlflow.get_run(active.info.run_id).inputs.dataset_inputs
+    contexts = sorted(next(t.value for t in i.tags if t.key == "mlflow.data.context") for i in inputs)
+    assert contexts == ["training", "training-mix", "training-synthetic"]
+    assert info.extras == extras
+    exported = [json.loads(line) for line in (Path(info.export_dir) / "train.jsonl").read_text().splitlines()]
+    assert sum(r.get("origin") == "mix" for r in exported) == reports[0].used
+    assert sum(r.get("origin") == "synthetic" for r in exported) == 2
+    assert all("origin" not in r for r in exported[:len(train)])  # the user's rows stay as they were
+    mlflow.set_tracking_uri("")
+
+
 def test_paraphrase_checks():
     ex = Example("f, line 3", "messages", messages=[{"role": "system", "content": "Extract."},
                                                     {"role": "user", "content": "Order 42 from Acme Corp, 3 units."},

@@ -254,6 +254,7 @@ def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
     import mlflow
 
     from llmft import plots
+    from llmft.data import mix
 
     out = export_dir(run_name)
     splits = {"train": train, "validation": validation, "test": test}
@@ -275,8 +276,10 @@ def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
         if extra.origin == "mix":  # one input per source: rows of a source are the ones located in it
             rows = rows[train.loc[rows.index, "where"].str.startswith(extra.source)]
         name = f"{extra.origin}-{i}-{Path(extra.source).name}"
-        mlflow.log_input(mlflow.data.from_pandas(rows, source=extra.source, name=name),
-                         context=f"training-{extra.origin}")
+        # MLflow resolves a dataset source to a file or URI: a built-in set is its shipped file; paraphrases
+        # have none (the paraphrasing model is in the tag below)
+        where = mix.resolve_source(extra.source, f"data.mix[{i}]") if extra.origin == "mix" else None
+        mlflow.log_input(mlflow.data.from_pandas(rows, source=where, name=name), context=f"training-{extra.origin}")
         mlflow.log_metrics({f"data/{extra.origin}_{i}/used": extra.used, f"data/{extra.origin}_{i}/kept": extra.kept})
         mlflow.set_tag(f"data.{extra.origin}.{i}", f"{extra.source}: {extra.used} rows"
                                                    + (f" (weight {extra.weight})" if extra.weight else ""))
