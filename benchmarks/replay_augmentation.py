@@ -4,7 +4,8 @@ one question differing only in the setting under test (same data, split, seed, s
 
     python benchmarks/replay_augmentation.py [--only replay|augmentation] [--steps 60]
 
-replay:        movie_dialog (chat, Cornell movie lines), full fine-tuning (the method that forgets most),
+replay:        movie_dialog (chat, Cornell movie lines; its first 4000 rows: the gate over all 64k takes
+               longer than this study), full fine-tuning (the method that forgets most),
                without vs with `data.mix=[{source: builtin:general, weight: W}]`: the forgetting probe's
                drop from the base and the task metric (rougeL).
 augmentation:  sms_spam (classification) with the training split capped at 100 rows, without vs with
@@ -28,8 +29,8 @@ from real_data import ROOT, fetch, run_one
 STUDIES = {
     "replay": {
         "corpus": "movie_dialog",
-        "common": ["train.method=full", "train.learning_rate=5e-5", "eval.max_samples=40", "eval.few_shot_k=0",
-                   "eval.genai_table_rows=0"],
+        "common": ["data.max_rows=4000", "train.method=full", "train.learning_rate=5e-5", "eval.max_samples=40",
+                   "eval.few_shot_k=0", "eval.genai_table_rows=0"],
         "arms": {"no replay": [], "replay 0.5": ["data.mix=[{source: builtin:general, weight: 0.5}]"]},
     },
     "augmentation": {
