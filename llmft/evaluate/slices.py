@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from llmft.contracts import ModelEvaluation, SliceReport, SliceScores
+from llmft.data.stages import MISSING_SLICE as MISSING  # ingest names rows without a value
 from llmft.evaluate import text_metrics
 from llmft.tasks.base import GenerativeTask, Task
 
-MISSING = "(missing)"  # ingest's name for rows without a value (data.stages)
 MAX_SHOWN = 20
 
 # (model, row indices) -> the metric on those rows, or None when outputs alone cannot give it
