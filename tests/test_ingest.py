@@ -54,6 +54,13 @@ def test_csv_quoted_newlines_keep_line_numbers(tmp_path: Path):
     assert [r.where for r in rows] == [f"{path}, line 2", f"{path}, line 4"]
 
 
+def test_csv_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufefflabel,text\n1,great film\n-1,dull\n".encode())
+    assert [r.data for r in read_rows(str(path))] == [{"label": "1", "text": "great film"},
+                                                      {"label": "-1", "text": "dull"}]
+
+
 def test_malformed_jsonl_names_the_line(tmp_path: Path):
     path = tmp_path / "d.jsonl"
     lines = [json.dumps(r) for r in ROWS] + ['{"prompt": "x", "response": ', json.dumps(ROWS[0])]

@@ -37,6 +37,9 @@ def _example(data: dict) -> Example:
      "rejected": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Lyon."}]},
     {"chosen": "\n\nHuman: Capital of France?\n\nAssistant: Paris.",
      "rejected": "\n\nHuman: Capital of France?\n\nAssistant: Lyon."},
+    # LLaMA-Factory's ShareGPT-style pairs: {from, value} turns, one turn per answer
+    {"conversations": [{"from": "human", "value": "Capital of France?"}],
+     "chosen": {"from": "gpt", "value": "Paris."}, "rejected": {"from": "gpt", "value": "Lyon."}},
 ])
 def test_pair_shapes_become_one_preference_example(data: dict):
     ex = _example(data)

@@ -98,3 +98,24 @@ def test_directory_with_several_conversation_shapes(tmp_path: Path):
     assert not rejections
     assert sorted(e.shape for e in examples) == ["alpaca", "chat", "prompt_response"]
     assert any(e.messages[0]["content"] == "multi\nline" for e in examples)
+
+
+def test_no_usable_row_hint_fits_the_file():
+    pairs = [RawRow("p.json, record 1", {"chosen": {"speaker": "gpt", "text": "a"}, "rejected": "b", "q": "?"})]
+    with pytest.raises(DataError, match=r"data\.columns\.prompt/chosen/rejected"):
+        to_examples(pairs, data_cfg())
+    # a CSV without a header line: its first record became the column names
+    headless = [RawRow("s.csv, line 2", {"1": "-1", "the rock is destined to be the 21st century's new conan": "x"})]
+    with pytest.raises(DataError, match=r"first line is read as the header and looks like a record"):
+        to_examples(headless, data_cfg())
+
+
+def test_conversations_with_true_false_feedback_are_refused_unless_the_format_is_named():
+    rows = [RawRow(f"k.json, record {i}", {"messages": [{"role": "user", "content": f"q{i}"},
+                                                        {"role": "assistant", "content": f"a{i}"}],
+                                           "label": i % 2 == 0}) for i in range(1, 7)]
+    with pytest.raises(DataError, match=r"k\.json, record 1: field 'label' marks each conversation true or false.*"
+                                        r"data\.format=chat"):
+        to_examples(rows, data_cfg())
+    examples, _ = to_examples(rows, data_cfg("data.format=chat"))
+    assert len(examples) == 6

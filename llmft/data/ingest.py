@@ -279,7 +279,9 @@ class _JsonArrayStream:
 def _read_csv(path: Path) -> Iterator[RawRow]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open("rb") as fh:  # streamed record by record; decoded per line for exact error lines
-        lines = (_decode(raw, path, lineno) for lineno, raw in enumerate(fh, start=1))
+        # a byte-order mark (what Excel writes) would otherwise glue itself to the first column's name
+        lines = (_decode(raw, path, lineno).removeprefix("\ufeff") if lineno == 1 else _decode(raw, path, lineno)
+                 for lineno, raw in enumerate(fh, start=1))
         reader = csv.DictReader(lines, delimiter=delimiter)
         start = 2  # line where the next record starts (header is line 1)
         try:

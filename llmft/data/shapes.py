@@ -33,7 +33,8 @@ SFT_SHAPES = ("prompt_response", "alpaca", "chat", "sharegpt", "turns")
 TURN_COLUMNS = ("conversation", "dialog", "dialogue", "turns", "utterances")
 SHAPES = (*SFT_SHAPES, "text_label", "preference")
 # the prompt of a chosen/rejected pair, most common name first; `data.columns.prompt` overrides them
-PREFERENCE_PROMPTS = ("prompt", "question", "instruction", "input", "query", "context", "history", "messages")
+PREFERENCE_PROMPTS = ("prompt", "question", "instruction", "input", "query", "context", "history", "messages",
+                      "conversations")
 # a preference example stores its rejected answer as a last turn with this role (after the chosen
 # assistant turn), so the gate scans, redacts and deduplicates it like every other turn
 REJECTED_ROLE = "rejected"
@@ -123,17 +124,22 @@ def _hh_turns(text: str) -> list[dict[str, str]]:
 
 
 def _as_turns(value: Any, what: str) -> list[dict[str, str]]:
-    """A prompt or an answer as messages: text, one {role, content} dict, or a list of them."""
+    """A prompt or an answer as messages: text, one turn, or a list of turns; a turn is {role, content}
+    (OpenAI style) or {from, value} (ShareGPT style, as LLaMA-Factory's preference files write them)."""
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list):
         turns = []
         for i, turn in enumerate(value, start=1):
-            if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-                raise _RowProblem(f"{what}: turn {i} needs 'role' and 'content'")
-            if turn["role"] not in ("system", "user", "assistant"):
-                raise _RowProblem(f"{what}: turn {i} has unknown role {turn['role']!r}")
-            turns.append({"role": str(turn["role"]), "content": _text(turn["content"]) or ""})
+            if isinstance(turn, dict) and "role" in turn and "content" in turn:
+                role, content = turn["role"], turn["content"]
+            elif isinstance(turn, dict) and "from" in turn and "value" in turn:
+                role, content = _SHAREGPT_ROLES.get(str(turn["from"]), turn["from"]), turn["value"]
+            else:
+                raise _RowProblem(f"{what}: turn {i} needs 'role' and 'content' (or 'from' and 'value')")
+            if role not in ("system", "user", "assistant"):
+                raise _RowProblem(f"{what}: turn {i} has unknown role {role!r}")
+            turns.append({"role": str(role), "content": _text(content) or ""})
         return turns
     text = _text(value)
     if text is None:
@@ -390,6 +396,8 @@ def to_examples(rows: list[RawRow], cfg: DataConfig) -> tuple[list[Example], lis
     for row in rows:
         result = to_example(row, cfg)
         (examples if isinstance(result, Example) else rejections).append(result)
+    if cfg.format == "auto":
+        _refuse_feedback_labels(rows, examples)
     kinds = {_kind(e) for e in examples}
     if len(kinds) > 1:
         first = {k: next(e.where for e in examples if _kind(e) == k) for k in sorted(kinds)}
@@ -400,6 +408,38 @@ def to_examples(rows: list[RawRow], cfg: DataConfig) -> tuple[list[Example], lis
     if not examples and rejections:
         reasons = sorted({r.reason for r in rejections})
         raise DataError(f"{rejections[0].where}: no row has a usable shape ({len(rejections)} rows rejected: "
-                        f"{'; '.join(reasons[:3])}); name your columns with data.columns.prompt/response or "
-                        "data.columns.text/label (and data.format)")
+                        f"{'; '.join(reasons[:3])}); {_shape_hint(rejections[0].data, cfg)}")
     return examples, rejections
+
+
+def _refuse_feedback_labels(rows: list[RawRow], examples: list[Example]) -> None:
+    """Conversations with a true/false column beside them are feedback data (KTO's format: was this
+    answer good?). Trained as plain chat they would teach the answers marked false too, so they are
+    refused unless the user names the format."""
+    generative = [e for e in examples[:200] if e.shape in SFT_SHAPES]
+    if not generative:
+        return
+    used = {c for e in generative for c in e.fields.split("/")}
+    by_where = {r.where: r.data for r in rows[:400]}
+    sample = [by_where[e.where] for e in generative if e.where in by_where]
+    for column in sample[0] if sample else {}:
+        values = [d.get(column) for d in sample]
+        if column not in used and all(isinstance(v, bool) for v in values) and len(set(values)) == 2:
+            where = next(e.where for e in generative if by_where.get(e.where, {}).get(column) is False)
+            raise DataError(f"{where}: field {column!r} marks each conversation true or false (feedback labels, "
+                            f"as KTO files have); trained as chat, the answers marked false would be learned too. "
+                            f"Keep only the rows marked true, or set data.format={generative[0].shape} to train on "
+                            "every conversation as it is")
+
+
+def _shape_hint(data: dict[str, Any], cfg: DataConfig) -> str:
+    """What to set when no row fits: for pairs the preference columns; a header that reads like a
+    record (long or numeric names) most likely is one, so the file needs a header line."""
+    names = [str(k) for k in data]
+    if _col(cfg, "chosen") in data or _col(cfg, "rejected") in data:
+        return ("name the pair's columns with data.columns.prompt/chosen/rejected (turns as {role, content} or "
+                "{from, value})")
+    if names and any(len(n) > 40 or n.strip().lstrip("-").replace(".", "", 1).isdigit() for n in names):
+        return ("the first line is read as the header and looks like a record: add a header line naming the "
+                "columns (e.g. text,label), then data.columns.text/label if the names are not recognised")
+    return "name your columns with data.columns.prompt/response or data.columns.text/label (and data.format)"

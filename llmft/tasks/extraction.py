@@ -103,10 +103,20 @@ def instruction_for(examples: list[Example]) -> str:
         if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             lines.append(f"{key} is a number.")
             continue
-        distinct = sorted({str(v) for v in values if isinstance(v, str)})
-        if values and len(distinct) <= _MAX_ENUM and len(values) >= 3 * len(distinct):
+        if values and all(isinstance(v, list) for v in values):
+            lines.append(f"{key} is a list.")
+            continue
+        if not values or not all(isinstance(v, str) for v in values):
+            continue  # mixed or nested values: no enumeration to offer
+        distinct = sorted(set(values))
+        if len(distinct) <= _MAX_ENUM and len(values) >= 3 * len(distinct):
             lines.append(f"{key} is one of {', '.join(distinct)}.")
-    lines.append("Use null for anything not stated.")
+    # what the targets do with a field the text does not state: the key left out (targets whose keys
+    # vary and never hold null, e.g. entity lists), else null
+    if len({frozenset(obj) for obj in objs}) > 1 and not any(v is None for obj in objs for v in obj.values()):
+        lines.append("Leave out any key the text does not state.")
+    else:
+        lines.append("Use null for anything not stated.")
     return " ".join(lines)
 
 
