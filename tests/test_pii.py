@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import load_config
+from llmft.config import PII_KINDS, load_config
 from llmft.data import pii, stages
 from llmft.data.gate import run_gate
 from llmft.data.shapes import Example, Rejection
@@ -154,3 +154,21 @@ def test_without_validation_ingest_leaves_screening_to_the_gate(tmp_path: Path):
     cfg = load_config(None, [f"data.source={_source(tmp_path)}"])
     examples, _ = stages.ingest_frames(cfg.data)
     assert stages.pii_found(examples) is None and "jane.doe@example.com" in examples.to_json()
+
+
+def test_pii_kinds_choose_what_is_redacted_and_many_names_are_warned_about(tmp_path: Path):
+    assert set(PII_KINDS) == set(pii.KINDS)  # the config's choices are exactly the detectors' kinds
+    rows = [{"prompt": f"Who wrote book {i}?", "response": f"Victor Hugo wrote it; mail jane{i}@example.com"}
+            for i in range(10)]
+    path = tmp_path / "names.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for kinds, kept_name in ((None, False), ("[email,phone]", True)):
+        overrides = [f"data.source={path}"] + ([f"validation.pii_kinds={kinds}"] if kinds else [])
+        cfg = load_config(None, overrides)
+        examples, rejections = stages.ingest_frames(cfg.data, cfg.validation)
+        text = examples.to_json()
+        assert ("Victor Hugo" in text) is kept_name and "jane3@example.com" not in text
+        report = _gate(cfg, examples, rejections).report
+        warned = [w for w in report.warnings if "validation.pii_kinds" in w]
+        assert bool(warned) is not kept_name, report.warnings
+        assert all("Hugo" not in w for w in report.warnings)  # the warning counts names, never shows one

@@ -60,6 +60,9 @@ class GateResult:
         return self.report.success
 
 
+NAME_WARNING_SHARE = 0.02  # names redacted in more rows than this: say what that does to the training text
+
+
 def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -68,21 +71,22 @@ def _texts(ex: Example) -> list[str]:
     return [ex.text] if ex.shape == "text_label" else [m["content"] for m in ex.messages]
 
 
-def _redacted(ex: Example) -> Example:
+def _redacted(ex: Example, kinds: frozenset[str]) -> Example:
     if ex.shape == "text_label":
-        return replace(ex, text=pii.redact(ex.text))
-    return replace(ex, messages=[{**m, "content": pii.redact(m["content"])} for m in ex.messages])
+        return replace(ex, text=pii.redact(ex.text, kinds))
+    return replace(ex, messages=[{**m, "content": pii.redact(m["content"], kinds)} for m in ex.messages])
 
 
-def _scrub(value: Any) -> Any:
-    return pii.scrub(value)[0]  # strings, numbers, keys, at any depth
+def _scrub(value: Any, kinds: frozenset[str]) -> Any:
+    return pii.scrub(value, kinds=kinds)[0]  # strings, numbers, keys, at any depth
 
 
-def _pii_findings(ex: Example) -> list[list[str]]:
+def _pii_findings(ex: Example, kinds: frozenset[str]) -> list[list[str]]:
     """[field, kind] per match, for rows that ingest did not screen."""
     if ex.shape == "text_label":
-        return [["text", kind] for kind in pii.find(ex.text)]
-    return [[f"messages[{i}].content", kind] for i, m in enumerate(ex.messages) for kind in pii.find(m["content"])]
+        return [["text", kind] for kind in pii.find(ex.text, kinds)]
+    return [[f"messages[{i}].content", kind] for i, m in enumerate(ex.messages)
+            for kind in pii.find(m["content"], kinds)]
 
 
 def merge_label_spellings(examples: list[Example]) -> dict[str, str]:
@@ -134,6 +138,7 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
     None means ingest did not screen, and the gate scans the example texts itself. `suite=False` applies
     the row rules only (training-only extra rows: their counts are reported, not gated on)."""
     rejected = list(shape_rejections)
+    kinds = frozenset(cfg.pii_kinds)
     table: list[dict[str, Any]] = [
         {"where": r.where, "prompt": "", "response": "", "tokens": None, "pii_matches": 0, "label": None,
          "is_rejected": 1, "is_duplicate": 0, "is_truncated": 0} for r in shape_rejections]
@@ -152,7 +157,7 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
             rejected.append(Rejection(ex.where, problem[1], ex.as_row(), kind=problem[0]))
             row["is_rejected"] = 1
             continue
-        findings = _pii_findings(ex) if pii_found is None else pii_found.get(ex.where, [])
+        findings = _pii_findings(ex, kinds) if pii_found is None else pii_found.get(ex.where, [])
         found = [kind for _, kind in findings]
         row["pii_matches"] = len(found)
         pii_counts.update(found)
@@ -164,7 +169,7 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
             row["is_rejected"] = 1
             continue
         if found and cfg.pii_action == "redact" and pii_found is None:  # ingest already redacted screened rows
-            ex = _redacted(ex)
+            ex = _redacted(ex, kinds)
         exact = repr((_texts(ex), ex.label))
         norm = repr(([normalise(t) for t in _texts(ex)], ex.label))
         first = seen_exact.get(exact) or seen_norm.get(norm)
@@ -214,7 +219,7 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
         row["label_share"] = labels[row["label"]] / sum(labels.values()) if kept_row and labels else None
 
     if cfg.pii_action != "warn":  # rejected rows are written to files: they must not leak what we redact
-        rejected = [Rejection(r.where, r.reason, _scrub(r.data), r.kind) for r in rejected]
+        rejected = [Rejection(r.where, r.reason, _scrub(r.data, kinds), r.kind) for r in rejected]
     ge_result, checks, docs = (_run_suite(table, data, cfg, max_seq_length, labels, docs_dir) if suite
                                else ({}, [], None))
     not_dup = [r for r in rejected if r.kind != "duplicate"]
@@ -224,6 +229,10 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
     if cfg.max_duplicate_fraction is None and share > cfg.duplicate_warning_fraction:
         warnings.append(f"{share:.1%} of rows were duplicates ({duplicates} of {len(table)}, removed); set "
                         f"validation.max_duplicate_fraction to refuse such data")
+    names = pii_counts.get("name", 0)
+    if cfg.pii_action == "redact" and names and names >= NAME_WARNING_SHARE * len(table):
+        warnings.append(f"{names} person names replaced by [NAME], public figures' too (the model "
+                        "learns to write [NAME]); set validation.pii_kinds without name to keep names")
     if merged:
         warnings.append("labels merged: " + ", ".join(f"{a!r} -> {b!r}" for a, b in sorted(merged.items())))
     report = GateReport(

@@ -31,16 +31,17 @@ REJECTION_COLUMNS = ["where", "kind", "reason", "data"]
 PII_COLUMN = "pii"  # per example: JSON list of [field, kind] found at ingest (values already redacted if asked)
 
 
-def screen_rows(rows: list[RawRow], action: str) -> tuple[list[RawRow], dict[str, list[list[str]]]]:
-    """Every value of every row scanned for personal data (nested ones and numbers too); with
+def screen_rows(rows: list[RawRow], action: str, kinds: frozenset[str] = pii.ALL,
+                ) -> tuple[list[RawRow], dict[str, list[list[str]]]]:
+    """Every value of every row scanned for personal data of `kinds` (nested ones and numbers too); with
     `redact` the rows come back with placeholders, so nothing downstream ever holds the raw values."""
     screened, found = [], {}
     for row in rows:
         if action == "redact":
-            data, findings = pii.scrub(row.data)
+            data, findings = pii.scrub(row.data, kinds=kinds)
             row = RawRow(row.where, data)
         else:
-            findings = pii.scan(row.data)
+            findings = pii.scan(row.data, kinds=kinds)
         if findings:
             found[row.where] = [[f.field, f.kind] for f in findings]
         screened.append(row)
@@ -74,7 +75,7 @@ def ingest_frames(data: DataConfig, validation: ValidationConfig | None = None,
     slices = slice_values(rows, slice_by, data.source) if slice_by else {}
     found: dict[str, list[list[str]]] | None = None
     if validation is not None:
-        rows, found = screen_rows(rows, validation.pii_action)
+        rows, found = screen_rows(rows, validation.pii_action, frozenset(validation.pii_kinds))
     examples, rejections = to_examples(rows, data)
     for example in examples:
         example.slice = slices.get(example.where)

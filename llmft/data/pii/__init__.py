@@ -30,11 +30,14 @@ class Finding:
     kind: str
 
 
-def spans(text: str) -> list[Span]:
-    """Non-overlapping (start, end, kind) matches, in text order."""
+ALL = frozenset(KINDS)
+
+
+def spans(text: str, kinds: frozenset[str] = ALL) -> list[Span]:
+    """Non-overlapping (start, end, kind) matches of the given kinds, in text order."""
     if not text:
         return []
-    found = [span for detect in DETECTORS for span in detect(text)]
+    found = [span for detect in DETECTORS for span in detect(text) if span[2] in kinds]
     found.sort(key=lambda s: (_RANK[s[2]], -(s[1] - s[0]), s[0]))
     taken = bytearray(len(text))
     kept: list[Span] = []
@@ -45,9 +48,9 @@ def spans(text: str) -> list[Span]:
     return sorted(kept)
 
 
-def find(text: str) -> list[str]:
+def find(text: str, kinds: frozenset[str] = ALL) -> list[str]:
     """Kinds of personal data in the text, one entry per match."""
-    return [kind for _, _, kind in spans(text)]
+    return [kind for _, _, kind in spans(text, kinds)]
 
 
 def _replace(text: str, matches: list[Span]) -> str:
@@ -60,56 +63,58 @@ def _replace(text: str, matches: list[Span]) -> str:
     return "".join(out)
 
 
-def redact(text: str) -> str:
-    return _replace(text, spans(text))
+def redact(text: str, kinds: frozenset[str] = ALL) -> str:
+    return _replace(text, spans(text, kinds))
 
 
-def _in_context(value: str, key: str | None) -> tuple[str, list[Span]]:
+def _in_context(value: str, key: str | None, kinds: frozenset[str]) -> tuple[str, list[Span]]:
     """Matches in `value`, with the field's name before it as a context word ("phone: ...")."""
     if not key:
-        return value, spans(value)
+        return value, spans(value, kinds)
     prefix = f"{key}: "
     shift = len(prefix)
-    matches = [(s - shift, e - shift, k) for s, e, k in spans(prefix + value) if s >= shift]
+    matches = [(s - shift, e - shift, k) for s, e, k in spans(prefix + value, kinds) if s >= shift]
     return value, matches
 
 
-def _number(value: int, key: str | None) -> tuple[Any, list[str]]:
+def _number(value: int, key: str | None, kinds: frozenset[str]) -> tuple[Any, list[str]]:
     text = str(value)
-    _, matches = _in_context(text, key)
+    _, matches = _in_context(text, key, kinds)
     kinds = [k for _, _, k in matches if k in NUMBER_KINDS]
     return (_replace(text, [m for m in matches if m[2] in NUMBER_KINDS]) if kinds else value), kinds
 
 
-def _walk(value: Any, path: str, key: str | None, redact_it: bool, out: list[Finding]) -> Any:
+def _walk(value: Any, path: str, key: str | None, redact_it: bool, out: list[Finding],
+          kinds: frozenset[str]) -> Any:
     if isinstance(value, str):
-        _, matches = _in_context(value, key)
+        _, matches = _in_context(value, key, kinds)
         out.extend(Finding(path, k) for _, _, k in matches)
         return _replace(value, matches) if redact_it and matches else value
     if isinstance(value, int) and not isinstance(value, bool):
-        new, kinds = _number(value, key)
-        out.extend(Finding(path, k) for k in kinds)
+        new, found = _number(value, key, kinds)
+        out.extend(Finding(path, k) for k in found)
         return new if redact_it else value
     if isinstance(value, list | tuple):
-        return [_walk(v, f"{path}[{i}]", key, redact_it, out) for i, v in enumerate(value)]
+        return [_walk(v, f"{path}[{i}]", key, redact_it, out, kinds) for i, v in enumerate(value)]
     if isinstance(value, dict):
         new_dict = {}
         for k, v in value.items():
             name = str(k)
-            new_key = _walk(k, f"{path}.<key>" if path else "<key>", None, redact_it, out) if isinstance(k, str) else k
-            new_dict[new_key] = _walk(v, f"{path}.{name}" if path else name, name, redact_it, out)
+            new_key = (_walk(k, f"{path}.<key>" if path else "<key>", None, redact_it, out, kinds)
+                       if isinstance(k, str) else k)
+            new_dict[new_key] = _walk(v, f"{path}.{name}" if path else name, name, redact_it, out, kinds)
         return new_dict
     return value  # floats, booleans, None: no personal data fits in them
 
 
-def scan(value: Any, path: str = "") -> list[Finding]:
+def scan(value: Any, path: str = "", kinds: frozenset[str] = ALL) -> list[Finding]:
     """Every match in a (nested) value, with the field it is in."""
     out: list[Finding] = []
-    _walk(value, path, None, False, out)
+    _walk(value, path, None, False, out, kinds)
     return out
 
 
-def scrub(value: Any, path: str = "") -> tuple[Any, list[Finding]]:
+def scrub(value: Any, path: str = "", kinds: frozenset[str] = ALL) -> tuple[Any, list[Finding]]:
     """A copy of the value with every match replaced by its placeholder, and what was replaced."""
     out: list[Finding] = []
-    return _walk(value, path, None, True, out), out
+    return _walk(value, path, None, True, out, kinds), out

@@ -419,7 +419,9 @@ def names(text: str) -> Iterator[Span]:
         lower = word.lower().rstrip("'’")
         nxt = words[i + 1] if i + 1 < len(words) and text[end:words[i + 1][0]] in (" ", "  ") else None
         before = text[max(0, start - 24):start]
-        strong, weak = start in strong_at, start in weak_at
+        # "the Dr.  Loved it": a title abbreviation followed by two spaces ended a sentence, not a name's title
+        strong = start in strong_at and not (text[max(0, start - 3):start].endswith(".  "))
+        weak = start in weak_at
         sentence_start = not before.strip() or before.rstrip()[-1] in ".!?:\n\"“"
         surname_next = nxt is not None and nxt[2].lower() not in NOT_SURNAMES and nxt[2].lower() not in NOT_NAMES
         hit = False

@@ -56,4 +56,6 @@ sir madam madame customer customers team all colleague colleagues friend friends
 clients manager support sales valued member members reader readers here there not a an the very so just
 happy sorry glad fine ok okay sure ready done back home interested looking writing calling available unable
 able going trying new sorry confused
+he she it they we you i me him her us them his hers its their theirs my mine our ours your yours who what when
+where why how this that these those then also after before if but and or
 """.split())
