@@ -37,6 +37,20 @@ def test_extraction_scores_hand_checked():
     assert [r["json_valid"] for r in rows] == [1.0, 1.0, 0.0]
 
 
+def test_extraction_precision_counts_invented_fields_and_empty_gold_rows():
+    gold = ['{"PER": ["Ann"]}', "{}", '{"LOC": ["Rome"], "PER": ["Bo"]}']
+    # row 1 right plus an invented LOC; row 2 states nothing, as its gold; row 3 gets LOC only
+    preds = ['{"PER": ["Ann"], "LOC": ["Paris"]}', '{"ORG": null}', '{"LOC": ["rome"]}']
+    metrics, rows = score(preds, gold)
+    assert metrics["field_accuracy"] == pytest.approx(2 / 3)  # PER(1) + LOC(3) of 3 gold fields
+    assert metrics["field_precision"] == pytest.approx(2 / 3)  # PER, LOC right; LOC(1) invented
+    assert metrics["field_f1"] == pytest.approx(2 / 3)
+    assert metrics["all_fields_correct"] == pytest.approx(1 / 3)  # only the empty row is wholly right
+    assert [r["field_accuracy"] for r in rows] == [1.0, 1.0, 0.5]
+    spurious, _ = score(['{"PER": ["X"]}'], ["{}"])
+    assert spurious["all_fields_correct"] == 0.0 and spurious["field_precision"] == 0.0
+
+
 def test_score_rejects_mismatched_inputs():
     with pytest.raises(ValueError):
         score([], [])

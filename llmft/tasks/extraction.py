@@ -8,7 +8,11 @@ fractions in [0, 1]:
 - field_accuracy (primary): per (record, field) pair, the predicted value equals the gold value
   after normalisation (case and whitespace for strings, 0.01 tolerance for numbers, null == null);
   unparseable outputs score 0 on every field;
-- all_fields_correct: every field of a record correct (text-level exact match is a generic metric);
+- field_precision: per predicted (non-null) field, it is a gold field with the gold value; an output
+  that invents fields the text does not have (an entity list with extra types) loses here, not in
+  field_accuracy; field_f1 is their harmonic mean (lists compare as sets of normalised items);
+- all_fields_correct: every field of a record correct and none invented (text-level exact match is a
+  generic metric); a record whose gold object is empty is right only when the answer states nothing;
 - unsupported_output_rate (as for every generative task, lower is better): the share of outputs with a
   field value that the input text and instruction do not contain.
 """
@@ -39,6 +43,9 @@ def _norm(value: Any) -> Any:
         return value
     if isinstance(value, (int, float)):
         return round(float(value), 2)
+    if isinstance(value, list):  # an entity list: the same items in any order, each normalised
+        items = [_norm(v) for v in value]
+        return tuple(sorted(repr(v) for v in items if v is not None)) or None
     return value
 
 
@@ -57,10 +64,14 @@ def score_one(prediction: str, reference: str) -> dict[str, float]:
                 "fields_total": 1.0, "exact": float(same)}
     pred = parse_json_object(prediction)
     if pred is None:
-        return {"json_valid": 0.0, "fields_correct": 0.0, "fields_total": float(len(gold)), "exact": 0.0}
+        return {"json_valid": 0.0, "fields_correct": 0.0, "fields_total": float(len(gold)), "exact": 0.0,
+                "predicted": 0.0, "predicted_correct": 0.0}
     correct = sum(_equal(pred.get(k), v) for k, v in gold.items())
+    stated = [k for k, v in pred.items() if _norm(v) is not None]  # null is "not stated", not a claim
+    right = sum(k in gold and _equal(pred[k], gold[k]) for k in stated)
     return {"json_valid": 1.0, "fields_correct": float(correct), "fields_total": float(len(gold)),
-            "exact": float(correct == len(gold))}
+            "exact": float(correct == len(gold) and right == len(stated)),
+            "predicted": float(len(stated)), "predicted_correct": float(right)}
 
 
 def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -71,13 +82,19 @@ def score(predictions: list[str], references: list[str]) -> tuple[dict[str, floa
     rows = [score_one(p, r) for p, r in zip(predictions, references, strict=True)]
     n = len(rows)
     total = sum(r["fields_total"] for r in rows)
+    stated = sum(r.get("predicted", 0.0) for r in rows)
+    accuracy = sum(r["fields_correct"] for r in rows) / total if total else 0.0
+    # nothing stated anywhere: no wrong claim, so precision is 1 when the gold has nothing either
+    precision = sum(r.get("predicted_correct", 0.0) for r in rows) / stated if stated else float(total == 0)
     aggregate = {
         "json_validity": sum(r["json_valid"] for r in rows) / n,
-        "field_accuracy": sum(r["fields_correct"] for r in rows) / total if total else 0.0,
+        "field_accuracy": accuracy,
+        "field_precision": precision,
+        "field_f1": 2 * accuracy * precision / (accuracy + precision) if accuracy + precision else 0.0,
         "all_fields_correct": sum(r["exact"] for r in rows) / n,
     }
     per_row = [{"json_valid": r["json_valid"],
-                "field_accuracy": r["fields_correct"] / r["fields_total"] if r["fields_total"] else 0.0}
+                "field_accuracy": r["fields_correct"] / r["fields_total"] if r["fields_total"] else r["exact"]}
                for r in rows]
     return aggregate, per_row
 
@@ -125,7 +142,8 @@ class ExtractionTask(GenerativeTask):
     summary = "Extraction: the model reads a text and answers with a JSON object of the fields it states."
     primary_metric = PRIMARY_METRIC
     overlap_metrics = text_metrics.NAMES
-    metric_names = ("json_validity", "field_accuracy", "all_fields_correct", *overlap_metrics,
+    metric_names = ("json_validity", "field_accuracy", "field_precision", "field_f1", "all_fields_correct",
+                    *overlap_metrics,
                     text_metrics.UNSUPPORTED_RATE, "eval_loss", "perplexity")
     smoke_prompt = "Lumora rain jacket | navy blue | 100% nylon | Size M | $79.99"
     smoke_max_tokens = 48
