@@ -1,6 +1,8 @@
 """Training throughput: this project's path against the usual recipes, same model, data and steps.
 
     python benchmarks/train_throughput.py [--steps 24] [--json results.json]   (~12 min on 2 cores)
+    # on a GPU: bf16 autocast for every path, any HF directory of the model (weights need not be trained)
+    python benchmarks/train_throughput.py --device cuda --precision bf16 --base DIR --batch-size 16
 
 Paths, each in a fresh process (so peak RSS is its own), LoRA with the same settings:
 - project:    llmft.training.train (length-grouped dynamic padding, logits only where labelled,
@@ -38,29 +40,38 @@ PATHS = ("project", "hf_trainer", "trl_sft")
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
 
-def matmul_peak_gflops(seconds: float = 3.0) -> float:
-    """Best fp32 GEMM rate over a few square sizes (what this CPU can do at most)."""
+def matmul_peak_gflops(seconds: float = 3.0, device: str = "cpu", precision: str = "fp32") -> float:
+    """Best GEMM rate over a few square sizes in the run's precision (what this device can do at most)."""
     import torch
 
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    sizes = (1024, 1536, 2048) if device == "cpu" else (4096, 8192)
     best = 0.0
-    for n in (1024, 1536, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         torch.mm(a, b)
         reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 3:
+        while time.perf_counter() - t0 < seconds / len(sizes):
             torch.mm(a, b)
             reps += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
 
 
 def _conversations(rows: int, seed: int) -> list[list[dict[str, str]]]:
     from llmft.chat_format import build_messages
-    from llmft.tasks.extraction import INSTRUCTION
+    from llmft.data.shapes import Example
+    from llmft.tasks.extraction import instruction_for
 
     records = [json.loads(line) for line in (ROOT / "data" / "products.jsonl").read_text().splitlines()]
     random.Random(seed).shuffle(records)
-    return [build_messages(INSTRUCTION, r["prompt"], r["response"]) for r in records[:rows]]
+    # the instruction a default run writes from this data
+    instruction = instruction_for([Example("", "prompt_response", messages=build_messages(None, r["prompt"],
+                                                                                          r["response"]))
+                                   for r in records])
+    return [build_messages(instruction, r["prompt"], r["response"]) for r in records[:rows]]
 
 
 def _timing_callback(record: list[tuple[int, float, int, int]], counter: dict[str, int]):
@@ -103,6 +114,7 @@ def run_project(args: argparse.Namespace, base: str, tokenizer: Any, out: Path) 
     examples = [encode_messages(tokenizer, c) for c in _conversations(args.rows, args.seed)]
     cfg = load_config(None, [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
                              "train.eval_steps=null", "train.learning_rate=0.0002", "train.warmup_ratio=0",
+                             f"train.precision={args.precision}",
                              f"train.lora.r={LORA['r']}", f"train.lora.alpha={LORA['lora_alpha']}",
                              f"train.lora.dropout={LORA['lora_dropout']}"]).train
     result = train(base, examples, [], cfg, out, log_to_mlflow=False)
@@ -127,7 +139,8 @@ def _lora_model(base: str) -> Any:
 def _common_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return {"output_dir": str(out), "max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
             "learning_rate": 2e-4, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-            "use_cpu": True, "seed": args.seed, "disable_tqdm": True}
+            "use_cpu": args.device == "cpu", "seed": args.seed, "disable_tqdm": True,
+            "bf16": args.precision == "bf16", "fp16": args.precision == "fp16"}
 
 
 def run_hf_trainer(args: argparse.Namespace, base: str, tokenizer: Any, out: Path) -> dict[str, float]:
@@ -158,9 +171,9 @@ def run_trl_sft(args: argparse.Namespace, base: str, tokenizer: Any, out: Path) 
     model.config.use_cache = False
     trainer = _counting(SFTTrainer, counter)(
         model=model, processing_class=tokenizer, train_dataset=dataset, peft_config=LoraConfig(**LORA),
-        # TRL defaults to bf16 autocast and gradient checkpointing; both are turned off so every
-        # path does the same fp32 arithmetic (bf16 is emulated, i.e. far slower, on CPUs without it)
-        args=SFTConfig(**_common_args(args, out), packing=True, max_length=args.max_length, bf16=False,
+        # TRL defaults to bf16 autocast and gradient checkpointing: precision follows --precision as for
+        # every path (bf16 is emulated, i.e. far slower, on CPUs without it) and checkpointing is off
+        args=SFTConfig(**_common_args(args, out), packing=True, max_length=args.max_length,
                        gradient_checkpointing=False),
         callbacks=[_timing_callback(record, counter)])
     trainer.train()
@@ -184,7 +197,7 @@ def worker(args: argparse.Namespace) -> None:
     from llmft.base_model import load_tokenizer, resolve_base_model
     from llmft.config import EMBEDDED_MODEL
 
-    base = resolve_base_model(EMBEDDED_MODEL)
+    base = args.base or resolve_base_model(EMBEDDED_MODEL)
     tokenizer = load_tokenizer(base)
     runner = {"project": run_project, "hf_trainer": run_hf_trainer, "trl_sft": run_trl_sft}[args.worker]
     with tempfile.TemporaryDirectory() as out:
@@ -203,6 +216,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast for every path (CPUs without bf16 units emulate it, far slower)")
+    parser.add_argument("--base", help="a Hugging Face model directory (default: the embedded SmolLM2-135M)")
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -212,8 +229,8 @@ def main() -> None:
     from llmft.base_model import resolve_base_model
     from llmft.config import EMBEDDED_MODEL
 
-    peak = matmul_peak_gflops()
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
+    peak = matmul_peak_gflops(device=args.device, precision=args.precision)
+    print(f"{args.precision} matmul peak on {args.device}: {peak:.1f} GFLOP/s")
     results: dict[str, Any] = {}
     for path in args.paths.split(","):
         if path == "trl_sft":
@@ -225,7 +242,8 @@ def main() -> None:
         print(f"training: {path} ({args.steps} steps) ...", flush=True)
         command = [sys.executable, __file__, "--worker", path, "--steps", str(args.steps), "--warmup",
                    str(args.warmup), "--batch-size", str(args.batch_size), "--rows", str(args.rows),
-                   "--max-length", str(args.max_length), "--seed", str(args.seed)]
+                   "--max-length", str(args.max_length), "--seed", str(args.seed), "--device", args.device,
+                   "--precision", args.precision, *(["--base", args.base] if args.base else [])]
         proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -234,7 +252,7 @@ def main() -> None:
         results[path] = json.loads(line[len("RESULT "):])
 
     mean_len = results.get("project", {}).get("mean_seq_len", 144.0)
-    flops, linear = _flops_per_token(resolve_base_model(EMBEDDED_MODEL), mean_len)
+    flops, linear = _flops_per_token(args.base or resolve_base_model(EMBEDDED_MODEL), mean_len)
     for values in results.values():
         if "tokens_per_s" in values:
             values["mfu"] = values["tokens_per_s"] * flops / (peak * 1e9)
@@ -251,7 +269,9 @@ def main() -> None:
         print(f"| {path} | {v['tokens_per_s']:.1f} | {ratio} | {v['padding_fraction']:.3f} | "
               f"{v['peak_rss_mb']:.0f} | {v['mfu']:.3f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, "model_flops_per_token": flops,
+        Path(args.json).write_text(json.dumps({"device": args.device, "precision": args.precision,
+                                               "batch_size": args.batch_size, "steps": args.steps,
+                                               "matmul_peak_gflops": peak, "model_flops_per_token": flops,
                                                "results": results}, indent=2) + "\n")
 
 
