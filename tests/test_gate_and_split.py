@@ -129,6 +129,14 @@ def test_a_row_is_dropped_only_when_its_target_alone_cannot_fit():
     assert result.rejected[0].reason == "the target alone does not fit train.max_seq_length=64 tokens"
 
 
+def test_rejections_that_are_mostly_too_long_point_at_the_sequence_length():
+    rows = [*GOOD[:10], *({"prompt": f"question {i}", "response": "word " * 80} for i in range(10))]
+    result = gate(rows)
+    assert not result.success
+    assert "set validation.max_rejected_fraction=0.50 to accept (most rejected rows are too long: a larger " \
+           "train.max_seq_length keeps them)" in result.report.verdict
+
+
 PII_ROWS = [*GOOD, {"prompt": "mail jane.doe@example.com or call +1 415-555-0132",
                     "response": "card 4111 1111 1111 1111"}]
 

@@ -104,6 +104,20 @@ def test_encoding_fits_both_answers_after_the_same_prompt(tokenizer):
     assert pair["rejected_labels"][-1] == tokenizer.eos_token_id
 
 
+def test_answers_longer_than_the_budget_are_cut_at_their_end_after_a_prompt_of_at_most_half(tokenizer):
+    from llmft.tasks.preference import pair_example
+
+    long_answer = " ".join(f"step {i} of the detailed plan." for i in range(200))
+    ex = _example({"prompt": "Plan my week. " * 60, "chosen": long_answer, "rejected": "No." + long_answer})
+    encoded = get_task("preference").encode(tokenizer, ex, None, 128)
+    assert encoded is not None and encoded.truncated
+    pair = pair_example(tokenizer, encoded.messages, 128)
+    assert len(pair["input_ids"]) == len(pair["rejected_input_ids"]) == 128
+    prompt_tokens = sum(label == -100 for label in pair["labels"])
+    assert prompt_tokens <= 64 and prompt_tokens == sum(label == -100 for label in pair["rejected_labels"])
+    assert tokenizer.eos_token_id not in pair["labels"]  # cut, not ended: no stop is taught at the cut
+
+
 def test_dpo_loss_on_hand_computed_values():
     import torch
 

@@ -355,6 +355,9 @@ def _verdict(report: GateReport, rejected: list[Rejection]) -> str:
         example = f" (e.g. {'; '.join(c.rows[:3])})" if c.rows else ""
         fix = (f"; set {c.config_key}={c.passing_value} to accept" if c.config_key and c.passing_value
                else f"; change {c.config_key}" if c.config_key else "")
+        if (c.config_key == "validation.max_rejected_fraction"
+                and report.rejected_by_reason.get("too_long", 0) * 2 > report.rejected):
+            fix += " (most rejected rows are too long: a larger train.max_seq_length keeps them)"
         parts.append(f"{c.detail}{example}{fix}")
     worst = rejected[:3]
     if worst:

@@ -55,9 +55,17 @@ class PreferenceTask(GenerativeTask):
         longer = max((chosen, rejected), key=lambda conv: len(tokenizer(conv[-1]["content"],
                                                                         add_special_tokens=False)["input_ids"]))
         fitted = encode_to_fit(tokenizer, with_system(system, longer), max_seq_length)
-        if fitted is None:
-            return None
-        _, messages, truncated = fitted
+        if fitted is not None:
+            _, messages, truncated = fitted
+        else:
+            # an answer longer than the whole budget (long LLM-written pairs): as TRL's DPO does, the
+            # prompt keeps at most half the budget and both answers are cut at their end, where
+            # pair_example truncates the token sequences (no end of turn is invented after the cut)
+            stub = [*with_system(system, longer)[:-1], {"role": "assistant", "content": "."}]
+            fitted = encode_to_fit(tokenizer, stub, max_seq_length // 2)
+            if fitted is None:
+                return None
+            messages, truncated = fitted[1], True
         prompt = messages[:-1]
         pair = [*prompt, chosen[-1], {"role": REJECTED_ROLE, "content": rejected[-1]["content"]}]
         encoded = pair_example(tokenizer, pair, max_seq_length)

@@ -233,11 +233,13 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[-1]))) if done else None
 
 
-def _examples_check(train_examples: list[dict[str, Any]], classifier: bool, eos_token_id: int) -> None:
+def _examples_check(train_examples: list[dict[str, Any]], classifier: bool, eos_token_id: int,
+                    max_seq_length: int) -> None:
     if not train_examples:
         raise ValueError("no training examples")
     if not classifier:
-        for example in train_examples[:8]:
+        # a sequence at the length limit may be a preference answer cut at its end, without its EOS
+        for example in [e for e in train_examples[:32] if len(e["input_ids"]) < max_seq_length][:8]:
             check_labels(example, eos_token_id)
 
 
@@ -259,7 +261,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(base_path)
     classifier = labels is not None
-    _examples_check(train_examples, classifier, tokenizer.eos_token_id)
+    _examples_check(train_examples, classifier, tokenizer.eos_token_id, cfg.max_seq_length)
 
     model = load_model(base_path, labels, four_bit=methods.four_bit(cfg))
     model.config.use_cache = False  # no KV cache in training
