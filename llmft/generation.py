@@ -38,10 +38,17 @@ def complete_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_token
     """Generate for every prompt at once; row i stops at its own `max_new_tokens[i]` or its EOS."""
     import torch
 
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    # Left padding by hand: asking a fast tokenizer to pad switches padding on in its shared Rust state
+    # and off again, so a server thread tokenizing a request at that moment turned it off mid-call and
+    # the batch came back ragged ("Unable to create tensor"); an unpadded call touches no such state.
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    width = max(len(row) for row in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    enc = {"input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=model.device),
+           "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids],
+                                          device=model.device)}
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
+        out = model.generate(**enc, max_new_tokens=max(max_new_tokens), pad_token_id=pad,
                              eos_token_id=tokenizer.eos_token_id, **sampling.generate_kwargs())
     new = out[:, enc["input_ids"].shape[1]:].tolist()
     eos = model.generation_config.eos_token_id

@@ -188,3 +188,28 @@ def test_with_tracing_on_each_request_is_a_trace_in_the_versions_experiment(serv
         assert create_app(version, LIMITS).state.tracer is None  # off: no tracer at all
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_a_static_batch_survives_requests_tokenized_on_other_threads(served: Served):
+    # the server tokenizes requests on worker threads while a batch is encoded; a padded tokenizer call
+    # flips shared padding state, and once came back ragged ("Unable to create tensor")
+    import threading
+
+    prompts = [_prompt(served, q) for q in QUESTIONS]
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            served.tokenizer(prompts[0] * 3, add_special_tokens=False)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        batches = [complete_batch(served.model, served.tokenizer, prompts, [1] * len(prompts)) for _ in range(15)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    alone = [complete_batch(served.model, served.tokenizer, [p], [1])[0] for p in prompts]
+    assert all(batch == alone for batch in batches)
