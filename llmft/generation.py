@@ -33,6 +33,19 @@ class Sampling:
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
 
 
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_padded(rows: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """Token ids and attention mask of rows padded on the left to the longest (as `generate` wants)."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    return (torch.tensor([[pad] * (width - len(row)) + row for row in rows]),
+            torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]))
+
+
 def complete_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: list[int],
                    sampling: Sampling = Sampling()) -> list[Completion]:
     """Generate for every prompt at once; row i stops at its own `max_new_tokens[i]` or its EOS."""
@@ -41,12 +54,9 @@ def complete_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_token
     # Left padding by hand: asking a fast tokenizer to pad switches padding on in its shared Rust state
     # and off again, so a server thread tokenizing a request at that moment turned it off mid-call and
     # the batch came back ragged ("Unable to create tensor"); an unpadded call touches no such state.
-    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    width = max(len(row) for row in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    enc = {"input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=model.device),
-           "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids],
-                                          device=model.device)}
+    pad = pad_id(tokenizer)
+    ids, mask = left_padded(tokenizer(prompts, add_special_tokens=False)["input_ids"], pad)
+    enc = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=max(max_new_tokens), pad_token_id=pad,
                              eos_token_id=tokenizer.eos_token_id, **sampling.generate_kwargs())

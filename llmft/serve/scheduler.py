@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from llmft.generation import Completion, Sampling
+from llmft.generation import Completion, Sampling, left_padded, pad_id
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward: bounds the activation memory of one group
 
@@ -74,7 +74,7 @@ class DecodeBatch:
     def __init__(self, model: Any, tokenizer: Any, generator: torch.Generator | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.stops = stop_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
         self.top_k = model.generation_config.top_k  # None in transformers 5 unless the model sets it
         self.generator = generator
         self.rows: list[Sequence] = []
@@ -104,9 +104,7 @@ class DecodeBatch:
     def _prefill(self, group: list[Sequence]) -> None:
         from transformers import DynamicCache
 
-        width = max(len(s.prompt_ids) for s in group)
-        ids = torch.tensor([[self.pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in group])
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in group])
+        ids, mask = left_padded([s.prompt_ids for s in group], self.pad_id)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():

@@ -80,8 +80,8 @@ def _in_context(value: str, key: str | None, kinds: frozenset[str]) -> tuple[str
 def _number(value: int, key: str | None, kinds: frozenset[str]) -> tuple[Any, list[str]]:
     text = str(value)
     _, matches = _in_context(text, key, kinds)
-    kinds = [k for _, _, k in matches if k in NUMBER_KINDS]
-    return (_replace(text, [m for m in matches if m[2] in NUMBER_KINDS]) if kinds else value), kinds
+    found = [k for _, _, k in matches if k in NUMBER_KINDS]
+    return (_replace(text, [m for m in matches if m[2] in NUMBER_KINDS]) if found else value), found
 
 
 def _walk(value: Any, path: str, key: str | None, redact_it: bool, out: list[Finding],
