@@ -91,9 +91,8 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
         model = Model(name=model_name, description=f"{spec.name} model fine-tuned from {cfg.model.base}")
         # a unique run name: a failed run's clean-up finds exactly its own run, never a concurrent one
         run_name = f"{name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        options: dict[str, Any] = {"settings": settings, "model": model, "run_name": run_name}
-        if step_options:
-            options["steps"] = {"finetune": step_options}
+        options: dict[str, Any] = {"settings": settings, "model": model, "run_name": run_name,
+                                   "steps": {"finetune": step_options}}
         if schedule:
             from zenml.config.schedule import Schedule
 

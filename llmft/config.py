@@ -150,6 +150,8 @@ class TrainConfig(_Section):
     early_stopping_min_delta: float = Field(0.0, ge=0.0)
     save_steps: int = Field(20, ge=1, description="checkpoint every N steps, for resuming a killed run")
     resume: bool = Field(True, description="continue from this run's last checkpoint if one exists")
+    reuse: bool = Field(True, description="an earlier run's training with the same data, settings, base model and "
+                                          "code is taken from ZenML's cache, not trained again; false: always train")
     num_processes: int = Field(1, ge=1, description="data-parallel processes through accelerate")
     fast_lora_dropout: bool = Field(True, description="same dropout distribution, cheaper random masks")
     lora: LoraConfig = LoraConfig()
@@ -163,8 +165,8 @@ class TrainConfig(_Section):
 
 # training keys a sweep may not vary: the data was tokenized at max_seq_length, and the rest are
 # plumbing (checkpoints, logging, processes); within trials validation runs every sweep.eval_steps
-_UNSWEPT_TRAIN_KEYS = ("max_seq_length", "resume", "save_steps", "logging_steps", "eval_steps", "num_processes",
-                       "lora.target_modules")
+_UNSWEPT_TRAIN_KEYS = ("max_seq_length", "resume", "reuse", "save_steps", "logging_steps", "eval_steps",
+                       "num_processes", "lora.target_modules")
 
 
 def _flatten_space(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -458,8 +460,9 @@ class Config(_Section):
         return self
 
     def finetune_step_options(self) -> dict[str, Any]:
-        """ZenML step options that send the fine-tune step (alone) to a GPU machine, if configured."""
-        options: dict[str, Any] = {}
+        """ZenML options of the fine-tune step: cached unless train.reuse is off; sent (alone) to a GPU
+        machine, if configured."""
+        options: dict[str, Any] = {"enable_cache": self.train.reuse}
         if self.compute.finetune_step_operator:
             options["step_operator"] = self.compute.finetune_step_operator
         resources = self.compute.finetune_resources.model_dump(exclude_none=True)

@@ -115,6 +115,7 @@ class TrainingResult(BaseModel):
     num_processes: int = 1
     labels: list[str] | None = None
     overfitting_step: int | None = None  # validation loss rose from here while training loss fell
+    trained_in_run: str | None = None  # the MLflow run that trained it (an earlier run's when reused from the cache)
 
 
 class EvalSample(BaseModel):
@@ -210,6 +211,7 @@ class Registration(BaseModel):
     model_uri: str
     run_id: str | None = None
     prompt_uri: str | None = None  # prompts:/NAME-prompt/N: the instruction and chat template it was trained with
+    reused_from_run: str | None = None  # set when this run reused an earlier run's training and its version
 
 
 class PromotionDecision(BaseModel):
@@ -218,6 +220,7 @@ class PromotionDecision(BaseModel):
     baseline_used: str | None = None  # zero_shot | few_shot: the base the gate compared with
     previous_champion: str | None = None
     champion: str | None = None
+    already_champion: bool = False  # the reused version already held @champion: nothing to move
 
 
 class Deployment(BaseModel):

@@ -47,12 +47,12 @@ def step_seconds(run: Any) -> dict[str, float]:
 
 
 def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
-    evaluation: Evaluation = _load(run, "evaluate_candidate", "evaluation")
+    evaluation: Evaluation = _load(run, "compare_models", "evaluation")
     registered: Registration = _load(run, "register", "registration")
     promotion: PromotionDecision = _load(run, "promote", "promotion")
     dataset: DatasetInfo = _load(run, "export_dataset", "dataset")
     training: TrainingResult = _load(run, "finetune", "training")
-    forgetting: Forgetting = _load(run, "probe_candidate", "forgetting")
+    forgetting: Forgetting = _load(run, "measure_forgetting", "forgetting")
     deployment: Deployment = _load(run, "deploy_if_promoted", "deployment")
     champion: ModelEvaluation = _load(run, "evaluate_champion", "champion_evaluation")
     return {
@@ -71,8 +71,11 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "champion_note": evaluation.champion_note,
         "champion_identity": champion.identity or None,
         "forgetting": forgetting.model_dump(),
-        "registered_model": {"name": registered.name, "version": registered.version, "uri": registered.model_uri},
+        "registered_model": {"name": registered.name, "version": registered.version, "uri": registered.model_uri,
+                             "reused_from_run": registered.reused_from_run},
+        "training_reused_from_run": training.trained_in_run if "finetune" in cached_steps(run) else None,
         "promoted": promotion.promoted,
+        "already_champion": promotion.already_champion,
         "promotion_reasons": promotion.reasons,
         "baseline_used": promotion.baseline_used,
         "few_shot": evaluation.few_shot,
@@ -213,7 +216,11 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
     rows = dataset["rows"]
     sample = summary["eval_sample"]
     forgetting = summary["forgetting"]
-    decision = "PROMOTED to @champion" if summary["promoted"] else "NOT promoted (stays @challenger)"
+    if summary.get("already_champion"):
+        decision = f"unchanged: v{reg['version']} already is @champion"
+    else:
+        decision = "PROMOTED to @champion" if summary["promoted"] else "NOT promoted (stays @challenger)"
+    reused = summary.get("training_reused_from_run")
     deployment = summary["deployment"]
     lines += [
         "-" * width,
@@ -234,7 +241,11 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "
                                  f"{forgetting['questions']} questions" if forgetting["applicable"]
                                  else forgetting["reason"])),
-        f"registered: {reg['name']} version {reg['version']} (@challenger)",
+        *([f"training: reused from MLflow run {reused} (same data, settings, base model and code; "
+            "--set train.reuse=false trains again)"] if reused else []),
+        (f"registered: nothing new, {reg['name']} version {reg['version']} is this very model (registered by run "
+         f"{reg['reused_from_run']})" if reg.get("reused_from_run")
+         else f"registered: {reg['name']} version {reg['version']} (@challenger)"),
         f"promotion: {decision}",
         *[f"  {reason}" for reason in summary["promotion_reasons"]],
         ("deployed: " + f"{deployment['action']} at {deployment['endpoint']}"

@@ -1,7 +1,11 @@
 """fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base zero-shot, base
-few-shot and champion cached, candidate) + forgetting probe (base cached, candidate) -> register (challenger)
--> promote (gate against the best baseline) -> deploy if promoted (deploy.on_promotion) -> export if promoted
-(export.after_promotion)."""
+few-shot, champion and candidate, each cached) -> compare + forgetting probe (base and candidate cached) ->
+register (challenger) -> promote (gate against the best baseline) -> deploy if promoted (deploy.on_promotion)
+-> export if promoted (export.after_promotion).
+
+Unchanged data, settings, base model and code: the fine-tune step and the candidate's scores come from
+ZenML's cache (train.reuse), the run re-uses the version registered for them, and only the comparison,
+the gate and the MLflow records run again."""
 
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from llmft.tasks.base import TaskSpec
 from pipelines.data import prepare_data
 from steps.deploy import deploy_if_promoted
 from steps.evaluate import (
+    compare_models,
     draw_shots,
     evaluate_base,
     evaluate_base_few_shot,
     evaluate_candidate,
     evaluate_champion,
+    measure_forgetting,
     probe_base,
     probe_candidate,
     sample_test,
@@ -45,19 +51,22 @@ def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, b
     `cfg.train` or the sweep's best settings (an artifact)."""
     name = cfg.registry.model_name
     fingerprint, train, validation, test, split, dataset = prepared
-    trained, training = finetune(train, validation, split, task, cfg.model, train_cfg)
+    base_key = f"{base_identity} code {code_version}"  # prompting, training and scoring live in the library
+    trained, training = finetune(train, validation, split, task, cfg.model, train_cfg, base_key)
     rows, sample = sample_test(test, task, cfg.eval)
     shots = draw_shots(train, task, cfg.eval)
-    base_key = f"{base_identity} code {code_version}"  # prompting and scoring live in the library: its code keys
     base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, base_key)
     base_few = evaluate_base_few_shot(rows, shots, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length,
                                       base_key)
     current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length,
                                 cfg.model.trust_remote_code)
-    evaluation = evaluate_candidate(trained, training, rows, sample, base, base_few, current, task, cfg.model,
-                                    cfg.eval, cfg.train.max_seq_length)
+    candidate = evaluate_candidate(trained, training, rows, task, cfg.model, cfg.eval, cfg.train.max_seq_length,
+                                   base_key)
+    evaluation = compare_models(candidate, rows, sample, base, base_few, current, task, cfg.eval,
+                                cfg.train.max_seq_length)
     base_answers = probe_base(task, cfg.model, cfg.eval, base_key)
-    forgetting = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, cfg.promotion.max_forgetting)
+    candidate_answers = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, base_key)
+    forgetting = measure_forgetting(base_answers, candidate_answers, cfg.promotion.max_forgetting)
     registration = register(trained, training, evaluation, task, cfg.model, name, fingerprint)
     decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, train_cfg,
                        champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)

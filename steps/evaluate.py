@@ -64,16 +64,22 @@ def evaluate_champion(eval_rows: pd.DataFrame, task: TaskSpec, champion: Champio
     return stage.evaluate_champion(eval_rows, task, champion, split_info, eval_cfg, max_seq_length, trust_remote_code)
 
 
+@step
+def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows: pd.DataFrame, task: TaskSpec,
+                       model: ModelConfig, eval_cfg: EvalConfig, max_seq_length: int,
+                       base_identity: str) -> Annotated[ModelEvaluation, "candidate_evaluation"]:
+    """Cached: a reused training (the same model artifact) on the same rows and settings scores the same."""
+    return stage.evaluate_candidate(trained_model, training, eval_rows, task, model, eval_cfg, max_seq_length)
+
+
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)
-def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows: pd.DataFrame,
-                       eval_sample: EvalSample, base_evaluation: ModelEvaluation,
-                       base_few_shot_evaluation: ModelEvaluation, champion_evaluation: ModelEvaluation,
-                       task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
-                       max_seq_length: int) -> Annotated[Evaluation, "evaluation"]:
-    """The candidate on the same rows, then all of them side by side in MLflow."""
-    candidate = stage.evaluate_candidate(trained_model, training, eval_rows, task, model, eval_cfg, max_seq_length)
-    return stage.compare(base_evaluation, base_few_shot_evaluation, candidate, champion_evaluation, eval_rows,
-                         eval_sample, task, eval_cfg, max_seq_length)
+def compare_models(candidate_evaluation: ModelEvaluation, eval_rows: pd.DataFrame, eval_sample: EvalSample,
+                   base_evaluation: ModelEvaluation, base_few_shot_evaluation: ModelEvaluation,
+                   champion_evaluation: ModelEvaluation, task: TaskSpec, eval_cfg: EvalConfig,
+                   max_seq_length: int) -> Annotated[Evaluation, "evaluation"]:
+    """All of them side by side in this run's MLflow run (never cached: every run shows its comparison)."""
+    return stage.compare(base_evaluation, base_few_shot_evaluation, candidate_evaluation, champion_evaluation,
+                         eval_rows, eval_sample, task, eval_cfg, max_seq_length)
 
 
 @step
@@ -82,8 +88,15 @@ def probe_base(task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
     return stage.probe_base(task, model, eval_cfg)
 
 
-@step(experiment_tracker=TRACKER_NAME, enable_cache=False)
+@step
 def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, model: ModelConfig,
-                    eval_cfg: EvalConfig, max_forgetting: float) -> Annotated[Forgetting, "forgetting"]:
-    """General-knowledge probe on the candidate: did fine-tuning break the rest?"""
-    return stage.probe_candidate(trained_model, training, base_probe, model, eval_cfg, max_forgetting)
+                    eval_cfg: EvalConfig, base_identity: str) -> Annotated[ProbeRun, "candidate_probe"]:
+    """The candidate's probe answers; cached like its evaluation."""
+    return stage.probe_candidate(trained_model, training, base_probe, model, eval_cfg)
+
+
+@step(experiment_tracker=TRACKER_NAME, enable_cache=False)
+def measure_forgetting(base_probe: ProbeRun, candidate_probe: ProbeRun,
+                       max_forgetting: float) -> Annotated[Forgetting, "forgetting"]:
+    """General-knowledge probe, base against candidate: did fine-tuning break the rest?"""
+    return stage.forgetting(base_probe, candidate_probe, max_forgetting)

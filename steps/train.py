@@ -22,10 +22,12 @@ def track_config(cfg: Config, task: TaskSpec) -> Annotated[str, "mlflow_run_id"]
     return track_run_config(cfg, task)
 
 
-@step(experiment_tracker=TRACKER_NAME, enable_cache=False)
+@step(experiment_tracker=TRACKER_NAME)
 def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split_info: SplitInfo, task: TaskSpec,
-             model: ModelConfig, train: TrainConfig) -> tuple[
+             model: ModelConfig, train: TrainConfig, base_identity: str) -> tuple[
     Annotated[Path, "trained_model"], Annotated[TrainingResult, "training"]
 ]:
+    """Cached unless train.reuse is off: the same splits, settings, base model (`base_identity`, its
+    weights' fingerprint and the code version) give the same model, so it is not trained again."""
     trained, result = finetune_model(train_split, validation_split, split_info, task, model, train)
     return trained, result

@@ -80,7 +80,12 @@ def test_gpu_profile_sends_only_the_finetune_step_to_a_gpu_operator():
     assert options["step_operator"] == "gpu"
     resources = ResourceSettings.model_validate(options["settings"]["resources"])  # what ZenML will receive
     assert resources.gpu_count == 4 and resources.memory == "120GB"
-    assert load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options() == {}
+    assert load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options() == {"enable_cache": True}
+
+
+def test_train_reuse_off_turns_the_finetune_cache_off():
+    cfg = load_config(ROOT / "configs" / "finetune.yaml", ["train.reuse=false"])
+    assert cfg.finetune_step_options() == {"enable_cache": False}
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

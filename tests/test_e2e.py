@@ -193,6 +193,31 @@ def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: 
     assert _zenml_stages(run_env, "bad-extraction", every=True) == {}  # the failed run left no ZenML version
 
 
+def test_an_unchanged_second_run_reuses_training_and_registers_nothing(finetune_summary: dict,
+                                                                       run_env: dict[str, str], tmp_path: Path):
+    """Same command, data, base model and code: the training and the candidate's scores come from
+    ZenML's cache, v1 is this very model and stays champion; the run still compares and records."""
+    first = finetune_summary
+    out = tmp_path / "again.json"
+    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "deploy.on_promotion=true", "--summary", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert {"finetune", "evaluate_candidate", "probe_candidate", "evaluate_base", "probe_base"} <= set(s["cached_steps"])
+    assert {"compare_models", "measure_forgetting", "register", "promote"} <= set(s["step_seconds"])
+    assert s["training_reused_from_run"] == first["mlflow_run_id"] != s["mlflow_run_id"]
+    assert s["registered_model"] == {**first["registered_model"], "reused_from_run": first["mlflow_run_id"]}
+    assert s["already_champion"] and not s["promoted"] and s["champion_version"] == "1"
+    assert s["metrics"]["finetuned"] == first["metrics"]["finetuned"] == s["metrics"]["champion"]
+    assert not s["deployment"]["deployed"]  # nothing moved, the running server is left alone
+    assert "training: reused from MLflow run" in proc.stdout and "unchanged: v1 already is @champion" in proc.stdout
+    name = first["registered_model"]["name"]
+    client = _mlflow_client(run_env)
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert client.get_model_version(name, "1").tags["promotion.decision"] == "promoted"
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.data.tags["promotion.decision"] == "unchanged" and "finetuned/field_accuracy" in run.data.metrics
+
+
 def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_path: Path):
     data = tmp_path / "chat.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},

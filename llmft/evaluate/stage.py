@@ -323,18 +323,26 @@ def probe_base(spec: TaskSpec, model: ModelConfig, cfg: EvalConfig) -> ProbeRun:
 
 
 def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, model: ModelConfig,
-                    cfg: EvalConfig, max_forgetting: float) -> Forgetting:
-    """The candidate on the same probe; the drop from the base is what the gate bounds."""
+                    cfg: EvalConfig) -> ProbeRun:
+    """The candidate on the same probe as the base (not applicable where the base's was not)."""
     if not base_probe.applicable:
-        return Forgetting(applicable=False, reason=base_probe.reason, max_allowed=max_forgetting)
-    import mlflow
-
+        return base_probe
     from llmft.base_model import resolve_base_model
-    from llmft.evaluate.forgetting import load_probe
     from llmft.train.methods import load_trained
 
     base = resolve_base_model(model)
-    tuned = probe(lambda: load_trained(base, trained_model, training.labels), cfg, "probe finetuned")
+    return probe(lambda: load_trained(base, trained_model, training.labels), cfg, "probe finetuned")
+
+
+def forgetting(base_probe: ProbeRun, tuned: ProbeRun, max_forgetting: float) -> Forgetting:
+    """The drop in probe accuracy from the base to the candidate, which the gate bounds; both
+    models' answers go to the active MLflow run."""
+    if not base_probe.applicable or not tuned.applicable:
+        return Forgetting(applicable=False, reason=base_probe.reason or tuned.reason, max_allowed=max_forgetting)
+    import mlflow
+
+    from llmft.evaluate.forgetting import load_probe
+
     assert base_probe.accuracy is not None and tuned.accuracy is not None
     drop = base_probe.accuracy - tuned.accuracy
     mlflow.log_metrics({"forgetting/base_accuracy": base_probe.accuracy,

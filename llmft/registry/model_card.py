@@ -32,7 +32,8 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
     columns = [role for role in ("base", "base_few_shot", "finetuned", "champion") if metrics.get(role)]
     primary = evaluation.primary_metric
     rows = dataset.rows
-    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    verdict = ("already champion (training reused)" if decision.already_champion
+               else "promoted to champion" if decision.promoted else "not promoted")
     sample = evaluation.sample
     lines = [
         f"# {name} v{version}",

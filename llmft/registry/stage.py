@@ -50,13 +50,32 @@ def git_commit() -> str:
 def register_candidate(trained_model: Path, training: TrainingResult, evaluation: Evaluation, spec: TaskSpec,
                        model: ModelConfig, name: str, fingerprint: str, lineage: dict[str, str],
                        zenml_model: Any | None = None) -> Registration:
-    """A new registry version with its lineage tags, as the `challenger`, linked to the ZenML model version."""
+    """A new registry version with its lineage tags, as the `challenger`, linked to the ZenML model version.
+    When the training was reused from an earlier run (ZenML's cache), that run's version is this very
+    model: it is returned, and nothing new is registered."""
     import json
 
     import mlflow
 
     from llmft.base_model import resolve_base_model
     from llmft.train.methods import is_adapter, load_trained
+    from llmft.train.stage import log_training_summary
+
+    run_id = mlflow.active_run().info.run_id
+    reused = training.trained_in_run if training.trained_in_run not in (None, run_id) else None
+    if reused:
+        mlflow.set_tag("train.reused_from_run", reused)
+        log_training_summary(training)
+        earlier = registry.version_of_run(name, reused)
+        if earlier is not None:
+            version, version_tags = earlier
+            mlflow.set_tag("registry.reused_version", version.version)
+            log.info("training reused from run %s: %s v%s is this model, nothing new registered", reused, name,
+                     version.version)
+            if zenml_model is not None:
+                zenml_model.log_metadata({"mlflow_model": name, "mlflow_version": version.version,
+                                          "mlflow_model_uri": version.model_uri, "reused_from_run": reused})
+            return Registration(**version.as_dict(), prompt_uri=version_tags.get("prompt_uri"), reused_from_run=reused)
 
     tags = {**lineage, "git_commit": git_commit(), "dataset_fingerprint": fingerprint, "base_model": model.base,
             "method": training.method, "task": spec.name, "primary_metric": evaluation.primary_metric}
@@ -110,27 +129,33 @@ def promote_candidate(registration: Registration, evaluation: Evaluation, forget
     with registry_lock(name):  # compare-and-set: nobody moves the champion between the check and the move
         moved = champion_still(name, champion_at_start)
         reasons = decision.reasons + ([moved] if moved else [])
-        promoted = decision.promoted and moved is None
         previous = registry.current_alias_version(name)
+        # a reused training whose version holds @champion: the gate's numbers are reported, nothing moves
+        already = registration.reused_from_run is not None and moved is None and previous == version
+        promoted = decision.promoted and moved is None and not already
         if promoted:
             make_champion(name, version, "gate", reason="passed the promotion gate")
-    if not promoted:
+    if already:
+        reasons.append(f"UNCHANGED champion: v{version} already holds @champion; this run reused its training "
+                       f"(MLflow run {registration.reused_from_run}), so nothing moved")
+    elif not promoted:
         mirror_zenml_stage(name, version, "staging")
     for reason in reasons:
         log.info("promotion %s", reason)
-    verdict = "promoted" if promoted else "rejected"
+    verdict = "unchanged" if already else "promoted" if promoted else "rejected"
     mlflow.set_tags({"promotion.decision": verdict, "promotion.reasons": " | ".join(reasons)[:4900]})
     result = PromotionDecision(promoted=promoted, reasons=reasons, previous_champion=previous,
-                               champion=version if promoted else previous, baseline_used=used)
+                               champion=version if promoted else previous, baseline_used=used, already_champion=already)
     mlflow.set_tag("promotion.baseline", used)
     mlflow.log_metric("promotion/promoted", float(promoted))
     mlflow.log_dict(result.model_dump(), "promotion/decision.json")
-    registry.set_version_tags(name, version, {"promotion.decision": verdict,
-                                              "promotion.reasons": " | ".join(reasons)[:4900]})
     card = model_card.render(name, version, spec, base_model, dataset, training, train, evaluation, forgetting,
                              result, max_new_tokens)
     mlflow.log_text(card, "model_card.md")
-    registry.set_description(name, version, card)
+    if not already:  # the champion keeps the record of the run that promoted it
+        registry.set_version_tags(name, version, {"promotion.decision": verdict,
+                                                  "promotion.reasons": " | ".join(reasons)[:4900]})
+        registry.set_description(name, version, card)
     mlflow.set_tag("mlflow.note.content", run_description(spec, dataset, training, evaluation, result))
     return result
 

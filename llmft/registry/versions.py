@@ -79,6 +79,20 @@ def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
                              run_id=run.info.run_id if run else None)
 
 
+def version_of_run(name: str, run_id: str) -> tuple[RegisteredVersion, dict[str, str]] | None:
+    """The READY version of `name` that MLflow run `run_id` registered (the newest, if several), with
+    its tags; None when that run registered none or it was deleted."""
+    from mlflow import MlflowClient
+
+    found = [v for v in MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+             if v.status == "READY"]
+    if not found:
+        return None
+    newest = max(found, key=lambda v: int(v.version))
+    return (RegisteredVersion(name=name, version=str(newest.version), model_uri=f"models:/{name}/{newest.version}",
+                              run_id=newest.run_id), dict(newest.tags))
+
+
 def current_alias_version(name: str, alias: str = CHAMPION) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

@@ -44,7 +44,7 @@ def training_examples(frame: pd.DataFrame, labels: list[str] | None,
 def checkpoint_key(spec: TaskSpec, model: ModelConfig, train: TrainConfig, train_rows: list[dict[str, Any]]) -> str:
     """Same command, same data -> same key: a killed run finds its checkpoints again."""
     settings = {"task": spec.model_dump(), "model": model.model_dump(mode="json"),
-                "train": train.model_dump(mode="json", exclude={"resume"})}
+                "train": train.model_dump(mode="json", exclude={"resume", "reuse"})}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for row in train_rows:
         digest.update(json.dumps(row, sort_keys=True).encode())
@@ -78,14 +78,24 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
     if is_preference(train.method):
         mlflow.log_figure(plots.preference_rewards(result.history), "plots/preference_rewards.png")
-    mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
-                        "train/padding_fraction": result.padding_fraction,
-                        "train/trainable_parameters": result.trainable_parameters})
+    log_training_summary(result)
     onset = overfitting_onset(result.history)
     if onset is not None:
         log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; "
                     "set train.early_stopping_patience (or fewer train.max_steps) to keep the best weights", onset)
     mlflow.set_tags({"train.resumed_from_step": str(result.resumed_from_step),
                      "train.stopped_early": str(result.stopped_early), "train.overfitting_from_step": str(onset)})
-    summary = result.model_dump(exclude={"history", "output_dir", "labels", "overfitting_step"})
-    return Path(result.output_dir), TrainingResult(**summary, labels=labels, overfitting_step=onset)
+    summary = result.model_dump(exclude={"history", "output_dir", "labels", "overfitting_step", "trained_in_run"})
+    run = mlflow.active_run()
+    return Path(result.output_dir), TrainingResult(**summary, labels=labels, overfitting_step=onset,
+                                                   trained_in_run=run.info.run_id if run else None)
+
+
+def log_training_summary(result: TrainingResult) -> None:
+    """The training's summary metrics in the active MLflow run: the run that trained, and a run that
+    reused that training from the cache (so runs compare side by side in the UI)."""
+    import mlflow
+
+    mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
+                        "train/padding_fraction": result.padding_fraction,
+                        "train/trainable_parameters": result.trainable_parameters})
