@@ -35,6 +35,19 @@ def test_each_model_gets_a_nested_evaluation_run_with_its_rows_and_scores(tmp_pa
     assert by_row == {0.1: 0.0, 0.2: 0.0, 0.3: 1.0}
     assert mlflow.get_run(runs["finetuned"]).data.metrics["rouge_l/mean"] == 0.9
 
+    # a later run with the same tables (a re-run: the base again, a reused training as champion) links the
+    # tables already logged; a model whose answers changed gets its own
+    changed = tuned.model_copy(update={"role": "champion", "outputs": ["w", "x", "y!", "z"]})
+    same = tuned.model_copy(update={"role": "champion"})
+    with mlflow.start_run():
+        again = log_genai_evaluations([base, changed], inputs, references, rows=3, task="chat")
+    assert again["base"] == runs["base"] and again["champion"] != runs["finetuned"]
+    with mlflow.start_run():
+        assert log_genai_evaluations([same], inputs, references, rows=3, task="chat") == {
+            "champion": runs["finetuned"]}
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string="tags.`llmft.evaluation.role` != ''")) == 3
+
 
 def test_off_when_rows_is_zero(tmp_path: Path) -> None:
     model = ModelEvaluation(role="base", outputs=["a"], row_scores=[{"rouge_l": 1.0}])

@@ -18,7 +18,7 @@ from llmft.config import DeployConfig, ServerLimits
 from llmft.generation import Sampling, complete_batch
 from llmft.serve.app import Served, create_app, parse_chat
 from llmft.serve.deploy import post_json
-from llmft.serve.scheduler import generate_continuous, supports
+from llmft.serve.scheduler import PREFIX_MIN_TOKENS, DecodeBatch, Sequence, generate_continuous, supports
 
 LIMITS = ServerLimits(max_tokens=24, default_max_tokens=4, max_input_tokens=200, max_batch_size=3, batch_wait_ms=5,
                       request_timeout_s=300)
@@ -67,6 +67,34 @@ def test_greedy_is_identical_to_alone_with_requests_joining_mid_flight(served: S
     together = generate_continuous(served.model, served.tokenizer, requests, join_after=[0, 2, 5, 9])
     assert together == [alone[3], alone[0], alone[2], alone[1]]
     assert {c.finish_reason for c in alone} <= {"stop", "length"}
+
+
+def test_a_shared_system_turn_is_prefilled_once_and_answers_do_not_change(served: Served):
+    from llmft.chat_format import render_generation_prompt
+
+    tokenizer = served.tokenizer
+    system = "You answer product questions for a shop. Be brief, plain and correct; never invent a price or a brand."
+    prompts = [render_generation_prompt(tokenizer, [{"role": "system", "content": system},
+                                                    {"role": "user", "content": q}]) for q in QUESTIONS]
+    budgets = [4, 10, 6, 12]
+    alone = [complete_batch(served.model, tokenizer, [p], [b])[0] for p, b in zip(prompts, budgets, strict=True)]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    batch = DecodeBatch(served.model, tokenizer)
+    seqs = [Sequence(i, b, Sampling()) for i, b in zip(ids, budgets, strict=True)]
+    batch.admit(seqs[:1])  # nothing kept yet: prefilled whole
+    batch.admit(seqs[1:3])  # they share the system turn with the first: it is kept, they prefill the rest
+    for step in range(40):
+        if step == 3:
+            batch.admit(seqs[3:])  # joins mid-flight on the kept start; rows of other spans trim around it
+        batch.retire()
+        if not batch.rows:
+            break
+        batch.step()
+    assert [s.completion(tokenizer) for s in seqs] == alone
+    shared = min(len(i) for i in ids)
+    shared = next(n for n in range(shared) if len({tuple(i[:n + 1]) for i in ids}) > 1)
+    assert seqs[0].reused == 0 and {s.reused for s in seqs[1:]} == {shared} and shared >= PREFIX_MIN_TOKENS
+    assert list(batch.prefixes.entries) == [tuple(ids[0][:shared])]
 
 
 def test_sampling_is_per_request_and_greedy_rows_are_unaffected(served: Served):

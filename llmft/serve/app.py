@@ -306,7 +306,8 @@ class Batcher:
         self._current: list[_Job] = []
         # batches: generate calls (static) or prefill groups (continuous); steps: decoding steps (continuous)
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "completion_tokens": 0, "cancelled": 0,
-                      "rejected_queue_full": 0, "worker_restarts": 0, "steps": 0}
+                      "rejected_queue_full": 0, "worker_restarts": 0, "steps": 0,
+                      "prefix_tokens_reused": 0}  # prompt tokens served from kept shared starts (continuous)
         self.worker_error: str | None = None  # why the worker last died
         self.worker_died_at: float | None = None
         self._batch_s = 1.0  # moving average of a batch's duration, for Retry-After
@@ -487,6 +488,7 @@ class Batcher:
                 self._fail_batch(batch, exc, seqs)
                 return
             self.stats["batches"] += 1
+            self.stats["prefix_tokens_reused"] += sum(s.reused for s in seqs)
         self._retire(batch, served)
         if not len(batch):
             return

@@ -14,12 +14,19 @@ CPU, so this is a compact scheduler of our own over one batched KV cache:
 - `step` decodes one token for every active row in one forward pass.
 - `retire` drops finished or abandoned rows and trims the left columns no remaining row needs.
 
+- Prompt starts that requests share (the system turn carrying the served instruction, above all) are
+  prefilled once and kept (`PrefixCache`): a prompt that begins with a kept start prefills only the
+  rest, on top of a copy of the start's keys and values. Such a row's cache reads [start][left
+  padding][rest], so each row records its `span` (columns from its first real token to the end),
+  which trimming respects.
+
 Only models whose every cache layer is a plain full-attention `DynamicLayer` qualify (`supports`);
 sliding-window or linear-attention layers keep a different shape, and those models use static batches.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +36,10 @@ import torch
 from llmft.generation import Completion, Sampling, left_padded, pad_id
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward: bounds the activation memory of one group
+PREFIX_MIN_TOKENS = 16  # a shared start shorter than this is not worth its own forward pass
+PREFIX_MAX_TOKENS = 1024  # ~46 MB of keys and values for SmolLM2-135M: a start is kept only up to here
+PREFIX_ENTRIES = 4  # starts kept, least recently used dropped first
+RECENT_PROMPTS = 8  # prompts remembered to spot a start that new ones share
 
 
 def stop_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -58,7 +69,9 @@ class Sequence:
     sampling: Sampling
     handle: Any = None  # the caller's job, returned with the sequence when it retires
     tokens: list[int] = field(default_factory=list)  # generated so far (a stop token is never kept)
-    length: int = 0  # tokens of this row held in the cache
+    length: int = 0  # tokens of this row held in the cache (its next position)
+    span: int = 0  # cache columns from the row's first real token to the end (padding may sit inside)
+    reused: int = 0  # leading prompt tokens taken from a kept shared start instead of prefilled
     finish: str | None = None  # "stop" or "length" once finished
 
     def completion(self, tokenizer: Any) -> Completion:
@@ -68,11 +81,55 @@ class Sequence:
                           finish_reason=self.finish or "length")
 
 
+def _common_start(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+class PrefixCache:
+    """Keys and values of prompt starts that requests share, computed once. A start is kept when a
+    prompt shares at least PREFIX_MIN_TOKENS leading tokens with recent prompts: the part all of those
+    share, so one start serves every prompt with the same system turn."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.recent: deque[list[int]] = deque(maxlen=RECENT_PROMPTS)
+
+    def match(self, ids: list[int]) -> tuple[int, ...] | None:
+        """The longest kept start of `ids` that leaves at least one token to prefill (that token's logits
+        pick the first answer token); else the start `ids` shares with recent prompts, kept now."""
+        found = [key for key in self.entries if len(key) < len(ids) and tuple(ids[:len(key)]) == key]
+        key = max(found, key=len) if found else None
+        if key is None:
+            shared = [n for n in (_common_start(ids, other) for other in self.recent) if n >= PREFIX_MIN_TOKENS]
+            length = min(min(shared, default=0), len(ids) - 1, PREFIX_MAX_TOKENS)
+            if length >= PREFIX_MIN_TOKENS:
+                key = tuple(ids[:length])
+                self._keep(key)
+        self.recent.append(ids)
+        if key is not None:
+            self.entries.move_to_end(key)
+        return key
+
+    def _keep(self, key: tuple[int, ...]) -> None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([key]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.entries[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        while len(self.entries) > PREFIX_ENTRIES:
+            self.entries.popitem(last=False)
+
+
 class DecodeBatch:
     """The active sequences and their shared, right-aligned KV cache."""
 
-    def __init__(self, model: Any, tokenizer: Any, generator: torch.Generator | None = None):
+    def __init__(self, model: Any, tokenizer: Any, generator: torch.Generator | None = None,
+                 share_prefixes: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        self.prefixes = PrefixCache(model) if share_prefixes else None
         self.stops = stop_ids(model, tokenizer)
         self.pad_id = pad_id(tokenizer)
         self.top_k = model.generation_config.top_k  # None in transformers 5 unless the model sets it
@@ -88,30 +145,47 @@ class DecodeBatch:
     # -- joining --
 
     def admit(self, seqs: list[Sequence]) -> None:
-        """Prefill `seqs`, pick each one's first token and add them to the batch (shortest first, in
-        groups of at most PREFILL_TOKENS padded tokens: similar lengths waste little on padding)."""
-        pending = sorted(seqs, key=lambda s: len(s.prompt_ids))
-        while pending:
-            longest, take = 0, 0
-            for s in pending:
-                longest = max(longest, len(s.prompt_ids))
-                if take and longest * (take + 1) > PREFILL_TOKENS:
-                    break
-                take += 1
-            group, pending = pending[:take], pending[take:]
-            self._prefill(group)
+        """Prefill `seqs`, pick each one's first token and add them to the batch: grouped by the kept
+        start they share, shortest rest first, at most PREFILL_TOKENS padded tokens per forward
+        (similar lengths waste little on padding)."""
+        by_start: dict[tuple[int, ...], list[Sequence]] = {}
+        for s in seqs:
+            by_start.setdefault((self.prefixes.match(s.prompt_ids) if self.prefixes else None) or (), []).append(s)
+        for start, members in by_start.items():
+            pending = sorted(members, key=lambda s: len(s.prompt_ids))
+            while pending:
+                longest, take = 0, 0
+                for s in pending:
+                    longest = max(longest, len(s.prompt_ids) - len(start))
+                    if take and longest * (take + 1) > PREFILL_TOKENS:
+                        break
+                    take += 1
+                group, pending = pending[:take], pending[take:]
+                self._prefill(group, start)
 
-    def _prefill(self, group: list[Sequence]) -> None:
+    def _prefill(self, group: list[Sequence], start: tuple[int, ...] = ()) -> None:
+        """Left-padded prompts (after `start`, whose kept keys and values come first) in one forward."""
         from transformers import DynamicCache
 
-        ids, mask = left_padded([s.prompt_ids for s in group], self.pad_id)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
+        ids, mask = left_padded([s.prompt_ids[len(start):] for s in group], self.pad_id)
         cache = DynamicCache(config=self.model.config)
+        if start:
+            assert self.prefixes is not None
+            for layer, (keys, values) in zip(cache.layers, self.prefixes.entries[start], strict=True):
+                layer.lazy_initialization(keys, values)
+                layer.keys = keys.expand(len(group), -1, -1, -1)  # the forward's update copies it per row
+                layer.values = values.expand(len(group), -1, -1, -1)
+            mask = torch.cat([mask.new_ones(len(group), len(start)), mask], dim=1)
+            for s in group:
+                s.reused = len(start)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, len(start):]  # as generate computes them
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
-        for s in group:
+        first_real = mask.argmax(dim=1).tolist()
+        for s, first in zip(group, first_real, strict=True):
             s.length = len(s.prompt_ids)
+            s.span = mask.shape[1] - first
         self._pick(group, out.logits[:, -1, :])
         self._merge(group, out.past_key_values, mask)
 
@@ -141,6 +215,7 @@ class DecodeBatch:
                              past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         for s in self.rows:
             s.length += 1
+            s.span += 1
         self.steps += 1
         self._pick(self.rows, out.logits[:, -1, :])
 
@@ -185,8 +260,8 @@ class DecodeBatch:
         if not staying:
             self.rows, self.cache, self.mask = [], None, None
             return gone
-        # rows are right-aligned: the longest remaining row decides how many columns are still needed
-        width = max(self.rows[i].length for i in staying)
+        # rows are right-aligned: the widest remaining row decides how many columns are still needed
+        width = max(self.rows[i].span for i in staying)
         cut = self.mask.shape[1] - width
         index = torch.tensor(staying)
         for layer in self.cache.layers:
