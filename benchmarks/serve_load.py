@@ -110,12 +110,13 @@ def _tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri()
 
 
-def _start_server(model_uri: str, max_batch_size: int, max_tokens: int,
-                  engine: str = "continuous") -> tuple[subprocess.Popen, str]:
+def _start_server(model_uri: str, max_batch_size: int, max_tokens: int, engine: str = "continuous",
+                  share_prefixes: bool = True) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     # the server takes its limits as one JSON of deploy.* keys (it has no per-limit flags)
     limits = {"max_batch_size": max_batch_size, "max_tokens": max(max_tokens, 16), "max_queue": 4096,
-              "request_timeout_s": 3600, "engine": engine}  # one-at-a-time runs take minutes; measured, not timed out
+              # one-at-a-time runs take minutes: measured, not timed out
+              "request_timeout_s": 3600, "engine": engine, "share_prefixes": share_prefixes}
     proc = subprocess.Popen([sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--port", str(port),
                              "--limits", json.dumps(limits)],
                             env={**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri()}, stdout=subprocess.DEVNULL,
@@ -203,7 +204,8 @@ def _register_base(home: Path) -> str:
     return found.model_uri
 
 
-SERVERS = ("ours continuous", "ours static", "mlflow models serve")
+SERVERS = {"continuous": "ours continuous", "unshared": "ours continuous, whole prompts", "static": "ours static",
+           "mlflow": "mlflow models serve"}  # --servers choice -> name in the tables
 
 
 def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, max_tokens: int,
@@ -213,9 +215,11 @@ def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, 
     starters: dict[str, tuple[Any, dict[str, Any]]] = {
         "ours continuous": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"),
                             {"temperature": 0}),
+        "ours continuous, whole prompts": (  # the ablation: no shared prompt starts kept
+            lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous", False), {"temperature": 0}),
         "ours static": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "static"), {"temperature": 0}),
         "mlflow models serve": (lambda: _start_mlflow(model_uri), {})}
-    servers = [(name, *starters[name]) for name in SERVERS if name in only]
+    servers = [(name, *starters[name]) for name in SERVERS.values() if name in only]
     results: dict[str, Any] = earlier or {"model_uri": model_uri, "max_tokens": max_tokens,
                                           "max_batch_size": max_batch_size, "cpu_count": os.cpu_count(),
                                           "load_average_at_start": os.getloadavg()[0],
@@ -246,7 +250,7 @@ def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, 
     results["ratios"] = {}
     for clients in client_levels:
         theirs = results["runs"].get(f"mlflow models serve @ {clients}")
-        for name in SERVERS[:2]:
+        for name in [n for n in SERVERS.values() if n.startswith("ours")]:
             ours = results["runs"].get(f"{name} @ {clients}")
             if ours and theirs and theirs["requests_per_s"] and ours["p50_s"]:
                 results.setdefault("ratios", {})[f"{name} / mlflow @ {clients}"] = {
@@ -297,8 +301,9 @@ def main() -> None:
     parser.add_argument("--compare-batching", action="store_true", help="also run with batching off (batch 1)")
     parser.add_argument("--compare-mlflow", action="store_true",
                         help="ours (continuous, static) against `mlflow models serve` on the same registered model")
-    parser.add_argument("--servers", nargs="+", choices=["continuous", "static", "mlflow"],
-                        default=["continuous", "static", "mlflow"], help="with --compare-mlflow: which servers run")
+    parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=["continuous", "static", "mlflow"],
+                        help="with --compare-mlflow: which servers run (unshared: continuous without kept shared "
+                             "prompt starts, deploy.share_prefixes=false)")
     parser.add_argument("--merge", help="with --compare-mlflow: a previous --json whose other servers' rows are kept "
                                         "(rerun one server without rerunning all)")
     parser.add_argument("--torch-threads", type=int, default=0,
@@ -315,8 +320,7 @@ def main() -> None:
     if args.compare_mlflow:
         with tempfile.TemporaryDirectory(prefix="serve-load-") as home:
             model_uri = args.model_uri or _register_base(Path(home))
-            only = [name for name in SERVERS if name.split()[-1] in args.servers or
-                    (name.startswith("mlflow") and "mlflow" in args.servers)]
+            only = [SERVERS[choice] for choice in args.servers]
             earlier = json.loads(Path(args.merge).read_text()) if args.merge else None
             results = compare_mlflow(model_uri, args.clients, max(args.min_requests, args.requests), args.max_tokens,
                                      args.max_batch_size, only, earlier)

@@ -350,6 +350,7 @@ class ServerLimits(_Section):
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
     engine: Literal["continuous", "static"] = "continuous"
+    share_prefixes: bool = True
     tracing: bool = False
 
     @classmethod
@@ -386,6 +387,8 @@ class DeployConfig(_Section):
     engine: Literal["continuous", "static"] = Field(
         "continuous", description="continuous: requests join and leave the running batch between decoding steps; "
                                   "static: each batch runs until its longest request ends")
+    share_prefixes: bool = Field(True, description="continuous: a prompt start that requests share (the system "
+                                                   "turn) is prefilled once and kept; false: every prompt whole")
     tracing: bool = Field(False, description="log each chat request as an MLflow trace (tokens, latency, model "
                                              "version) in the served version's experiment")
 

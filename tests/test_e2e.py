@@ -202,7 +202,8 @@ def test_an_unchanged_second_run_reuses_training_and_registers_nothing(finetune_
     proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "deploy.on_promotion=true", "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(out.read_text())
-    assert {"finetune", "evaluate_candidate", "probe_candidate", "evaluate_base", "probe_base"} <= set(s["cached_steps"])
+    cached = {"finetune", "evaluate_candidate", "probe_candidate", "evaluate_base", "probe_base"}
+    assert cached <= set(s["cached_steps"])
     assert {"compare_models", "measure_forgetting", "register", "promote"} <= set(s["step_seconds"])
     assert s["training_reused_from_run"] == first["mlflow_run_id"] != s["mlflow_run_id"]
     assert s["registered_model"] == {**first["registered_model"], "reused_from_run": first["mlflow_run_id"]}

@@ -140,6 +140,7 @@ def test_max_batch_size_bounds_the_active_sequences_and_answers_match(app: Any, 
     jobs = [_submit(app, q, 5) for q in questions]
     answers = [job.future.result(timeout=300)[0] for job in jobs]
     assert batcher.stats["largest_batch"] <= LIMITS.max_batch_size
+    assert batcher.stats["prefix_tokens_reused"] > 0  # every request carries the same default system turn
     alone = complete_batch(served.model, served.tokenizer, [_prompt(served, questions[-1])], [5])[0]
     assert answers[-1] == alone  # admitted last, after others left: still the same tokens
 
@@ -168,8 +169,8 @@ def test_the_static_engine_is_still_selectable(served: Served):
 # ---- traces (deploy.tracing) ----
 
 def test_deploy_keys_reach_the_server_limits():
-    limits = DeployConfig(tracing=True, engine="static").server_limits()
-    assert limits.tracing is True and limits.engine == "static"
+    limits = DeployConfig(tracing=True, engine="static", share_prefixes=False).server_limits()
+    assert limits.tracing is True and limits.engine == "static" and limits.share_prefixes is False
     assert '"tracing":true' in limits.model_dump_json()  # what deploy._spawn passes as --limits
     assert DeployConfig().server_limits().tracing is False and DeployConfig().engine == "continuous"
 

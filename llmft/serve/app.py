@@ -468,7 +468,8 @@ class Batcher:
                         self._generate_static(batch_served, jobs)
                         self._current = []
                         return
-                    batch = DecodeBatch(batch_served.model, batch_served.tokenizer)
+                    batch = DecodeBatch(batch_served.model, batch_served.tokenizer,
+                                        share_prefixes=self.limits.share_prefixes)
                 self._advance(batch, batch_served, [job for job in jobs if self._wanted(job)])
             self._current = []
 
