@@ -86,13 +86,12 @@ def _run_pipeline(name: str, run: ResolvedRun, args: argparse.Namespace, schedul
         from pipelines.finetune import finetune_pipeline
         from pipelines.sweep import sweep_pipeline
 
-        step_options = cfg.finetune_step_options()
         # each run is a ZenML Model Control Plane version of the registry's model; stages mirror aliases
         model = Model(name=model_name, description=f"{spec.name} model fine-tuned from {cfg.model.base}")
         # a unique run name: a failed run's clean-up finds exactly its own run, never a concurrent one
         run_name = f"{name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         options: dict[str, Any] = {"settings": settings, "model": model, "run_name": run_name,
-                                   "steps": {"finetune": step_options}}
+                                   "steps": {"finetune": cfg.finetune_options()}}
         if schedule:
             from zenml.config.schedule import Schedule
 

@@ -463,15 +463,19 @@ class Config(_Section):
         return self
 
     def finetune_step_options(self) -> dict[str, Any]:
-        """ZenML options of the fine-tune step: cached unless train.reuse is off; sent (alone) to a GPU
-        machine, if configured."""
-        options: dict[str, Any] = {"enable_cache": self.train.reuse}
+        """ZenML options that send the training steps (fine-tune, sweep trials) to a GPU machine, if configured."""
+        options: dict[str, Any] = {}
         if self.compute.finetune_step_operator:
             options["step_operator"] = self.compute.finetune_step_operator
         resources = self.compute.finetune_resources.model_dump(exclude_none=True)
         if resources:
             options["settings"] = {"resources": resources}
         return options
+
+    def finetune_options(self) -> dict[str, Any]:
+        """The fine-tune step's: the above, and cached unless train.reuse is off (never the sweep's
+        steps: each trial worker must run, and a sweep resumes its study by itself)."""
+        return {**self.finetune_step_options(), "enable_cache": self.train.reuse}
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, used for MLflow params."""

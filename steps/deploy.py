@@ -23,6 +23,9 @@ def deploy_if_promoted(promotion: PromotionDecision, model_name: str,
     """`deploy.on_promotion`: a finetune run that promoted serves its model at once."""
     if not deploy.on_promotion:
         return Deployment(deployed=False, reason="deploy.on_promotion is off")
+    if promotion.already_champion:
+        return Deployment(deployed=False, reason=f"v{promotion.champion} already is champion (training reused): the "
+                                                 "current deployment is left alone")
     if not promotion.promoted:
         return Deployment(deployed=False, reason="not promoted: the current deployment is left alone")
     return deploy_champion(model_name, deploy, trust_remote_code)

@@ -80,12 +80,14 @@ def test_gpu_profile_sends_only_the_finetune_step_to_a_gpu_operator():
     assert options["step_operator"] == "gpu"
     resources = ResourceSettings.model_validate(options["settings"]["resources"])  # what ZenML will receive
     assert resources.gpu_count == 4 and resources.memory == "120GB"
-    assert load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options() == {"enable_cache": True}
+    assert load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options() == {}
+    assert cfg.finetune_options() == {**options, "enable_cache": True}
 
 
-def test_train_reuse_off_turns_the_finetune_cache_off():
+def test_train_reuse_off_turns_the_finetune_cache_off_and_never_touches_the_sweep_steps():
     cfg = load_config(ROOT / "configs" / "finetune.yaml", ["train.reuse=false"])
-    assert cfg.finetune_step_options() == {"enable_cache": False}
+    assert cfg.finetune_options() == {"enable_cache": False}
+    assert "enable_cache" not in load_config(ROOT / "configs" / "finetune.yaml").finetune_step_options()
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

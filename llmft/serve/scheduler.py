@@ -117,7 +117,8 @@ class PrefixCache:
 
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            self.model(input_ids=torch.tensor([key]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=torch.tensor([key], device=self.model.device), past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
         self.entries[key] = [(layer.keys, layer.values) for layer in cache.layers]
         while len(self.entries) > PREFIX_ENTRIES:
             self.entries.popitem(last=False)
@@ -168,6 +169,7 @@ class DecodeBatch:
         from transformers import DynamicCache
 
         ids, mask = left_padded([s.prompt_ids[len(start):] for s in group], self.pad_id)
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         cache = DynamicCache(config=self.model.config)
         if start:
             assert self.prefixes is not None
@@ -207,8 +209,8 @@ class DecodeBatch:
         """One token for every unfinished row, in one forward pass."""
         if not self.rows:
             return
-        ids = torch.tensor([[s.tokens[-1]] for s in self.rows])
-        positions = torch.tensor([[s.length] for s in self.rows])
+        ids = torch.tensor([[s.tokens[-1]] for s in self.rows], device=self.model.device)
+        positions = torch.tensor([[s.length] for s in self.rows], device=self.model.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
@@ -263,7 +265,7 @@ class DecodeBatch:
         # rows are right-aligned: the widest remaining row decides how many columns are still needed
         width = max(self.rows[i].span for i in staying)
         cut = self.mask.shape[1] - width
-        index = torch.tensor(staying)
+        index = torch.tensor(staying, device=self.mask.device)
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, cut:].contiguous()
             layer.values = layer.values[index, :, cut:].contiguous()
