@@ -55,6 +55,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
     forgetting: Forgetting = _load(run, "measure_forgetting", "forgetting")
     deployment: Deployment = _load(run, "deploy_if_promoted", "deployment")
     champion: ModelEvaluation = _load(run, "evaluate_champion", "champion_evaluation")
+    cached = cached_steps(run)
     return {
         "pipeline": "finetune",
         "task": evaluation.task,
@@ -73,7 +74,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "forgetting": forgetting.model_dump(),
         "registered_model": {"name": registered.name, "version": registered.version, "uri": registered.model_uri,
                              "reused_from_run": registered.reused_from_run},
-        "training_reused_from_run": training.trained_in_run if "finetune" in cached_steps(run) else None,
+        "training_reused_from_run": training.trained_in_run if "finetune" in cached else None,
         "promoted": promotion.promoted,
         "already_champion": promotion.already_champion,
         "promotion_reasons": promotion.reasons,
@@ -85,7 +86,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "dataset": dataset.model_dump(exclude={"mlflow_run_id"}),
         "labels": training.labels,
         "deployment": deployment.model_dump(),
-        "cached_steps": cached_steps(run),
+        "cached_steps": cached,
         "step_seconds": step_seconds(run),
         "train": {k: getattr(training, k) for k in TRAIN_KEYS},
         "wall_seconds": round(wall_seconds, 1),

@@ -89,13 +89,13 @@ def register_candidate(trained_model: Path, training: TrainingResult, evaluation
         tags.update({f"metric.{role}.{k}": f"{v:.4f}" for k, v in (values or {}).items()})
     if is_adapter(trained_model):  # the small adapter too, for reuse on the same base
         mlflow.log_artifacts(str(trained_model), "adapter")
-        tags["adapter_uri"] = f"runs:/{mlflow.active_run().info.run_id}/adapter"
+        tags["adapter_uri"] = f"runs:/{run_id}/adapter"
     loaded, tokenizer = load_trained(resolve_base_model(model), trained_model, training.labels)
     # the prompt first: a version is never registered without the prompt it was trained with
     prompt = register_training_prompt(name, spec.name, spec.instruction, tokenizer.chat_template or "")
     tags["prompt_uri"] = prompt.uri
     mlflow.set_tag("prompt_uri", prompt.uri)
-    link_to_run(prompt.uri, mlflow.active_run().info.run_id)
+    link_to_run(prompt.uri, run_id)
     version = registry.register_model(loaded, tokenizer, name, tags, get_task(spec.name).registry_flavor)
     if zenml_model is not None:
         zenml_model.log_metadata({"mlflow_model": version.name, "mlflow_version": version.version,

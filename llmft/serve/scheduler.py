@@ -17,8 +17,8 @@ CPU, so this is a compact scheduler of our own over one batched KV cache:
 - Prompt starts that requests share (the system turn carrying the served instruction, above all) are
   prefilled once and kept (`PrefixCache`): a prompt that begins with a kept start prefills only the
   rest, on top of a copy of the start's keys and values. Such a row's cache reads [start][left
-  padding][rest], so each row records its `span` (columns from its first real token to the end),
-  which trimming respects.
+  padding][rest], so trimming keeps every column from the earliest real token of any row (read off
+  the attention mask), not just the longest row's length.
 
 Only models whose every cache layer is a plain full-attention `DynamicLayer` qualify (`supports`);
 sliding-window or linear-attention layers keep a different shape, and those models use static batches.
@@ -70,7 +70,6 @@ class Sequence:
     handle: Any = None  # the caller's job, returned with the sequence when it retires
     tokens: list[int] = field(default_factory=list)  # generated so far (a stop token is never kept)
     length: int = 0  # tokens of this row held in the cache (its next position)
-    span: int = 0  # cache columns from the row's first real token to the end (padding may sit inside)
     reused: int = 0  # leading prompt tokens taken from a kept shared start instead of prefilled
     finish: str | None = None  # "stop" or "length" once finished
 
@@ -184,10 +183,8 @@ class DecodeBatch:
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
-        first_real = mask.argmax(dim=1).tolist()
-        for s, first in zip(group, first_real, strict=True):
+        for s in group:
             s.length = len(s.prompt_ids)
-            s.span = mask.shape[1] - first
         self._pick(group, out.logits[:, -1, :])
         self._merge(group, out.past_key_values, mask)
 
@@ -217,7 +214,6 @@ class DecodeBatch:
                              past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         for s in self.rows:
             s.length += 1
-            s.span += 1
         self.steps += 1
         self._pick(self.rows, out.logits[:, -1, :])
 
@@ -262,10 +258,10 @@ class DecodeBatch:
         if not staying:
             self.rows, self.cache, self.mask = [], None, None
             return gone
-        # rows are right-aligned: the widest remaining row decides how many columns are still needed
-        width = max(self.rows[i].span for i in staying)
-        cut = self.mask.shape[1] - width
+        # rows are right-aligned: columns left of every remaining row's first real token can go (a row
+        # on a kept start has padding inside, so its length alone would cut its start)
         index = torch.tensor(staying, device=self.mask.device)
+        cut = int(self.mask[index].argmax(dim=1).min())  # argmax: a row's first 1
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, cut:].contiguous()
             layer.values = layer.values[index, :, cut:].contiguous()
