@@ -300,6 +300,10 @@ class EvalConfig(_Section):
                                                        "evaluation/predictions.json either way")
     few_shot_k: int = Field(3, ge=0, le=32, description="worked examples (seeded, from the training split, stratified "
                                                         "by label) in the few-shot base's prompt; 0: no few-shot base")
+    few_shot_max_tokens: int = Field(2048, ge=64, description="tokens the few-shot base's prompt (worked examples and "
+                                                               "the row) may take, within the model's context; the "
+                                                               "row itself is cut to train.max_seq_length as for "
+                                                               "every model")
     slice_by: str | None = Field(None, description="a column of data.source: the primary metric per value of it "
                                                    "(bias check), and the worst slice, in the report and MLflow")
 
@@ -325,8 +329,11 @@ class PromotionConfig(_Section):
     beat_champion: bool = Field(True, description="candidate must also match or beat the re-measured champion")
     max_forgetting: float = Field(
         0.1, ge=0.0, le=1.0, description="largest allowed drop in general-knowledge probe accuracy vs the base")
-    baseline: Literal["best", "zero_shot", "few_shot"] = Field(
-        "best", description="the base the candidate must beat: the better of zero- and few-shot, or one of them")
+    baseline: Literal["best", "prompted", "simple", "zero_shot", "few_shot"] = Field(
+        "best", description="what the candidate must beat: best = the strongest of the base zero-shot, the base "
+                            "few-shot and the simple non-LLM baseline (TF-IDF + logistic regression, Lead-k, ...); "
+                            "prompted = the better of zero- and few-shot only; or one of simple, zero_shot, few_shot "
+                            "(zero-shot when the one named was not measured)")
 
 
 class TrackingConfig(_Section):

@@ -177,12 +177,19 @@ class Evaluation(BaseModel):
     primary_metric: str
     higher_is_better: bool
     sample: EvalSample
-    metrics: dict[str, dict[str, float] | None]  # base / base_few_shot / finetuned / champion (None: not evaluated)
+    # base / base_few_shot / simple_baseline / finetuned / champion (None: not evaluated)
+    metrics: dict[str, dict[str, float] | None]
     champion_version: str | None
     champion_note: str
     mlflow_run_id: str | None = None
-    few_shot: dict[str, float] = Field(default_factory=dict)  # shots drawn (k) and used per row (mean, min, max)
+    # shots drawn (k), used per row (mean, min, max), the prompt's budget in tokens (budget_tokens)
+    few_shot: dict[str, float] = Field(default_factory=dict)
+    few_shot_used: list[int] = Field(default_factory=list)  # shots each evaluation row got, in row order
+    few_shot_note: str = ""  # how the few-shot base was prompted, or why it was not measured
     slices: SliceReport | None = None  # eval.slice_by: the primary metric per slice (None: not asked for)
+    simple_baseline_method: str | None = None  # the non-LLM baseline, e.g. "lead-3 sentences" (None: not applicable)
+    simple_baseline_note: str = ""  # what it fitted and chose, or why there is none
+    warnings: list[str] = Field(default_factory=list)  # about the candidate's answers (collapse to one answer)
 
 
 class ProbeRun(BaseModel):
@@ -217,7 +224,7 @@ class Registration(BaseModel):
 class PromotionDecision(BaseModel):
     promoted: bool
     reasons: list[str]
-    baseline_used: str | None = None  # zero_shot | few_shot: the base the gate compared with
+    baseline_used: str | None = None  # zero_shot | few_shot | simple: the baseline the gate compared with
     previous_champion: str | None = None
     champion: str | None = None
     already_champion: bool = False  # the reused version already held @champion: nothing to move

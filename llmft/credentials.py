@@ -23,8 +23,17 @@ SECRET_ENV = (
     "AZURE_STORAGE_KEY", "GOOGLE_APPLICATION_CREDENTIALS_JSON",
 )
 _MIN_SECRET_LEN = 6  # shorter values would mask ordinary words
-# user:password@ in a URL; bounded classes so a long line cannot make it backtrack
-_URI_USERINFO = re.compile(r"([a-z][a-z0-9+.-]{0,20}://)([^\s/@:]{1,256}):([^\s/@]{1,512})@", re.IGNORECASE)
+# user:password@ in a URL; the password runs to the last "@" before the host (people write "p@ss"
+# unescaped); bounded classes so a long line cannot make it backtrack
+_URI_USERINFO = re.compile(r"([a-z][a-z0-9+.-]{0,20}://)([^\s/@:]{1,256}):([^\s/?#]{1,512})@(?=[^\s@/?#]{1,256})",
+                           re.IGNORECASE)
+# a token alone as the userinfo (https://TOKEN@host, as git remotes carry it); a short plain user name
+# (git@, alice@) is left alone
+_URI_TOKEN = re.compile(r"([a-z][a-z0-9+.-]{0,20}://)([^\s/@:?#]{12,512})@", re.IGNORECASE)
+# credentials in an HTTP Authorization header (any scheme), and after a bare "Bearer"
+_AUTH_SCHEME = re.compile(r"(?i)(\bauthorization[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
+                          r"(?:(?:bearer|basic|token|digest|negotiate)[ \t]{1,3})?|\bbearer[ \t]{1,3})"
+                          r"([A-Za-z0-9\-._~+/]{8,4096}=*)")
 _SECRET_QUERY = re.compile(r"([?&](?:token|access_token|password|secret|key|api_key|sig|signature|"
                            r"x-amz-signature|x-amz-security-token|x-amz-credential)=)([^&\s]{1,1024})", re.IGNORECASE)
 
@@ -32,6 +41,8 @@ _SECRET_QUERY = re.compile(r"([?&](?:token|access_token|password|secret|key|api_
 def mask(text: str) -> str:
     """`text` with URI passwords, secret query parameters and known secret values replaced by ***."""
     text = _URI_USERINFO.sub(r"\1\2:***@", text)
+    text = _URI_TOKEN.sub(lambda m: m[0] if _plain_name(m[2]) else f"{m[1]}***@", text)
+    text = _AUTH_SCHEME.sub(lambda m: m[0] if _plain_word(m[2]) else f"{m[1]}***", text)
     text = _SECRET_QUERY.sub(r"\1***", text)
     for name in SECRET_ENV:
         value = os.environ.get(name)
@@ -40,14 +51,38 @@ def mask(text: str) -> str:
     return text
 
 
+def _plain_name(userinfo: str) -> bool:
+    """A user name, not a token: letters (and . _ -) only, as in git@ or first.last@."""
+    return re.fullmatch(r"[A-Za-z][A-Za-z._\-]{0,40}", userinfo) is not None
+
+
+def _plain_word(value: str) -> bool:
+    """'Bearer authentication', 'authorization: required': a plain word after it is prose, not a credential."""
+    return value.isalpha()
+
+
+_FORMATTER = logging.Formatter()
+
+
 class MaskSecrets(logging.Filter):
-    """Applied to console handlers: whatever any library logs is masked before it is written."""
+    """Applied to console handlers: whatever any library logs is masked before it is written, the
+    traceback and stack of a logged exception included. A traceback that needed masking is moved into
+    the message, masked, and the exception dropped from the record: some formatters (ZenML's) format
+    `exc_info` themselves and would ignore a masked `exc_text`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = mask(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info or record.exc_text:
+            trace = record.exc_text or _FORMATTER.formatException(record.exc_info)
+            masked_trace = mask(trace)
+            if masked_trace != trace:
+                record.msg, record.args = f"{record.msg}\n{masked_trace}", None
+                record.exc_info, record.exc_text = None, None
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
         return True
 
 

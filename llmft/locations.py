@@ -84,9 +84,37 @@ def local_artifact_root() -> str:
     return path.as_uri()
 
 
+# MLFLOW_TRACKING_URI as the process started (this module is imported by run.py, the steps and the server
+# before any pipeline step runs). ZenML's MLflow experiment tracker ends every tracked step with
+# `mlflow.set_tracking_uri("")`, and MLflow mirrors that into os.environ["MLFLOW_TRACKING_URI"] = "": read
+# from the environment alone, every later untracked step (evaluate_champion, promote, deploy, export)
+# silently fell back to the project's local store.
+_STARTED_WITH_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set (a server), else the project's sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
+    """The configured store: MLFLOW_TRACKING_URI when set (a server, or a store outside the project), the
+    value it had when the process started if something has since emptied or removed it, else the
+    project's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or _STARTED_WITH_URI or local_tracking_uri()
+
+
+def use_tracking_uri() -> str:
+    """Point MLflow (and the environment subprocesses inherit) at the configured store; returns it."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_tracking_uri() -> None:
+    """Before a registry read that relies on MLflow's current store: if nothing has chosen one, or a
+    tracked step's clean-up reset it to "", use the configured store rather than MLflow's default."""
+    import mlflow
+
+    if not mlflow.is_tracking_uri_set():
+        use_tracking_uri()
 
 
 def ui_args(uri: str, port: int = 5000) -> list[str] | None:

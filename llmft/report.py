@@ -79,7 +79,12 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "already_champion": promotion.already_champion,
         "promotion_reasons": promotion.reasons,
         "baseline_used": promotion.baseline_used,
+        "simple_baseline_method": evaluation.simple_baseline_method,
+        "simple_baseline_note": evaluation.simple_baseline_note,
+        "warnings": evaluation.warnings,
         "few_shot": evaluation.few_shot,
+        "few_shot_used_per_row": evaluation.few_shot_used,
+        "few_shot_note": evaluation.few_shot_note,
         "slices": evaluation.slices.model_dump() if evaluation.slices else None,
         "champion_version": promotion.champion,
         "previous_champion": promotion.previous_champion,
@@ -189,29 +194,52 @@ def slice_lines(slices: dict[str, Any] | None) -> list[str]:
     return [*lines, *([left] if left else []), worst_line(report)]
 
 
+def few_shot_line(shots: dict[str, float], note: str) -> str:
+    """How the few-shot base was prompted: shots drawn and used per row within which budget, or why
+    it is not applicable."""
+    if not shots:
+        return "not measured (eval.few_shot_k=0)"
+    if shots.get("used_max", 1) == 0:
+        return note or f"not applicable: none of the {shots['k']:.0f} worked examples fits beside a row"
+    budget = (f"a {shots['budget_tokens']:.0f}-token prompt (eval.few_shot_max_tokens)" if "budget_tokens" in shots
+              else "train.max_seq_length")
+    return (f"{shots['k']:.0f} training rows as worked examples, {shots['used_mean']:.2f} per row fitted {budget} "
+            f"(min {shots['used_min']:.0f}, max {shots['used_max']:.0f})")
+
+
+BASELINE_WORDS = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "simple": "the simple baseline"}
+
+
 def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
     metrics = summary["metrics"]
     base, tuned, champion = metrics["base"], metrics["finetuned"], metrics.get("champion")
     few = metrics.get("base_few_shot") or {}
+    shots = summary.get("few_shot") or {}
+    # measured shots but not one fitted a row: the column is not applicable, not a repeat of zero-shot
+    few_na = not few and bool(shots) and shots.get("used_max", 1) == 0
+    simple = metrics.get("simple_baseline") or {}
+    with_simple = "simple_baseline" in metrics  # a summary from before the simple baseline has no column
     used = summary.get("baseline_used") or "zero_shot"
-    against = few if used == "few_shot" and few else base  # delta: fine-tuned minus the baseline the gate used
+    # delta: fine-tuned minus the baseline the gate used
+    against = {"few_shot": few, "simple": simple}.get(used) or base
+    delta_of = used if against is not base else "zero_shot"
     primary = summary["primary_metric"]
     champ_head = f"champion v{summary['champion_evaluated']}" if champion else "champion"
-    width = 22 + 10 + 16 + 12 + 10 + 16
-    lines = ["", f"{'metric':<22}{'base':>10}{'base few-shot':>16}{'fine-tuned':>12}{'delta':>10}{champ_head:>16}",
-             "-" * width]
+    width = 22 + 10 + 16 + (10 if with_simple else 0) + 12 + 10 + 16
+    lines = ["", f"{'metric':<22}{'base':>10}{'base few-shot':>16}" + (f"{'simple':>10}" if with_simple else "")
+             + f"{'fine-tuned':>12}{'delta':>10}{champ_head:>16}", "-" * width]
 
-    def cell(values: dict[str, float] | None, name: str, size: int) -> str:
+    def cell(values: dict[str, float] | None, name: str, size: int, missing: str = "-") -> str:
         value = (values or {}).get(name)
-        return f"{value:>{size}.4f}" if value is not None else f"{'-':>{size}}"
+        return f"{value:>{size}.4f}" if value is not None else f"{missing:>{size}}"
 
     for name in tuned:
         mark = " *" if name == primary else ""
         ref = against.get(name)
         delta = f"{tuned[name] - ref:>+10.4f}" if ref is not None else f"{'-':>10}"
-        lines.append(f"{name + mark:<22}{cell(base, name, 10)}{cell(few, name, 16)}{tuned[name]:>12.4f}{delta}"
-                     f"{cell(champion, name, 16)}")
-    shots = summary.get("few_shot") or {}
+        lines.append(f"{name + mark:<22}{cell(base, name, 10)}{cell(few, name, 16, 'n/a' if few_na else '-')}"
+                     + (cell(simple, name, 10) if with_simple else "")
+                     + f"{tuned[name]:>12.4f}{delta}{cell(champion, name, 16)}")
     reg = summary["registered_model"]
     dataset = summary["dataset"]
     rows = dataset["rows"]
@@ -227,17 +255,17 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         "-" * width,
         f"* primary metric ({'higher' if summary['higher_is_better'] else 'lower'} is better); {sample['n']} of "
         f"{sample['of']} test rows ({sample['how']}), the same rows for every column",
-        f"delta: fine-tuned minus base {'few-shot' if against is few else 'zero-shot'}, the baseline the promotion "
-        "gate compared with (promotion.baseline)",
-        ("base few-shot: " + (f"{shots['k']:.0f} training rows as worked examples, {shots['used_mean']:.2f} per row "
-                              f"fitted train.max_seq_length (min {shots['used_min']:.0f}, max "
-                              f"{shots['used_max']:.0f})" if shots else "not measured (eval.few_shot_k=0)")),
+        f"delta: fine-tuned minus {BASELINE_WORDS[delta_of]}, the baseline the promotion gate compared with "
+        "(promotion.baseline)",
+        *([f"simple baseline (no LLM, fitted on the training split): {summary.get('simple_baseline_note') or '-'}"]
+          if with_simple else []),
+        "base few-shot: " + few_shot_line(shots, summary.get("few_shot_note", "")),
         *slice_lines(summary.get("slices")),
         f"task {summary['task']} ({summary['task_reason']}); rows in {dataset['rows_in']}, train/validation/test = "
         f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
         f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",
         *[ExtraRows.model_validate(e).line() for e in dataset.get("extras", [])],
-        *[f"warning: {w}" for w in dataset["warnings"]],
+        *[f"warning: {w}" for w in [*dataset["warnings"], *summary.get("warnings", [])]],
         f"champion: {summary['champion_note']}",
         ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "
                                  f"{forgetting['questions']} questions" if forgetting["applicable"]

@@ -1,6 +1,7 @@
 """fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base zero-shot, base
-few-shot, champion and candidate, each cached) -> compare + forgetting probe (base and candidate cached) ->
-register (challenger) -> promote (gate against the best baseline) -> deploy if promoted (deploy.on_promotion)
+few-shot, the simple non-LLM baseline, champion and candidate, each cached) -> compare + forgetting probe
+(base and candidate cached) -> register (challenger) -> promote (gate against the best baseline, the simple
+one included) -> deploy if promoted (deploy.on_promotion)
 -> export if promoted (export.after_promotion).
 
 Unchanged data, settings, base model and code: the fine-tune step and the candidate's scores come from
@@ -26,6 +27,7 @@ from steps.evaluate import (
     evaluate_base_few_shot,
     evaluate_candidate,
     evaluate_champion,
+    evaluate_simple_baseline,
     measure_forgetting,
     probe_base,
     probe_candidate,
@@ -58,12 +60,13 @@ def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, b
     base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, base_key)
     base_few = evaluate_base_few_shot(rows, shots, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length,
                                       base_key)
+    simple = evaluate_simple_baseline(train, validation, rows, task, split, cfg.eval, code_version)
     current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length,
                                 cfg.model.trust_remote_code)
     candidate = evaluate_candidate(trained, training, rows, task, cfg.model, cfg.eval, cfg.train.max_seq_length,
                                    base_key)
     evaluation = compare_models(candidate, rows, sample, base, base_few, current, task, cfg.eval,
-                                cfg.train.max_seq_length)
+                                cfg.train.max_seq_length, simple)
     base_answers = probe_base(task, cfg.model, cfg.eval, base_key)
     candidate_answers = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, base_key)
     forgetting = measure_forgetting(base_answers, candidate_answers, cfg.promotion.max_forgetting)

@@ -58,6 +58,16 @@ def evaluate_base_few_shot(eval_rows: pd.DataFrame, few_shot_examples: pd.DataFr
 
 
 @step
+def evaluate_simple_baseline(train_split: pd.DataFrame, validation_split: pd.DataFrame, eval_rows: pd.DataFrame,
+                             task: TaskSpec, split_info: SplitInfo, eval_cfg: EvalConfig,
+                             code_version: str) -> Annotated[ModelEvaluation, "simple_baseline_evaluation"]:
+    """The task's non-LLM baseline (TF-IDF + logistic regression, Lead-k, ...), fitted on the training
+    split. Cached: keyed by the splits, the rows, the settings and `code_version` (the fitting lives in
+    the library)."""
+    return stage.evaluate_simple_baseline(train_split, validation_split, eval_rows, task, split_info, eval_cfg)
+
+
+@step
 def evaluate_champion(eval_rows: pd.DataFrame, task: TaskSpec, champion: ChampionRef | None, split_info: SplitInfo,
                       eval_cfg: EvalConfig, max_seq_length: int,
                       trust_remote_code: bool = False) -> Annotated[ModelEvaluation, "champion_evaluation"]:
@@ -76,10 +86,11 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows:
 def compare_models(candidate_evaluation: ModelEvaluation, eval_rows: pd.DataFrame, eval_sample: EvalSample,
                    base_evaluation: ModelEvaluation, base_few_shot_evaluation: ModelEvaluation,
                    champion_evaluation: ModelEvaluation, task: TaskSpec, eval_cfg: EvalConfig,
-                   max_seq_length: int) -> Annotated[Evaluation, "evaluation"]:
+                   max_seq_length: int,
+                   simple_baseline_evaluation: ModelEvaluation | None = None) -> Annotated[Evaluation, "evaluation"]:
     """All of them side by side in this run's MLflow run (never cached: every run shows its comparison)."""
     return stage.compare(base_evaluation, base_few_shot_evaluation, candidate_evaluation, champion_evaluation,
-                         eval_rows, eval_sample, task, eval_cfg, max_seq_length)
+                         eval_rows, eval_sample, task, eval_cfg, max_seq_length, simple_baseline_evaluation)
 
 
 @step

@@ -1,5 +1,15 @@
-"""Shared fixtures. Tests use the real stack with tiny settings: a temporary project folder
-(ZenML config, MLflow sqlite store and artifacts) per test session, the real embedded model."""
+"""Shared fixtures and the test tiers.
+
+Tests use the real stack with tiny settings: a temporary project folder (ZenML config, MLflow sqlite
+store and artifacts) per test session. Three tiers, chosen by what a test uses:
+- default (`pytest`): unit tests and plumbing tests on `tiny_model_path`, a 2-layer random model of
+  the real architecture with the real tokenizer and chat template;
+- `guard` (`pytest -m guard`): the few real-model tests that protect quality; marked by hand;
+- `slow` (`pytest -m slow`): everything else that loads the real model (`base_model_path`,
+  `tokenizer` aside), runs a real-model pipeline (`run_env`), or needs the team stack. A new test
+  that asks for one of those fixtures lands here without being marked.
+Every test has a time limit (pytest-timeout), longer for the real-model tiers.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# fixtures that load the real 135M model or run a real-model pipeline: a test asking for one of them
+# is not a default-tier test
+REAL_MODEL_FIXTURES = frozenset({"base_model_path", "run_env", "real_model"})
+TIER_TIMEOUT_S = {"default": 300, "guard": 1200, "slow": 2400}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marked = {m.name for m in item.iter_markers()}
+        if "guard" not in marked and "slow" not in marked and (
+                "team_stack" in marked or REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+            marked.add("slow")
+        tier = "guard" if "guard" in marked else "slow" if "slow" in marked else "default"
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[tier]))
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +66,9 @@ def project_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def run_env(project_home: Path) -> dict[str, str]:
-    """Environment for subprocess runs of run.py: isolated ZenML and MLflow state, offline."""
+def pipeline_env(project_home: Path) -> dict[str, str]:
+    """Environment for subprocess runs of run.py: isolated ZenML and MLflow state, offline. On its
+    own it is a default-tier fixture: pass `--set model.base=<tiny_model_path>`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env.update({
         "LLMFT_HOME": str(project_home),
@@ -61,10 +90,43 @@ def base_model_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(base_model_path: str):
-    from llmft.base_model import load_tokenizer
+def tokenizer():
+    """The real SmolLM2 tokenizer and chat template (cheap: no weights are loaded). The tiny model
+    carries the same files, so it is also the tiny model's tokenizer."""
+    from llmft.base_model import load_tokenizer, resolve_base_model
+    from llmft.config import EMBEDDED_MODEL
 
-    return load_tokenizer(base_model_path)
+    return load_tokenizer(resolve_base_model(EMBEDDED_MODEL))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random Llama (SmolLM2's architecture, ~3M parameters) saved with the real SmolLM2
+    tokenizer and chat template: every code path is the real one, in a fraction of the time."""
+    from tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture
+def model_path(request: pytest.FixtureRequest, tiny_model_path: str) -> str:
+    """The tiny model, or the real one where a test is parametrized with TINY_AND_REAL."""
+    if getattr(request, "param", "tiny") == "real":
+        return request.getfixturevalue("base_model_path")
+    return tiny_model_path
+
+
+# a plumbing test that also guards quality: the tiny model in the default tier, the real one in `guard`
+TINY_AND_REAL = pytest.mark.parametrize("model_path", ["tiny", pytest.param("real", marks=pytest.mark.guard)],
+                                        indirect=True)
+# a quality guard: the real model only
+REAL_GUARD = pytest.mark.parametrize("model_path", [pytest.param("real", marks=pytest.mark.guard)], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def run_env(pipeline_env: dict[str, str]) -> dict[str, str]:
+    """`pipeline_env` for runs of the real model (the default `model.base`): the slow or guard tier."""
+    return pipeline_env
 
 
 def python() -> str:

@@ -1,5 +1,6 @@
 """Honest baselines: few-shot shots (seeded, stratified, fitted to the context), the prompted
-classifier scored by label likelihood on the real model, and the gate beating the best baseline."""
+classifier scored by label likelihood (its arithmetic on the tiny and the real model, its ranking on the
+real one), and the gate beating the best baseline."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import REAL_GUARD, TINY_AND_REAL
 
 from llmft.chat_format import IGNORE_INDEX, encode_messages
 from llmft.config import PromotionConfig
@@ -81,13 +83,19 @@ SENTIMENT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lm(base_model_path: str):
+_LOADED: dict[str, object] = {}
+
+
+@pytest.fixture
+def lm(model_path: str):
     from llmft.base_model import load_model
 
-    return load_model(base_model_path)  # the causal LM: the prompted classifier has no new head
+    if model_path not in _LOADED:  # each model once per module: the causal LM, no new head
+        _LOADED[model_path] = load_model(model_path)
+    return _LOADED[model_path]
 
 
+@TINY_AND_REAL
 def test_label_likelihood_is_the_probability_of_the_whole_answer(lm, tokenizer):
     """The cached-prompt scoring equals a plain forward over prompt + answer (EOS included)."""
     import torch
@@ -107,6 +115,7 @@ def test_label_likelihood_is_the_probability_of_the_whole_answer(lm, tokenizer):
         assert got == pytest.approx(slow, abs=2e-3), label
 
 
+@REAL_GUARD
 def test_prompted_classifier_ranks_the_obvious_label_first(lm, tokenizer):
     task = get_task("classification")
     rows = [{"text": text, "label": label} for text, label in SENTIMENT]

@@ -1,5 +1,7 @@
 """End to end: the real finetune and deploy pipelines, real model, real ZenML stack and MLflow
-store (temporary), tiny settings. Ordered: finetune -> fresh-process load -> deploy -> stop."""
+store (temporary), tiny settings. Ordered: finetune -> fresh-process load -> deploy -> stop.
+Tiers: the first run's contract, its MLflow record and a fresh-process load guard quality (`guard`);
+the data pipeline and the tick lock need no model (default); the rest of the chain is `slow`."""
 
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ from pathlib import Path
 import pytest
 from conftest import wait_http
 
+from llmft.evaluate.text_metrics import parse_json_object
 from llmft.serve.deploy import ServingError, post_json
 from llmft.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.max_rows=200", "--set", "train.max_steps=14", "--set", "eval.max_samples=6",
         "--set", "validation.min_rows=4", "--set", "deploy.port=5077", "--set", "deploy.smoke_max_tokens=24"]
+
+# the guard run: the default config as shipped (data, 60 LoRA steps, gate), a smaller evaluation sample
+BASE_PROBE_ACCURACY = 0.667  # SmolLM2-135M-Instruct on the shipped probe (torch 2.13, transformers 5.23)
+DEFAULT_RUN = ["--set", "eval.max_samples=30", "--set", "deploy.port=5077", "--set", "deploy.smoke_max_tokens=24"]
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +40,8 @@ def run_py(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.Co
 def finetune_summary(run_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, server_cleanup: None) -> dict:
     out = tmp_path_factory.mktemp("summary") / "finetune.json"
     # deploy.on_promotion: the promoted model is served at the end of the run
-    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "deploy.on_promotion=true", "--summary", str(out))
+    proc = run_py(run_env, "--pipeline", "finetune", *DEFAULT_RUN, "--set", "deploy.on_promotion=true",
+                  "--summary", str(out), timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "base" in proc.stdout and "fine-tuned" in proc.stdout and "MLflow UI: mlflow ui" in proc.stdout
     return json.loads(out.read_text())
@@ -52,15 +60,16 @@ def _mlflow_client(run_env: dict[str, str]):
     return MlflowClient(tracking_uri=f"sqlite:///{run_env['LLMFT_HOME']}/mlflow.db")
 
 
+@pytest.mark.guard
 def test_finetune_summary_contract(finetune_summary: dict):
     s = finetune_summary
     for key in ("pipeline", "zenml_run_id", "mlflow_run_id", "tracking_uri", "primary_metric", "wall_seconds",
                 "promoted", "promotion_reasons"):
         assert key in s
-    assert s["task"] == "extraction" and s["task_reason"] == "inferred from responses: 200 of 200 are JSON objects"
+    assert s["task"] == "extraction" and s["task_reason"].startswith("inferred from responses: ")
     assert s["primary_metric"] == "field_accuracy"
     assert s["registered_model"]["name"] == "products-extraction"  # derived from the source and the task
-    assert s["eval_sample"] == {"n": 6, "of": s["dataset"]["rows"]["test"], "seed": 0, "how": "seeded random sample"}
+    assert s["eval_sample"] == {"n": 30, "of": s["dataset"]["rows"]["test"], "seed": 0, "how": "seeded random sample"}
     for model in ("base", "base_few_shot", "finetuned"):
         m = s["metrics"][model]
         assert set(m) == set(get_task("extraction").metric_names)
@@ -70,27 +79,37 @@ def test_finetune_summary_contract(finetune_summary: dict):
         assert m["eval_loss"] > 0 and m["perplexity"] >= 1 and m["wer"] >= 0
     assert s["metrics"]["champion"] is None and s["champion_evaluated"] is None  # the first run has none
     assert s["few_shot"]["k"] == 3 and 0 <= s["few_shot"]["used_min"] <= s["few_shot"]["used_mean"] <= 3
-    assert s["baseline_used"] in ("zero_shot", "few_shot")  # promotion.baseline=best: the stronger one
     assert s["champion_note"] == "no current champion"
-    assert s["forgetting"]["applicable"] and s["forgetting"]["questions"] >= 50
-    assert s["forgetting"]["drop"] == pytest.approx(s["forgetting"]["base"] - s["forgetting"]["finetuned"])
     assert set(s["dataset"]["rows"]) == {"train", "validation", "test"}
     assert len(s["dataset"]["fingerprint"]) == 16
-    assert s["dataset"]["rows_in"] == 200 and s["dataset"]["duplicates_removed"] == 0
+    assert s["dataset"]["duplicates_removed"] == 0
     assert Path(s["dataset"]["export_dir"], "train.jsonl").is_file()
     # a real model really trained: loss fell and the held-out loss improved over the base model
     assert s["train"]["last_loss"] < s["train"]["first_loss"]
     assert s["metrics"]["finetuned"]["eval_loss"] < s["metrics"]["base"]["eval_loss"]
     assert s["registered_model"]["version"] == "1"
-    # 14 LoRA steps are enough to learn the JSON format; the base model never produces it
+    # what the default run is for: the shipped demo learns the task well (the README's number), beats every
+    # baseline, the dictionary of training values included, and keeps what the base model knew
+    tuned, simple = s["metrics"]["finetuned"], s["metrics"]["simple_baseline"]
+    assert tuned["field_accuracy"] >= 0.85, tuned
+    assert s["simple_baseline_method"].startswith("dictionary of training values")
+    assert 0.4 <= simple["field_accuracy"] < tuned["field_accuracy"] - 0.01, simple
+    assert max(s["metrics"]["base"]["field_accuracy"], s["metrics"]["base_few_shot"]["field_accuracy"]) < 0.5
+    assert s["baseline_used"] == "simple"  # promotion.baseline=best: the strongest one
+    assert s["forgetting"]["applicable"] and s["forgetting"]["questions"] >= 50
+    # the probe's base score is a property of the base model and the probe (greedy, deterministic)
+    assert s["forgetting"]["base"] == pytest.approx(BASE_PROBE_ACCURACY, abs=0.02)
+    assert s["forgetting"]["drop"] <= 0.1
     assert s["promoted"] is True, s["promotion_reasons"]
     assert [r.split(":")[0] for r in s["promotion_reasons"]] == ["PASS base", "PASS champion", "PASS forgetting"]
+    assert f"{tuned['field_accuracy']:.4f}" in s["promotion_reasons"][0]
 
 
+@pytest.mark.guard
 def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]):
     client = _mlflow_client(run_env)
     run = client.get_run(finetune_summary["mlflow_run_id"])
-    assert run.data.params["train.max_steps"] == "14"
+    assert run.data.params["train.max_steps"] == "60"
     assert run.data.params["train.method"] == "lora"
     assert run.data.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert run.data.tags["task"] == "extraction" and run.data.tags["task.reason"].startswith("inferred from")
@@ -98,9 +117,9 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     assert {"finetuned/field_accuracy", "base/field_accuracy", "base_few_shot/field_accuracy"} <= set(run.data.metrics)
     assert run.data.tags["promotion.baseline"] == finetune_summary["baseline_used"]
     losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert len(losses) == 14
+    assert len(losses) == 60
     lrs = client.get_metric_history(run.info.run_id, "train/learning_rate")
-    assert len(lrs) == 14
+    assert len(lrs) == 60
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/loss_curve.png", "plots/metric_comparison.png"} <= artifacts
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -123,6 +142,7 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
+@pytest.mark.guard
 def test_registered_model_loads_in_fresh_offline_process(finetune_summary: dict, run_env: dict[str, str]):
     code = textwrap.dedent(f"""
         import json, mlflow
@@ -140,7 +160,9 @@ def test_registered_model_loads_in_fresh_offline_process(finetune_summary: dict,
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     completion = result[0] if isinstance(result, list) else result
     content = completion["choices"][0]["message"]["content"]
-    assert content.strip(), completion
+    # the champion answers in the trained format: a JSON object of the product's fields, the brand found
+    answer = parse_json_object(content)
+    assert isinstance(answer, dict) and answer.get("brand") == "Lumora", content
 
 
 def test_deploy_serves_champion(finetune_summary: dict, run_env: dict[str, str], tmp_path: Path):
@@ -199,7 +221,8 @@ def test_an_unchanged_second_run_reuses_training_and_registers_nothing(finetune_
     ZenML's cache, v1 is this very model and stays champion; the run still compares and records."""
     first = finetune_summary
     out = tmp_path / "again.json"
-    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "deploy.on_promotion=true", "--summary", str(out))
+    proc = run_py(run_env, "--pipeline", "finetune", *DEFAULT_RUN, "--set", "deploy.on_promotion=true",
+                  "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(out.read_text())
     cached = {"finetune", "evaluate_candidate", "probe_candidate", "evaluate_base", "probe_base"}
@@ -219,7 +242,7 @@ def test_an_unchanged_second_run_reuses_training_and_registers_nothing(finetune_
     assert run.data.tags["promotion.decision"] == "unchanged" and "finetuned/field_accuracy" in run.data.metrics
 
 
-def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_path: Path):
+def test_data_pipeline_reports_exports_and_caches(pipeline_env: dict[str, str], tmp_path: Path):
     data = tmp_path / "chat.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                           {"role": "assistant", "content": f"{2 * i}"}]} for i in range(30)]
@@ -232,7 +255,7 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
     args = ["--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=1",
             "--set", "validation.max_duplicate_fraction=0.1"]
     first = tmp_path / "first.json"
-    proc = run_py(run_env, *args, "--summary", str(first), timeout=300)
+    proc = run_py(pipeline_env, *args, "--summary", str(first), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(first.read_text())
     d = s["dataset"]
@@ -249,13 +272,13 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
                                                                                "validation.jsonl", "rejected.jsonl"))
     rejected = [json.loads(line) for line in (export / "rejected.jsonl").read_text().splitlines()]
     assert sorted(r["kind"] for r in rejected) == ["duplicate", "duplicate", "shape"]
-    client = _mlflow_client(run_env)
+    client = _mlflow_client(pipeline_env)
     run = client.get_run(s["mlflow_run_id"])
     assert run.inputs.dataset_inputs[0].dataset.digest == d["fingerprint"]
     assert "plots/token_lengths.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
     again = tmp_path / "again.json"
-    assert run_py(run_env, *args, "--summary", str(again), timeout=300).returncode == 0
+    assert run_py(pipeline_env, *args, "--summary", str(again), timeout=300).returncode == 0
     s2 = json.loads(again.read_text())
     assert {"ingest_data", "gate_and_tokenize", "split_data"} <= set(s2["cached_steps"])
     assert s2["dataset"]["fingerprint"] == d["fingerprint"] and s2["dataset"]["rows"] == d["rows"]
@@ -264,7 +287,7 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
         fh.write(json.dumps({"messages": [{"role": "user", "content": "What is 100 plus 100?"},
                                           {"role": "assistant", "content": "200"}]}) + "\n")
     changed = tmp_path / "changed.json"
-    assert run_py(run_env, *args, "--summary", str(changed), timeout=300).returncode == 0
+    assert run_py(pipeline_env, *args, "--summary", str(changed), timeout=300).returncode == 0
     s3 = json.loads(changed.read_text())
     assert s3["dataset"]["fingerprint"] != d["fingerprint"]
     assert not {"ingest_data", "gate_and_tokenize", "split_data"} & set(s3["cached_steps"])
@@ -277,23 +300,23 @@ def test_data_pipeline_reports_exports_and_caches(run_env: dict[str, str], tmp_p
                {json.dumps({k: v for k, v in json.loads(r).items() if k != "where"}) for r in after}
 
 
-def test_malformed_line_is_named(run_env: dict[str, str], tmp_path: Path):
+def test_malformed_line_is_named(pipeline_env: dict[str, str], tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n' * 6 + '{"prompt": "a", \n')
-    proc = run_py(run_env, "--pipeline", "finetune", "--set", f"data.source={bad}")
+    proc = run_py(pipeline_env, "--pipeline", "finetune", "--set", f"data.source={bad}")
     assert proc.returncode == 2  # found while resolving the task, before any pipeline starts
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {bad}, line 7: malformed JSON"), last
     assert "Traceback" not in proc.stderr
 
 
-def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], tmp_path: Path):
+def test_classification_data_through_the_data_pipeline(pipeline_env: dict[str, str], tmp_path: Path):
     data = tmp_path / "reviews.csv"
     labels = ["positive", "negative", "neutral"]
     lines = ["text,label"] + [f'"review {i}, quite {labels[i % 3]}",{labels[i % 3]}' for i in range(60)]
     data.write_text("\n".join([*lines, '"a strange one",sarcastic']) + "\n")
     out = tmp_path / "summary.json"
-    proc = run_py(run_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
+    proc = run_py(pipeline_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
                   "--summary", str(out), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "task: classification (inferred from columns text/label" in proc.stdout
@@ -302,10 +325,10 @@ def test_classification_data_through_the_data_pipeline(run_env: dict[str, str], 
     assert s["dataset"]["rejected_by_reason"] == {"rare_label": 1}  # one "sarcastic" row cannot be learned
     test_rows = [json.loads(line) for line in Path(s["dataset"]["export_dir"], "test.jsonl").read_text().splitlines()]
     assert {r["label"] for r in test_rows} == set(labels)  # stratified: every class is measured
-    client = _mlflow_client(run_env)
+    client = _mlflow_client(pipeline_env)
     assert "plots/class_balance.png" in {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
     # labels pinned by the user, and the data has others: one line naming data.labels, with counts
-    pinned = run_py(run_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
+    pinned = run_py(pipeline_env, "--pipeline", "data", "--set", f"data.source={data}", "--set", "data.min_test_rows=3",
                     "--set", "data.labels=[positive, negative]", timeout=300)
     last = pinned.stderr.strip().splitlines()[-1]
     assert pinned.returncode == 1 and "data.labels pins [positive, negative] but the data has labels" in last, last
@@ -333,7 +356,7 @@ def _zenml_stages(run_env: dict[str, str], name: str, every: bool = False) -> di
 def weak_summary(finetune_summary: dict, run_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """After a good run: a weak candidate (1 step, tiny learning rate) on a changed test split."""
     out = tmp_path_factory.mktemp("weak") / "summary.json"
-    proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--set", "train.max_steps=1",
+    proc = run_py(run_env, "--pipeline", "finetune", *DEFAULT_RUN, "--set", "train.max_steps=1",
                   "--set", "train.learning_rate=1e-7", "--set", "data.split_seed=3", "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NOT promoted" in proc.stdout and "champion v1" in proc.stdout
@@ -477,17 +500,17 @@ def test_scheduled_retraining_skips_known_data_then_trains_on_new_data(weak_summ
     assert {r.data.tags["retrain.decision"] for r in tick_runs} >= {"skipped", "ran"}
 
 
-def test_a_tick_never_overlaps_a_running_one(run_env: dict[str, str]):
+def test_a_tick_never_overlaps_a_running_one(pipeline_env: dict[str, str]):
     import fcntl
 
-    lock = Path(run_env["LLMFT_HOME"]) / "retrain.lock"
+    lock = Path(pipeline_env["LLMFT_HOME"]) / "retrain.lock"
     with lock.open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running tick would
-        proc = run_py(run_env, "--pipeline", "finetune", *TINY, "--tick", timeout=300)
+        proc = run_py(pipeline_env, "--pipeline", "finetune", *TINY, "--tick", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "retrain tick skipped: another retrain run holds" in proc.stdout
-    assert _ticks(run_env)[-1]["decision"] == "skipped"
-    bad = run_py(run_env, "--pipeline", "finetune", "--schedule", "every day", timeout=120)
+    assert _ticks(pipeline_env)[-1]["decision"] == "skipped"
+    bad = run_py(pipeline_env, "--pipeline", "finetune", "--schedule", "every day", timeout=120)
     assert bad.returncode == 2 and "not a cron expression" in bad.stderr
 
 

@@ -1,4 +1,5 @@
-"""End to end on the real stack: the classification task, and a killed run that resumes."""
+"""End to end on the real stack: the classification task (guard: it must lose to the simple baseline
+it cannot beat, and say so), and a killed run that resumes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ CLASSIFY = ["--config", "configs/classify.yaml", "--set", "data.max_rows=150", "
             "--set", "train.learning_rate=0.001", "--set", "train.eval_steps=4"]
 
 
+@pytest.mark.guard
 def test_classification_end_to_end(run_env: dict[str, str], tmp_path: Path):
     out = tmp_path / "summary.json"
     proc = run_py(run_env, *CLASSIFY, "--set", "train.max_steps=24", "--summary", str(out))
@@ -27,9 +29,18 @@ def test_classification_end_to_end(run_env: dict[str, str], tmp_path: Path):
     assert s["task"] == "classification" and s["primary_metric"] == "macro_f1"
     assert s["labels"] == ["negative", "neutral", "positive"]  # inferred: classify.yaml pins none
     assert s["eval_sample"]["how"] == "seeded sample stratified by label"
-    base, tuned = s["metrics"]["base"], s["metrics"]["finetuned"]
+    base, tuned, simple = s["metrics"]["base"], s["metrics"]["finetuned"], s["metrics"]["simple_baseline"]
     assert set(tuned) == {"accuracy", "macro_precision", "macro_recall", "macro_f1", "eval_loss"}
-    assert tuned["macro_f1"] > base["macro_f1"] and s["promoted"], s["promotion_reasons"]
+    assert tuned["macro_f1"] > base["macro_f1"]  # fine-tuning beat the prompted base ...
+    # ... but on this synthetic corpus a class-weighted bag of words is perfect, so nothing can beat it by
+    # promotion.min_delta: registered, not promoted, and the reason says so with both numbers and what to try
+    assert simple["macro_f1"] == 1.0 and s["simple_baseline_method"].startswith("tf-idf")
+    assert s["baseline_used"] == "simple" and not s["promoted"]
+    first = s["promotion_reasons"][0]
+    assert first.startswith("FAIL base: macro_f1") and f"{tuned['macro_f1']:.4f}" in first and "1.0000" in first
+    assert "train.max_steps" in first and "data.max_train_rows" in first, first
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("metric"))
+    assert "simple" in header  # the closing table's column
     assert set(s["metrics"]["base_few_shot"]) == set(base)  # the prompted classifier, same keys
     assert s["train"]["validation_loss"] is not None
 
@@ -42,7 +53,7 @@ def test_classification_end_to_end(run_env: dict[str, str], tmp_path: Path):
     metrics = MlflowClient().get_run(s["mlflow_run_id"]).data.metrics
     assert {"finetuned/per_class/positive/f1", "finetuned/per_class/negative/recall"} <= set(metrics)
     assert s["registered_model"]["name"] == "sentiment-classification"
-    model = mlflow.pyfunc.load_model("models:/sentiment-classification@champion")
+    model = mlflow.pyfunc.load_model("models:/sentiment-classification@challenger")
     predictions = model.predict(["Ordered the blender: the build quality is terrible. Avoid.",
                                  "Got this yoga mat as a gift: love the grip. Five stars."])
     assert set(predictions["label"]) <= {"negative", "neutral", "positive"}

@@ -1,6 +1,8 @@
-"""Evaluation on the real model: batched generation equals one prompt at a time; one model's scores."""
+"""Evaluation: batched generation equals one prompt at a time and one model's scores (on the tiny model
+of the real architecture); the forgetting probe on the real base model."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model(base_model_path: str):
-    return load_model(base_model_path)
+def model(tiny_model_path: str):
+    return load_model(tiny_model_path)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(model, tokenizer, rows):
     one_by_one = generate(model, tokenizer, prompts, 24, batch_size=1)
     batched = generate(model, tokenizer, prompts, 24, batch_size=len(prompts))
     assert batched == one_by_one
-    assert all(out.strip() for out in batched)
+    assert len(batched) == len(prompts) and all(isinstance(out, str) for out in batched)
 
 
 def test_score_generative_reports_every_metric_and_per_row_scores(model, tokenizer, rows):
@@ -47,16 +49,19 @@ def test_score_generative_reports_every_metric_and_per_row_scores(model, tokeniz
     scored = score_generative(model, tokenizer, INSTRUCTION, test, task.score, task.overlap_metrics, 16, 3, 384,
                               desc="test")
     assert set(scored.metrics) == set(task.metric_names)
-    assert 0 < scored.metrics["eval_loss"] < 5 and scored.metrics["perplexity"] > 1
+    # a random model of a 49,152-token vocabulary: about ln(49152) = 10.8 nats per answer token
+    assert 9 < scored.metrics["eval_loss"] < 13
+    assert scored.metrics["perplexity"] == pytest.approx(math.exp(scored.metrics["eval_loss"]), rel=1e-3)
     assert len(scored.outputs) == 3 and len(scored.row_scores) == 3
     assert set(scored.row_scores[0]) == {"json_valid", "field_accuracy", "rougeL", "unsupported_items"}
     counts = [r["unsupported_items"] for r in scored.row_scores]
     assert scored.metrics["unsupported_output_rate"] == sum(c > 0 for c in counts) / 3
 
 
-def test_forgetting_probe_on_the_base_model(model, tokenizer):
+def test_forgetting_probe_on_the_base_model(base_model_path: str, tokenizer):
     probe = load_probe()[:8]
-    result = run_probe(model, tokenizer, probe, 16, 8)
-    assert len(result.outputs) == 8 and 0.0 <= result.accuracy <= 1.0
-    # the base model knows at least some of the easiest facts (capitals come first in the set)
-    assert result.accuracy > 0
+    result = run_probe(load_model(base_model_path), tokenizer, probe, 16, 8)
+    assert len(result.outputs) == 8 and len(result.correct) == 8
+    # the real base model knows the easiest facts (capitals come first in the set): greedy on CPU is
+    # deterministic, and it answered 6 of these 8 (torch 2.13, transformers 5.23)
+    assert result.accuracy >= 5 / 8, list(zip(probe, result.outputs, strict=True))

@@ -1,5 +1,7 @@
-"""Export for llama.cpp and Ollama: the embedded SmolLM2 registered as a real MLflow version, exported
-(merged safetensors, f16 and Q8_0 GGUF, Modelfile), and the GGUFs loaded back with transformers.
+"""Export for llama.cpp and Ollama: a model registered as a real MLflow version, exported (merged
+safetensors, f16 and Q8_0 GGUF, Modelfile), and the GGUFs loaded back with transformers. The plumbing
+runs on the tiny model of the real architecture; the round trip's tolerances are also held on the
+embedded SmolLM2 (guard tier).
 
 Stated tolerances (relative to the merged model's max |logit| over the same positions, teacher-forced
 over three real conversations with the trained system prompt): f16 max |diff| <= 1%, mean <= 0.2%,
@@ -24,10 +26,9 @@ INSTRUCTION = "Extract the product attributes from the listing as a JSON object.
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
-@pytest.fixture(scope="module")
-def exported(base_model_path: str, tokenizer, tmp_path_factory: pytest.TempPathFactory):
-    """The base model registered as a version (as the register step does, instruction tag included),
-    made champion, and exported through the stage the pipeline runs."""
+def _register_and_export(model_path: str, tokenizer, root: Path):
+    """The model registered as a version (as the register step does, instruction tag included), made
+    champion, and exported through the stage the pipeline runs."""
     import mlflow
     import torch
 
@@ -35,22 +36,27 @@ def exported(base_model_path: str, tokenizer, tmp_path_factory: pytest.TempPathF
     from llmft.registry.versions import register_model, set_alias
 
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("export")
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")  # the caller resets it
+    experiment = mlflow.create_experiment("export", artifact_location=(root / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        registered = register_model(load_model(model_path), tokenizer, NAME,
+                                    {"task": "extraction", "instruction": INSTRUCTION})
+    set_alias(NAME, registered.version)
+    result = export_version(NAME, ExportConfig(), out_root=root / "exports")
+    return result, run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_path: str, tokenizer, tmp_path_factory: pytest.TempPathFactory):
+    import mlflow
+
     try:
-        experiment = mlflow.create_experiment("export", artifact_location=(root / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=experiment) as run:
-            registered = register_model(load_model(base_model_path), tokenizer, NAME,
-                                        {"task": "extraction", "instruction": INSTRUCTION})
-        set_alias(NAME, registered.version)
-        result = export_version(NAME, ExportConfig(), out_root=root / "exports")
-        yield result, run.info.run_id
+        yield _register_and_export(tiny_model_path, tokenizer, tmp_path_factory.mktemp("export"))
     finally:
         mlflow.set_tracking_uri("")
 
 
-def test_round_trip_logits_match_within_tolerance(exported):
-    result, _ = exported
+def _assert_round_trip_within_tolerance(result) -> None:
     checks = {check.quant: check for check in result.checks}
     assert set(checks) == {"f16", "q8_0"}
     f16, q8 = checks["f16"], checks["q8_0"]
@@ -67,7 +73,21 @@ def test_round_trip_logits_match_within_tolerance(exported):
     print("round trip:", json.dumps([c.model_dump() for c in result.checks], indent=1))
 
 
-def test_files_merged_weights_and_gguf_metadata(exported, base_model_path: str, tokenizer):
+def test_round_trip_logits_match_within_tolerance(exported):
+    _assert_round_trip_within_tolerance(exported[0])
+
+
+@pytest.mark.guard
+def test_round_trip_on_the_real_model(base_model_path: str, tokenizer, tmp_path: Path):
+    import mlflow
+
+    try:
+        _assert_round_trip_within_tolerance(_register_and_export(base_model_path, tokenizer, tmp_path)[0])
+    finally:
+        mlflow.set_tracking_uri("")
+
+
+def test_files_merged_weights_and_gguf_metadata(exported, tiny_model_path: str, tokenizer):
     import torch
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
@@ -82,10 +102,15 @@ def test_files_merged_weights_and_gguf_metadata(exported, base_model_path: str, 
                  "merged/tokenizer_config.json", f"{NAME}-v1.f16.gguf", f"{NAME}-v1.q8_0.gguf", "Modelfile",
                  "checks.json"):
         assert (out / name).is_file(), name
-    assert result.sizes[f"{NAME}-v1.q8_0.gguf"] < 0.6 * result.sizes[f"{NAME}-v1.f16.gguf"]
+    # the weights, not the files: the tiny model's tokenizer metadata is most of each file
+    tensor_bytes = {quant: sum(int(t.n_bytes) for t in GGUFReader(out / f"{NAME}-v1.{quant}.gguf").tensors)
+                    for quant in ("f16", "q8_0")}
+    assert tensor_bytes["q8_0"] < 0.6 * tensor_bytes["f16"], tensor_bytes
+    assert result.sizes[f"{NAME}-v1.q8_0.gguf"] < result.sizes[f"{NAME}-v1.f16.gguf"]
 
     # merged weights in HF layout load on their own and give the registered model's logits (f16 rounding)
-    reference = load_model(base_model_path).eval()
+    reference = load_model(tiny_model_path).eval()
+    config = reference.config
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
     ids = tokenizer("<|im_start|>user\nHello there<|im_end|>\n", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -101,7 +126,8 @@ def test_files_merged_weights_and_gguf_metadata(exported, base_model_path: str, 
     assert fields["tokenizer.ggml.bos_token_id"] == tokenizer.bos_token_id
     assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id == 2
     assert fields["tokenizer.chat_template"] == tokenizer.chat_template
-    assert fields["llama.attention.head_count_kv"] == 3 and fields["llama.rope.freq_base"] == 100000.0
+    assert fields["llama.attention.head_count_kv"] == config.num_key_value_heads == 2
+    assert fields["llama.rope.freq_base"] == 100000.0
     assert len(reader.fields["tokenizer.ggml.merges"].data) == 48900
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == 49152
     tensors = {t.name: t for t in reader.tensors}
@@ -110,7 +136,8 @@ def test_files_merged_weights_and_gguf_metadata(exported, base_model_path: str, 
     stored = tensors["blk.0.attn_k.weight"].data.astype("float32")
     hf = reference.model.layers[0].self_attn.k_proj.weight.detach().numpy().astype("float16").astype("float32")
     assert not (stored == hf).all()
-    restored = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3}).process(
+    restored = LlamaTensorProcessor(config={"num_attention_heads": config.num_attention_heads,
+                                            "num_key_value_heads": config.num_key_value_heads}).process(
         stored, "blk.0.attn_k.weight").weights
     assert (restored == hf).all()
 

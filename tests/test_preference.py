@@ -145,7 +145,7 @@ def test_orpo_loss_on_hand_computed_values():
     assert chosen.item() == pytest.approx(-0.05) and rejected.item() == pytest.approx(-0.1)
 
 
-def test_sequence_logps_sum_to_the_masked_lm_loss(base_model_path: str, tokenizer):
+def test_sequence_logps_sum_to_the_masked_lm_loss(tiny_model_path: str, tokenizer):
     import torch
 
     from llmft.base_model import load_model
@@ -155,7 +155,7 @@ def test_sequence_logps_sum_to_the_masked_lm_loss(base_model_path: str, tokenize
     rows = [encode_messages(tokenizer, build_messages(None, p, r))
             for p, r in (("Capital of France?", "Paris."), ("Say hi", "Hello there, how are you today?"))]
     batch = PadToLongest(tokenizer.pad_token_id)(rows)
-    model = load_model(base_model_path).eval()
+    model = load_model(tiny_model_path).eval()
     with torch.no_grad():
         logps, counts, _ = sequence_logps(model, **batch)
         total, count, _ = masked_lm_loss(model, **batch)
@@ -166,7 +166,7 @@ def test_sequence_logps_sum_to_the_masked_lm_loss(base_model_path: str, tokenize
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
-def test_preference_methods_train_on_the_real_model(method: str, base_model_path: str, tokenizer, tmp_path: Path):
+def test_preference_methods_train(method: str, tiny_model_path: str, tokenizer, tmp_path: Path):
     from llmft.tasks.preference import pair_example
     from llmft.train.loop import train
     from llmft.train.methods import load_trained
@@ -177,18 +177,19 @@ def test_preference_methods_train_on_the_real_model(method: str, base_model_path
         {"prompt": p, "chosen": c, "rejected": r}), None, 128).messages, 128) for p, c, r in pairs] * 2
     cfg = load_config(None, [f"train.method={method}", "train.max_steps=3", "train.batch_size=4",
                              "train.learning_rate=5e-3", "train.warmup_ratio=0", "train.eval_steps=2"]).train
-    result = train(base_model_path, examples, examples[:2], cfg, tmp_path, log_to_mlflow=False)
+    result = train(tiny_model_path, examples, examples[:2], cfg, tmp_path, log_to_mlflow=False)
     logged = [h for h in result.history if "rewards/margin" in h]
     assert result.steps == 3 and len(logged) == 3 and any("eval_rewards/accuracy" in h for h in result.history)
     assert logged[-1]["rewards/margin"] > logged[0]["rewards/margin"]  # it learned to prefer the chosen answers
     if method == "dpo":  # step 1: the adapter starts at zero, so the policy is the reference
         assert logged[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
         assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    model, _ = load_trained(base_model_path, result.output_dir)
+    model, _ = load_trained(tiny_model_path, result.output_dir)
     assert not hasattr(model, "peft_config")  # merged: one plain model for evaluation and the registry
 
 
 def test_self_play_pairs_take_the_models_own_answer_as_rejected(base_model_path: str, tokenizer):
+    """The real model: its answers are the rejected side (the tiny model's noise may be blank)."""
     from llmft.base_model import load_model
     from llmft.data.self_play import self_play_pairs
 

@@ -104,14 +104,25 @@ def test_forgetting_is_the_drop_from_the_base_and_logs_both_answers(tmp_path: Pa
     import mlflow
 
     n = len(load_probe())
-    base = ProbeRun(applicable=True, accuracy=0.75, outputs=["a"] * n, correct=[True] * n)
-    tuned = ProbeRun(applicable=True, accuracy=0.5, outputs=["b"] * n, correct=[False] * n)
+    # per-question answers: the base gets every 4th question wrong, the tuned model every 2nd
+    base_correct = [i % 4 != 0 for i in range(n)]
+    tuned_correct = [i % 2 != 0 for i in range(n)]
+    base = ProbeRun(applicable=True, accuracy=sum(base_correct) / n, outputs=[f"base {i}" for i in range(n)],
+                    correct=base_correct)
+    tuned = ProbeRun(applicable=True, accuracy=sum(tuned_correct) / n, outputs=[f"tuned {i}" for i in range(n)],
+                     correct=tuned_correct)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         with mlflow.start_run() as run:
             got = forgetting(base, tuned, 0.1)
-        assert got == Forgetting(applicable=True, questions=n, base=0.75, finetuned=0.5, drop=0.25, max_allowed=0.1)
-        assert mlflow.get_run(run.info.run_id).data.metrics["forgetting/drop"] == 0.25
+        # the logged table holds both models' answer to every question, and the drop follows from it
+        table = mlflow.load_table("evaluation/forgetting_probe.json", run_ids=[run.info.run_id])
+        assert len(table) == n and list(table["base_output"]) == base.outputs
+        assert list(table["finetuned_output"]) == tuned.outputs
+        from_rows = (table["base_correct"].sum() - table["finetuned_correct"].sum()) / n
+        assert got.drop == pytest.approx(from_rows) and got.drop > got.max_allowed == 0.1
+        assert (got.applicable, got.questions, got.base, got.finetuned) == (True, n, base.accuracy, tuned.accuracy)
+        assert mlflow.get_run(run.info.run_id).data.metrics["forgetting/drop"] == pytest.approx(from_rows)
         off = ProbeRun(applicable=False, reason="a classifier has no generative head")
         assert forgetting(off, off, 0.1) == Forgetting(applicable=False, reason=off.reason, max_allowed=0.1)
     finally:

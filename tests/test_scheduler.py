@@ -1,5 +1,5 @@
-"""Continuous batching (llmft/serve/scheduler.py) with the real base model: greedy answers identical to
-generating each request alone while others join and leave mid-flight, per-request sampling, short
+"""Continuous batching (llmft/serve/scheduler.py) on the tiny model of the real architecture: greedy
+answers identical to generating each request alone while others join and leave mid-flight, per-request sampling, short
 requests that finish while a long one keeps decoding, cancellation mid-decode, and opt-in MLflow
 traces from the server."""
 
@@ -27,14 +27,14 @@ QUESTIONS = ["Hi", "What is 2 plus 2?", "Name three colours of the rainbow, plea
 
 
 @pytest.fixture(scope="module")
-def served(base_model_path: str, tokenizer) -> Iterator[Served]:
+def served(tiny_model_path: str, tokenizer) -> Iterator[Served]:
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine two torch threads run several times slower, not faster
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    yield Served("embedded-base", None, False, load_model(base_model_path).eval(), tokenizer)
+    yield Served("embedded-base", None, False, load_model(tiny_model_path).eval(), tokenizer)
     torch.set_num_threads(threads)
 
 
@@ -121,15 +121,54 @@ def _submit(app: Any, question: str, max_tokens: int, **sampling: float) -> Any:
     return batcher.submit(parse_chat(body, batcher.served, batcher.limits))
 
 
-def test_a_short_request_finishes_while_a_long_one_keeps_decoding(app: Any):
-    batcher = app.state.batcher
-    steps = batcher.stats["steps"]
+class StepGate:
+    """Decode steps of the server's worker taken one at a time, when the test says: however fast the
+    model is, a request is still decoding exactly when the test looks."""
+
+    def __init__(self) -> None:
+        self.allowed = threading.Semaphore(0)
+        self.free = threading.Event()
+        self.taken = 0
+
+    def wrap(self, step: Any) -> Any:
+        def gated(batch: DecodeBatch) -> None:
+            if not self.free.is_set():
+                self.allowed.acquire(timeout=120)
+            step(batch)
+            self.taken += 1
+        return gated
+
+    def let(self, steps: int = 1) -> None:
+        """Let `steps` decode steps through and wait until they ran."""
+        target = self.taken + steps
+        self.allowed.release(steps)
+        _wait_for(lambda: self.taken >= target)
+
+    def open(self) -> None:
+        self.free.set()
+        self.allowed.release(1000)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[StepGate]:
+    held = StepGate()
+    monkeypatch.setattr(DecodeBatch, "step", held.wrap(DecodeBatch.step))
+    yield held
+    held.open()
+
+
+def test_a_short_request_finishes_while_a_long_one_keeps_decoding(app: Any, gate: StepGate):
     long = _submit(app, "Write a long story about a lighthouse keeper.", 24)
-    _wait_for(lambda: batcher.stats["steps"] > steps)  # the long one is decoding
+    gate.let(2)  # the long one is decoding, and now waits at the gate
     short = _submit(app, "Hi", 2)
+    for _ in range(10):  # one step at a time until the short one is answered (2 tokens: a step or two)
+        if short.future.done():
+            break
+        gate.let(1)
     completion, _ = short.future.result(timeout=300)
     assert completion.completion_tokens <= 2
     assert not long.future.done()  # it joined, finished and left while the long one went on
+    gate.open()
     completion, _ = long.future.result(timeout=300)
     assert completion.finish_reason == "length" and completion.completion_tokens == 24
 
@@ -145,12 +184,13 @@ def test_max_batch_size_bounds_the_active_sequences_and_answers_match(app: Any, 
     assert answers[-1] == alone  # admitted last, after others left: still the same tokens
 
 
-def test_a_cancelled_request_leaves_the_batch_mid_decode(app: Any):
+def test_a_cancelled_request_leaves_the_batch_mid_decode(app: Any, gate: StepGate):
     batcher = app.state.batcher
     before = dict(batcher.stats)
     job = _submit(app, "Write a long story about a dragon.", 24)
-    _wait_for(lambda: batcher.stats["steps"] > before["steps"])
+    gate.let(1)
     job.future.cancel()  # what the server does for a client that left or timed out
+    gate.open()
     _wait_for(lambda: batcher.stats["cancelled"] > before["cancelled"])
     steps = batcher.stats["steps"]
     assert steps - before["steps"] < 24 and batcher.stats["requests"] == before["requests"]

@@ -1,4 +1,4 @@
-"""The model server on a real port with the real base model: OpenAI-style answers, refusals that
+"""The model server on a real port with the tiny model of the real architecture: OpenAI-style answers, refusals that
 name the field (and leave the server serving), batching of concurrent requests, guarded swaps."""
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+APPS: dict[str, object] = {}  # url -> the app serving it, for tests that reach its batcher
+
+
 def _serve(served: Served):
     import uvicorn
 
     port = _free_port()
     app = create_app(served, LIMITS, TOKEN, registry_name=REGISTRY_NAME)
+    APPS[f"http://127.0.0.1:{port}"] = app
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -55,17 +59,17 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def url(base_model_path: str, tokenizer):
-    yield from _serve(Served("embedded-base", None, False, load_model(base_model_path), tokenizer))
+def url(tiny_model_path: str, tokenizer):
+    yield from _serve(Served("embedded-base", None, False, load_model(tiny_model_path), tokenizer))
 
 
 @pytest.fixture(scope="module")
-def classifier_url(base_model_path: str, tokenizer):
+def classifier_url(tiny_model_path: str, tokenizer):
     from transformers import set_seed
 
     labels = ["negative", "neutral", "positive"]
     set_seed(0)
-    model = load_model(base_model_path, labels)
+    model = load_model(tiny_model_path, labels)
     yield from _serve(Served("embedded-classifier", None, True, model, tokenizer, labels))
 
 
@@ -84,7 +88,8 @@ def test_chat_completion_is_openai_shaped(url: str):
     assert status == 200, body
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     choice = body["choices"][0]
-    assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
+    # the tiny model's answer is noise (maybe blank): the shape is what is checked here
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
     assert usage["prompt_tokens"] > 5 and 1 <= usage["completion_tokens"] <= 12
@@ -133,8 +138,23 @@ def test_concurrent_requests_are_batched_with_the_same_answers(url: str):
     alone = {q: post_json(f"{url}/invocations", _chat(q, max_tokens=10))[1]["choices"][0]["message"]["content"]
              for q in questions[:3]}
     before = _health(url)
+    batcher = APPS[url].state.batcher
+    release, holding = threading.Event(), threading.Event()
+
+    def hold(_served: Served) -> None:  # the model is busy (as with a long batch) until all have arrived
+        holding.set()
+        release.wait(120)
+
+    threading.Thread(target=batcher.run_exclusive, args=(hold,), daemon=True).start()
+    assert holding.wait(60)
     with ThreadPoolExecutor(len(questions)) as pool:
-        results = list(pool.map(lambda q: post_json(f"{url}/invocations", _chat(q, max_tokens=10)), questions))
+        futures = [pool.submit(post_json, f"{url}/invocations", _chat(q, max_tokens=10)) for q in questions]
+        deadline = time.monotonic() + 60
+        # all of them wait: queued, or taken by the worker that waits for the model
+        while _health(url)["queued"] + len(batcher._current) < len(questions) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        results = [f.result() for f in futures]
     assert all(status == 200 for status, _ in results)
     after = _health(url)
     assert after["requests"] - before["requests"] == len(questions)

@@ -22,7 +22,7 @@ REAL = ROOT / "tests" / "data" / "real"
 
 
 @pytest.fixture(scope="module")
-def summarization(base_model_path: str):
+def summarization(tokenizer):  # the base model resolved (its tokenizer encodes), never loaded
     cfg = load_config(ROOT / "configs" / "finetune.yaml", [f"data.source={REAL / 'summarization.jsonl'}",
                                                             "train.max_seq_length=160"])
     run = resolve_run(cfg)

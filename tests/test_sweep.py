@@ -109,12 +109,13 @@ def test_the_sweep_graph_keeps_every_finetune_step():
 
 
 @pytest.fixture(scope="module")
-def splits(base_model_path: str):
-    """A few dozen rows of the shipped data through the real gate and split."""
+def splits(tiny_model_path: str):
+    """A few dozen rows of the shipped data through the real gate and split; trials train the tiny model."""
     from llmft.data import stages
     from llmft.resolve import resolve_run
 
-    cfg = load_config(ROOT / "configs" / "finetune.yaml", ["data.max_rows=30", "validation.min_rows=4",
+    cfg = load_config(ROOT / "configs" / "finetune.yaml", [f"model.base={tiny_model_path}", "data.max_rows=30",
+                                                           "validation.min_rows=4",
                                                            "train.max_seq_length=256", "data.validation_fraction=0.15"])
     run = resolve_run(cfg)
     examples, rejections = stages.ingest_frames(run.cfg.data)

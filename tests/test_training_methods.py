@@ -1,8 +1,10 @@
-"""Every method really trains a few steps on the real model; results load back in full precision."""
+"""Every method really trains a few steps (on the tiny model of the real architecture; same-seed-same-losses
+also on the real model, in the guard tier); results load back in full precision."""
 
 from pathlib import Path
 
 import pytest
+from conftest import TINY_AND_REAL
 
 from llmft.chat_format import build_messages, encode_messages
 from llmft.config import load_config
@@ -35,22 +37,23 @@ def _cfg(method: str, *extra: str):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_method_trains_and_loads_in_full_precision(method: str, base_model_path: str, tokenizer, tmp_path: Path):
+def test_method_trains_and_loads_in_full_precision(method: str, tiny_model_path: str, tokenizer, tmp_path: Path):
     import torch
 
     examples = _sft_examples(tokenizer)
-    result = train(base_model_path, examples, examples[:2], _cfg(method), tmp_path, init_text=INSTRUCTION,
+    extra = ["train.freeze.trainable_layers=1"] if method == "freeze" else []  # of the tiny model's two blocks
+    result = train(tiny_model_path, examples, examples[:2], _cfg(method, *extra), tmp_path, init_text=INSTRUCTION,
                    log_to_mlflow=False)
     assert result.steps == 4
-    assert result.last_loss < result.first_loss  # the loss moved the right way on the real model
+    assert result.last_loss < result.first_loss  # the loss moved the right way
     assert 0 < result.trainable_parameters <= result.total_parameters
     if method in ("lora", "dora", "qlora", "prompt_tuning"):
         assert result.trainable_parameters < 0.05 * result.total_parameters
-    model, tok = load_trained(base_model_path, result.output_dir)
+    model, tok = load_trained(tiny_model_path, result.output_dir)
     weight = model.model.layers[0].self_attn.q_proj.weight
     assert weight.dtype == torch.float32 and not hasattr(weight, "quant_state")  # never a 4-bit artifact
     if method == "freeze":  # only the last blocks moved
-        base, _ = load_trained(base_model_path, base_model_path)
+        base, _ = load_trained(tiny_model_path, tiny_model_path)
         assert torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
         assert not torch.equal(model.model.layers[-1].mlp.up_proj.weight, base.model.layers[-1].mlp.up_proj.weight)
     if method == "prompt_tuning":
@@ -58,7 +61,7 @@ def test_method_trains_and_loads_in_full_precision(method: str, base_model_path:
         assert len(baked) == 16 and tok.chat_template.startswith(PROMPT_TOKEN.format(0))
 
 
-def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokenizer, tmp_path: Path):
+def test_baked_prompt_tuning_matches_the_peft_model(tiny_model_path: str, tokenizer, tmp_path: Path):
     """The registered prompt-tuned model computes exactly what PEFT's virtual tokens computed."""
     import torch
     from peft import PeftModel
@@ -67,10 +70,10 @@ def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokeni
     from llmft.chat_format import render_generation_prompt
 
     examples = _sft_examples(tokenizer)
-    result = train(base_model_path, examples, [], _cfg("prompt_tuning", "train.max_steps=2"), tmp_path,
+    result = train(tiny_model_path, examples, [], _cfg("prompt_tuning", "train.max_steps=2"), tmp_path,
                    init_text=INSTRUCTION, log_to_mlflow=False)
-    peft_model = PeftModel.from_pretrained(load_model(base_model_path), result.output_dir).eval()
-    baked, baked_tok = load_trained(base_model_path, result.output_dir)
+    peft_model = PeftModel.from_pretrained(load_model(tiny_model_path), result.output_dir).eval()
+    baked, baked_tok = load_trained(tiny_model_path, result.output_dir)
     messages = build_messages(INSTRUCTION, LISTINGS[0][0])
     plain_ids = tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False,
                           return_tensors="pt")["input_ids"]
@@ -83,18 +86,19 @@ def test_baked_prompt_tuning_matches_the_peft_model(base_model_path: str, tokeni
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_same_seed_same_losses(base_model_path: str, tokenizer, tmp_path: Path):
+@TINY_AND_REAL
+def test_same_seed_same_losses(model_path: str, tokenizer, tmp_path: Path):
     examples = _sft_examples(tokenizer)
-    runs = [train(base_model_path, examples, [], _cfg("lora", "train.max_steps=3"), tmp_path / str(i),
+    runs = [train(model_path, examples, [], _cfg("lora", "train.max_steps=3"), tmp_path / str(i),
                   log_to_mlflow=False) for i in range(2)]
     first, second = ([h["loss"] for h in r.history if "loss" in h] for r in runs)
     assert len(first) == 3 and first == second  # bit-identical on CPU, dropout masks included
-    other = train(base_model_path, examples, [], _cfg("lora", "train.max_steps=3", "train.seed=7"),
+    other = train(model_path, examples, [], _cfg("lora", "train.max_steps=3", "train.seed=7"),
                   tmp_path / "other", log_to_mlflow=False)
     assert [h["loss"] for h in other.history if "loss" in h] != first
 
 
-def test_early_stopping_keeps_the_best_weights(base_model_path: str, tokenizer, tmp_path: Path):
+def test_early_stopping_keeps_the_best_weights(tiny_model_path: str, tokenizer, tmp_path: Path):
     """A learning rate that wrecks the model: validation loss rises, training stops, the best weights return.
     Every saved checkpoint is an MLflow LoggedModel; the best one is tagged as kept, with the reason."""
     import mlflow
@@ -105,7 +109,7 @@ def test_early_stopping_keeps_the_best_weights(base_model_path: str, tokenizer, 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("early-stopping")
     with mlflow.start_run() as run:
-        result = train(base_model_path, examples, examples[:2], cfg, tmp_path / "out",
+        result = train(tiny_model_path, examples, examples[:2], cfg, tmp_path / "out",
                        checkpoint_dir=tmp_path / "checkpoints")
     assert result.stopped_early and result.steps < 12
     evals = [(h["step"], h["eval_loss"]) for h in result.history if "eval_loss" in h][:-1]  # last: after restore
@@ -121,21 +125,21 @@ def test_early_stopping_keeps_the_best_weights(base_model_path: str, tokenizer, 
     assert {m.key for m in checkpoints[best_step].metrics} == {"train_loss", "validation_loss"}
 
 
-def test_gradient_accumulation_and_checkpointing(base_model_path: str, tokenizer, tmp_path: Path):
+def test_gradient_accumulation_and_checkpointing(tiny_model_path: str, tokenizer, tmp_path: Path):
     examples = _sft_examples(tokenizer)
     cfg = _cfg("lora", "train.max_steps=2", "train.batch_size=2", "train.gradient_accumulation_steps=2",
                "train.gradient_checkpointing=true")
-    result = train(base_model_path, examples, [], cfg, tmp_path, log_to_mlflow=False)
+    result = train(tiny_model_path, examples, [], cfg, tmp_path, log_to_mlflow=False)
     assert result.steps == 2 and result.tokens == 2 * sum(len(e["input_ids"]) for e in examples)
 
 
-def test_two_processes_through_accelerate(base_model_path: str, tokenizer, tmp_path: Path):
+def test_two_processes_through_accelerate(tiny_model_path: str, tokenizer, tmp_path: Path):
     """train.num_processes=2 on CPUs: accelerate starts two gloo ranks, each trains half of every step."""
     from llmft.train.launch import run_training
 
     examples = _sft_examples(tokenizer) * 2
     cfg = _cfg("lora", "train.max_steps=3", "train.batch_size=2", "train.num_processes=2")
-    result = run_training(base_model_path, examples, [], cfg, tmp_path, None, None, None,
+    result = run_training(tiny_model_path, examples, [], cfg, tmp_path, None, None, None,
                           log_to_mlflow=False)
     assert result.num_processes == 2 and result.steps == 3
     lengths = [len(e["input_ids"]) for e in examples]

@@ -3,9 +3,12 @@ user/assistant turns before each test row.
 
 Shots are drawn once per run, seeded, from the training split (never test): stratified by label for
 classification, so the shots cover as many labels as k allows. Each test row keeps its own input
-exactly as the zero-shot base sees it; shots fill only the room left under `train.max_seq_length`
-(a shot's input is first cut to a fair share of the context, then any shot that still does not fit
-is dropped), and how many were used per row is recorded.
+exactly as the zero-shot base sees it (cut to `train.max_seq_length`); shots fill only the room left
+under the few-shot budget, `eval.few_shot_max_tokens` within the model's context (`shot_budget`):
+a shot's input is first cut to a fair share of it, then any shot that still does not fit is
+dropped, and how many were used per row is recorded. The budget is the model's, not training's:
+fitted to the training length, long inputs left room for almost no shot (zero-shot under another
+name).
 """
 
 from __future__ import annotations
@@ -96,8 +99,24 @@ def prepare_shots(tokenizer: Any, shots: list[list[dict[str, str]]], k: int,
     return [cut_shot(tokenizer, shot_turns(s), budget) for s in shots]
 
 
-def usage(used: list[int], k: int) -> dict[str, float]:
-    """How many shots the rows got (shots that did not fit were dropped)."""
+def shot_budget(model: Any, max_seq_length: int, few_shot_max_tokens: int | None, max_new_tokens: int) -> int:
+    """Tokens a few-shot prompt may take: `few_shot_max_tokens` within the model's context (less the
+    answer it generates), never less than the row's own `max_seq_length`; without a budget,
+    `max_seq_length`."""
+    if few_shot_max_tokens is None:
+        return max_seq_length
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    budget = few_shot_max_tokens
+    if isinstance(context, int):
+        budget = min(budget, context - max_new_tokens)
+    return max(budget, max_seq_length)
+
+
+def usage(used: list[int], k: int, budget: int | None = None) -> dict[str, float]:
+    """How many shots the rows got (shots that did not fit were dropped), and the budget they fitted."""
     n = max(len(used), 1)
-    return {"k": float(k), "used_mean": sum(used) / n, "used_min": float(min(used, default=0)),
-            "used_max": float(max(used, default=0)), "rows_with_all": float(sum(u == k for u in used))}
+    out = {"k": float(k), "used_mean": sum(used) / n, "used_min": float(min(used, default=0)),
+           "used_max": float(max(used, default=0)), "rows_with_all": float(sum(u == k for u in used))}
+    if budget is not None:
+        out["budget_tokens"] = float(budget)
+    return out

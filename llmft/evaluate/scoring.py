@@ -75,6 +75,25 @@ def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[
     conversations = [with_system(system, json.loads(r["messages"])) for r in rows]
     prompts = [render_generation_prompt(tokenizer, conv[:-1]) for conv in conversations]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
+    metrics, row_scores = _score_texts(outputs, conversations, rows, score, overlap_names)
+    examples = [truncate(_own_turns_only(tokenizer, conv, int(r.get("context_messages") or 0)), max_seq_length)
+                for conv, r in zip(conversations, rows, strict=True)]
+    metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
+    metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])
+    return ModelScores(metrics=metrics, outputs=outputs, row_scores=row_scores)
+
+
+def score_outputs(outputs: list[str], rows: list[dict[str, Any]], system: str | None, score: TaskScorer,
+                  overlap_names: tuple[str, ...]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Everything `score_generative` measures from the answers alone (the task's metrics, text
+    overlap, the unsupported-output signal), for answers that came from elsewhere: a simple baseline
+    is scored by exactly the code that scores the models."""
+    conversations = [with_system(system, json.loads(r["messages"])) for r in rows]
+    return _score_texts(outputs, conversations, rows, score, overlap_names)
+
+
+def _score_texts(outputs: list[str], conversations: list[list[dict[str, str]]], rows: list[dict[str, Any]],
+                 score: TaskScorer, overlap_names: tuple[str, ...]) -> tuple[dict[str, float], list[dict[str, float]]]:
     references = [r["response"] for r in rows]
     sources = [next((m["content"] for m in reversed(conv[:-1]) if m["role"] == "user"), "") for conv in conversations]
     metrics, per_row = score(outputs, references, sources)  # the task's own metrics first: read first
@@ -90,11 +109,7 @@ def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[
         row[text_metrics.UNSUPPORTED_ITEMS] = float(len(text_metrics.unsupported_items(output, support)))
     metrics[text_metrics.UNSUPPORTED_RATE] = text_metrics.unsupported_rate(
         [row[text_metrics.UNSUPPORTED_ITEMS] for row in row_scores])
-    examples = [truncate(_own_turns_only(tokenizer, conv, int(r.get("context_messages") or 0)), max_seq_length)
-                for conv, r in zip(conversations, rows, strict=True)]
-    metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)
-    metrics["perplexity"] = text_metrics.perplexity(metrics["eval_loss"])
-    return ModelScores(metrics=metrics, outputs=outputs, row_scores=row_scores)
+    return metrics, row_scores
 
 
 def support_text(prompt: list[dict[str, str]], context: int) -> str:

@@ -139,7 +139,8 @@ def slice_report(column: str, values: list[Any], rows: list[dict[str, Any]], mod
     return report
 
 
-ROLE_NAMES = {"base": "base", "base_few_shot": "base few-shot", "finetuned": "fine-tuned", "champion": "champion"}
+ROLE_NAMES = {"base": "base", "base_few_shot": "base few-shot", "simple_baseline": "simple", "finetuned": "fine-tuned",
+              "champion": "champion"}
 
 
 def worst_line(report: SliceReport) -> str:

@@ -30,7 +30,8 @@ from llmft.contracts import (
     SplitInfo,
     TrainingResult,
 )
-from llmft.evaluate import few_shot
+from llmft.evaluate import few_shot, simple_baselines
+from llmft.evaluate.collapse import collapse_warning
 from llmft.evaluate.genai_tables import log_genai_evaluations
 from llmft.evaluate.sampling import sample_rows
 from llmft.evaluate.slices import left_out_line, metric_key, slice_names, slice_report, worst_line
@@ -40,6 +41,7 @@ from llmft.tasks.base import EvalSettings, TaskSpec
 log = logging.getLogger(__name__)
 
 Loader = Callable[[], tuple[Any, Any]]
+SIMPLE_ROLE = "simple_baseline"
 
 
 def draw_sample(test_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> tuple[pd.DataFrame, EvalSample]:
@@ -50,7 +52,8 @@ def draw_sample(test_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> tu
 
 
 def _settings(cfg: EvalConfig, max_seq_length: int) -> EvalSettings:
-    return EvalSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, max_seq_length=max_seq_length)
+    return EvalSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, max_seq_length=max_seq_length,
+                        few_shot_max_tokens=cfg.few_shot_max_tokens)
 
 
 def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig,
@@ -96,10 +99,16 @@ def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame 
     scores = task.evaluate_prompted(llm, tokenizer, sample.to_dict(orient="records"), spec.instruction,
                                     _settings(cfg, max_seq_length), labels, shot_rows, desc=f"eval {role}")
     del llm
+    identity = base_identity(model.base, model.revision)
+    if shot_rows and not scores.metrics:  # not one shot fits: the score would be zero-shot's again
+        budget = scores.extras["few_shot"].get("budget_tokens", max_seq_length)
+        return ModelEvaluation(role=role, available=False, identity=identity, extras=scores.extras,
+                               note=f"not applicable: none of the {len(shot_rows)} worked examples fits beside a row "
+                                    f"in {budget:.0f} tokens (eval.few_shot_max_tokens, within the model's context)")
     how = ("label likelihood" if task.classifier else "greedy generation") + (
         f", {len(shot_rows)} shots drawn, {scores.extras['few_shot']['used_mean']:.2f} used per row on average"
         if shot_rows else ", zero-shot")
-    return ModelEvaluation(role=role, identity=base_identity(model.base, model.revision),
+    return ModelEvaluation(role=role, identity=identity,
                            note=f"{model.base}, prompted ({how}), same instruction and rows", metrics=scores.metrics,
                            outputs=scores.outputs, row_scores=scores.row_scores, extras=scores.extras)
 
@@ -116,6 +125,31 @@ def evaluate_base_few_shot(sample: pd.DataFrame, shots: pd.DataFrame, spec: Task
     if shots.empty:
         return ModelEvaluation(role="base_few_shot", available=False, note="few-shot base off (eval.few_shot_k=0)")
     return evaluate_prompted_base("base_few_shot", sample, shots, spec, model, split, cfg, max_seq_length)
+
+
+def _user_rows(split: pd.DataFrame) -> list[dict[str, Any]]:
+    """The user's own rows of a split (replayed general-purpose rows are not what the task looks like)."""
+    if "origin" in split.columns:
+        split = split[split["origin"] == "data"]
+    columns = [c for c in SHOT_COLUMNS if c in split.columns]
+    return split[columns].to_dict(orient="records")
+
+
+def evaluate_simple_baseline(train: pd.DataFrame, validation: pd.DataFrame, sample: pd.DataFrame, spec: TaskSpec,
+                             split: SplitInfo, cfg: EvalConfig) -> ModelEvaluation:
+    """The task's simple non-LLM baseline (`simple_baselines`), fitted on the training split, a knob
+    chosen on validation, scored on the evaluation rows by the task's own scorer."""
+    task = get_task(spec.name)
+    rows = sample.to_dict(orient="records")
+    primary = primary_metric(task, cfg.primary_metric, rows)
+    found = simple_baselines.simple_baseline(spec.name, _user_rows(train), _user_rows(validation), rows,
+                                             spec.instruction, split.labels if task.classifier else None, primary)
+    if isinstance(found, str):
+        return ModelEvaluation(role=SIMPLE_ROLE, available=False, note=f"not applicable: {found}")
+    scores = found.scores
+    return ModelEvaluation(role=SIMPLE_ROLE, identity=found.method, note=f"{found.method}: {found.detail}",
+                           metrics=scores.metrics, outputs=scores.outputs, row_scores=scores.row_scores,
+                           extras=scores.extras)
 
 
 def champion_comparable(champion: ChampionRef | None, spec: TaskSpec, labels: list[str] | None,
@@ -207,16 +241,19 @@ def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd
 
 def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: ModelEvaluation,
             champion: ModelEvaluation, sample: pd.DataFrame, drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig,
-            max_seq_length: int) -> Evaluation:
+            max_seq_length: int, simple: ModelEvaluation | None = None) -> Evaluation:
     """All of them side by side; metrics, predictions table and plots go to the active MLflow run.
-    With eval.slice_by, also the primary metric per slice of the rows (the bias check)."""
+    With eval.slice_by, also the primary metric per slice of the rows (the bias check). `simple` is
+    the non-LLM baseline (`evaluate_simple_baseline`)."""
     import mlflow
 
     from llmft import plots
 
     task = get_task(spec.name)
-    primary = primary_metric(task, cfg.primary_metric)
-    models = [m for m in (base, base_few_shot, candidate, champion) if m.available]
+    rows = sample.to_dict(orient="records")
+    primary = primary_metric(task, cfg.primary_metric, rows)
+    simple = simple or ModelEvaluation(role=SIMPLE_ROLE, available=False, note="not measured")
+    models = [m for m in (base, base_few_shot, simple, candidate, champion) if m.available]
     for m in models:
         mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
         for label, scores in m.extras.get("per_class", {}).items():
@@ -227,7 +264,6 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
             mlflow.log_figure(plots.confusion_matrix(m.extras["confusion"], m.extras["labels"],
                                                      f"{m.role}: {drawn.n} test rows"),
                               f"plots/confusion_matrix_{m.role}.png")
-    rows = sample.to_dict(orient="records")
     table: dict[str, list[Any]] = {
         "input": [r["text"] if task.classifier else _last_user(r) for r in rows],
         "reference": [str(r["label"]) if task.classifier else r["response"] for r in rows]}
@@ -243,7 +279,10 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
         for key in m.row_scores[0] if m.row_scores else ():
             table[f"{m.role}_{key}"] = [row[key] for row in m.row_scores]
     mlflow.log_table(table, "evaluation/predictions.json")
-    genai_runs = log_genai_evaluations(models, table["input"], table["reference"], cfg.genai_table_rows, spec.name)
+    # the simple baseline's answers are in the predictions table; a GenAI table (a trace per row) would
+    # only cost time
+    genai_runs = log_genai_evaluations([m for m in models if m.role != SIMPLE_ROLE], table["input"],
+                                       table["reference"], cfg.genai_table_rows, spec.name)
     mlflow.set_tags({f"evaluation.genai_run.{role}": run_id for role, run_id in genai_runs.items()})
     rates = [k for k in candidate.metrics if k not in ("eval_loss", "perplexity")]
     mlflow.log_figure(plots.metric_comparison({m.role: m.metrics for m in models}, rates),
@@ -253,20 +292,30 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
                     SCORES_ARTIFACT)
     mlflow.set_tags({"evaluation.champion": champion.note, "evaluation.sample": f"{drawn.n} of {drawn.of} test rows, "
                                                                                  f"{drawn.how}",
-                     "evaluation.base": base.note, "evaluation.base_few_shot": base_few_shot.note})
-    shots = base_few_shot.extras.get("few_shot", {}) if base_few_shot.available else {}
+                     "evaluation.base": base.note, "evaluation.base_few_shot": base_few_shot.note,
+                     "evaluation.simple_baseline": simple.note})
+    shots = base_few_shot.extras.get("few_shot", {})  # also when no shot fitted (then not applicable)
     if shots:
         mlflow.log_metrics({f"few_shot/{k}": v for k, v in shots.items()})  # beside, not among, its metrics
+    references = [str(r["label"]) if task.classifier else str(r["response"]) for r in rows]
+    warnings = [w for w in [collapse_warning("fine-tuned", candidate.outputs, references)] if w]
+    for warning in warnings:
+        log.warning("%s", warning)
+    if warnings:
+        mlflow.set_tag("evaluation.warnings", " | ".join(warnings)[:4900])
     run = mlflow.active_run()
     return Evaluation(task=spec.name, primary_metric=primary, higher_is_better=task.higher_is_better(primary),
                       sample=drawn, metrics={"base": base.metrics,
                                              "base_few_shot": base_few_shot.metrics if base_few_shot.available
                                              else None,
+                                             "simple_baseline": simple.metrics if simple.available else None,
                                              "finetuned": candidate.metrics,
                                              "champion": champion.metrics if champion.available else None},
                       champion_version=champion.version if champion.available else None,
                       champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None, few_shot=shots,
-                      slices=slices)
+                      few_shot_used=base_few_shot.extras.get("few_shot_used", []), few_shot_note=base_few_shot.note,
+                      slices=slices, simple_baseline_method=simple.identity if simple.available else None,
+                      simple_baseline_note=simple.note, warnings=warnings)
 
 
 def _log_slices(report: SliceReport) -> None:

@@ -33,21 +33,69 @@ def _dtype(name: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+MARKER = ".llmft-export.json"  # written into every export folder: only such a folder is ever replaced
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse a target that is not ours to replace: a file, or a non-empty folder without our marker
+    (`--set export.output_dir=~/models` must never wipe the other models there)."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ExportError(f"export.output_dir {out_dir} exists and is not a folder; choose a new or empty folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / MARKER).is_file() and not _unmarked_export(out_dir):
+        raise ExportError(f"export.output_dir {out_dir} is not empty and was not written by llmft export (no "
+                          f"{MARKER}); choose a new or empty folder, e.g. {out_dir / 'llmft-export'}")
+
+
+def _unmarked_export(out_dir: Path) -> bool:
+    """An export written before the marker existed: nothing in it but what an export writes."""
+    names = {p.name for p in out_dir.iterdir()}
+    export_files = {"Modelfile", "checks.json", "merged"}
+    return ({"Modelfile", "merged"} <= names and (out_dir / "merged").is_dir()
+            and all(name in export_files or name.endswith(".gguf") for name in names))
+
+
+def _swap_in(work: Path, out_dir: Path) -> None:
+    """Put the finished `work` folder at `out_dir`. A previous export is moved aside first and deleted
+    only once the new one is in place; if the swap fails it is moved back."""
+    previous = None
+    if out_dir.is_dir():
+        if any(out_dir.iterdir()):
+            previous = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.previous.", dir=out_dir.parent))
+            previous.rmdir()
+            out_dir.rename(previous)
+        else:
+            out_dir.rmdir()  # an empty folder the user made for the export
+    try:
+        work.rename(out_dir)
+    except BaseException:
+        if previous is not None and not out_dir.exists():
+            previous.rename(out_dir)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
 def export_model(model: Any, tokenizer: Any, out_dir: Path, name: str, version: str = "0",
                  cfg: ExportConfig | None = None, system_prompt: str | None = None) -> Export:
-    """Write merged weights, GGUF files and a Modelfile for an in-memory full-precision causal LM into
-    `out_dir` (replaced as a whole), then run the round-trip check if `cfg.verify`."""
+    """Write merged weights, GGUF files and a Modelfile for an in-memory full-precision causal LM,
+    run the round-trip check if `cfg.verify`, and only then put the folder at `out_dir`. A previous
+    export there is replaced only when all of that succeeded; a folder llmft did not write is refused."""
     import copy
 
     cfg = cfg or ExportConfig()
     started = time.perf_counter()
     check_supported(model)  # fail in one line before anything is written
     tokenizer_metadata(tokenizer, int(model.config.vocab_size), cfg.tokenizer_pre)
+    check_output_dir(out_dir)
     stem = f"{name}-v{version}"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # build next to the target and swap in at the end: a failed export never leaves a mixed folder
+    # build next to the target, verify there, swap in at the end: a failed export never touches the old one
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        (work / MARKER).write_text(json.dumps({"name": name, "version": str(version),
+                                               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         merged_dir = work / "merged"
         merged = copy.deepcopy(model).to(_dtype(cfg.merged_dtype))
         merged.save_pretrained(merged_dir, safe_serialization=True)
@@ -61,29 +109,29 @@ def export_model(model: Any, tokenizer: Any, out_dir: Path, name: str, version: 
         text, template = modelfile(gguf[cfg.modelfile_quant].name, tokenizer, system_prompt,
                                    header=f"{name} v{version}: ollama create {name} -f Modelfile")
         (work / "Modelfile").write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    written = time.perf_counter() - started
-    gguf = {quant: out_dir / path.name for quant, path in gguf.items()}
-    sizes = {str(p.relative_to(out_dir)): p.stat().st_size for p in sorted(out_dir.rglob("*")) if p.is_file()}
-    result = Export(name=name, version=str(version), architecture=architecture_of(model),
-                    output_dir=str(out_dir), merged_dir=str(out_dir / "merged"),
-                    gguf={quant: str(path) for quant, path in gguf.items()}, sizes=sizes,
-                    modelfile=str(out_dir / "Modelfile"), system_prompt=system_prompt)
-    log.info("export: wrote %s in %.1fs (chat template: %s)", out_dir, written, template.kind)
-    if cfg.verify:
-        result.checks = round_trip(model, tokenizer, gguf, system_prompt)
-        (out_dir / "checks.json").write_text(json.dumps([c.model_dump() for c in result.checks], indent=2) + "\n")
-        failed = [c for c in result.checks if not c.passed]
+        written = time.perf_counter() - started
+        log.info("export: wrote %s in %.1fs (chat template: %s)", work, written, template.kind)
+        checks = round_trip(model, tokenizer, gguf, system_prompt) if cfg.verify else []
+        if checks:
+            (work / "checks.json").write_text(json.dumps([c.model_dump() for c in checks], indent=2) + "\n")
+        failed = [c for c in checks if not c.passed]
         if failed:
-            raise ExportError("GGUF round trip failed: " + "; ".join(
+            raise ExportError("GGUF round trip failed (the previous export, if any, is kept): " + "; ".join(
                 f"{c.quant}: max|diff| {c.max_abs_diff:.4f} (scale {c.logit_scale:.2f}), top-1 "
                 f"{c.top1_agreement:.3f}, tokenizer {'ok' if c.tokenizer_matches is not False else 'differs'}; "
                 f"needs {c.tolerance}" for c in failed))
+        check_output_dir(out_dir)  # again: something may have appeared there meanwhile
+        _swap_in(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    gguf = {quant: out_dir / path.name for quant, path in gguf.items()}
+    sizes = {str(p.relative_to(out_dir)): p.stat().st_size for p in sorted(out_dir.rglob("*"))
+             if p.is_file() and p.name != MARKER}
+    result = Export(name=name, version=str(version), architecture=architecture_of(model),
+                    output_dir=str(out_dir), merged_dir=str(out_dir / "merged"),
+                    gguf={quant: str(path) for quant, path in gguf.items()}, sizes=sizes,
+                    modelfile=str(out_dir / "Modelfile"), system_prompt=system_prompt, checks=checks)
     result.wall_seconds = round(time.perf_counter() - started, 1)
     return result
 

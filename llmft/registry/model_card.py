@@ -13,7 +13,8 @@ from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
 SHIPPED_DEMOS = ("data/products.jsonl", "data/sentiment.jsonl")
-HEADERS = {"base": "base", "base_few_shot": "base few-shot", "finetuned": "fine-tuned", "champion": "champion"}
+HEADERS = {"base": "base", "base_few_shot": "base few-shot", "simple_baseline": "simple (no LLM)",
+           "finetuned": "fine-tuned", "champion": "champion"}
 
 
 def _fmt(value: Any) -> str:
@@ -29,7 +30,7 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
            max_new_tokens: int) -> str:
     task = get_task(spec.name)
     metrics = evaluation.metrics
-    columns = [role for role in ("base", "base_few_shot", "finetuned", "champion") if metrics.get(role)]
+    columns = [role for role in HEADERS if metrics.get(role)]
     primary = evaluation.primary_metric
     rows = dataset.rows
     verdict = ("already champion (training reused)" if decision.already_champion
@@ -73,13 +74,24 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
         mark = " (primary)" if metric == primary else ""
         lines.append(f"| {metric}{mark} | " + " | ".join(_fmt((metrics[c] or {}).get(metric)) for c in columns) + " |")
     lines += ["", f"Champion: {evaluation.champion_note}."]
-    if evaluation.few_shot:
-        shots = evaluation.few_shot
+    shots = evaluation.few_shot
+    if shots and shots.get("used_max", 1) == 0:
+        lines.append(f"Base few-shot: {evaluation.few_shot_note or 'not applicable: no worked example fits'}.")
+    elif shots:
+        budget = (f"a {shots['budget_tokens']:.0f}-token prompt (eval.few_shot_max_tokens)" if "budget_tokens" in shots
+                  else "the context (train.max_seq_length)")
         lines.append(f"Base few-shot: {shots['k']:.0f} training rows as worked examples before each test row, "
-                     f"{shots['used_mean']:.2f} per row on average fitted the context (train.max_seq_length).")
+                     f"{shots['used_mean']:.2f} per row on average fitted {budget}.")
+    if evaluation.simple_baseline_method:
+        lines.append(f"Simple baseline (no language model, fitted on the training split, same test rows): "
+                     f"{evaluation.simple_baseline_note}.")
+    elif evaluation.simple_baseline_note:
+        lines.append(f"Simple baseline: {evaluation.simple_baseline_note}.")
     if decision.baseline_used:
-        lines.append(f"The promotion gate compared with the base {decision.baseline_used.replace('_', '-')} "
-                     "(promotion.baseline).")
+        used = ("simple baseline" if decision.baseline_used == "simple"
+                else f"base {decision.baseline_used.replace('_', '-')}")
+        lines.append(f"The promotion gate compared with the {used} (promotion.baseline).")
+    lines += [f"Warning: {w}." for w in evaluation.warnings]
     if task.classifier:
         lines.append("The base columns are the instruct model told the label set and scored by each label's "
                      "likelihood (no generation), not a randomly initialised classification head.")

@@ -1,7 +1,9 @@
 """The promotion gate, promotion by hand, and rollback.
 
 The gate passes a candidate only when all of these hold, each reported with its numbers:
-- it beats the base model by `promotion.min_delta` on the primary metric;
+- it beats the baseline by `promotion.min_delta` on the primary metric: by default (`promotion.baseline:
+  best`) the strongest of the prompted base (zero- and few-shot) and the simple non-LLM baseline; when
+  the simple one wins, the reason says what to try next;
 - it matches or beats the current champion, re-measured on the same test rows in the same run;
 - its general-knowledge probe accuracy dropped by at most `promotion.max_forgetting`.
 Metrics where lower is better (eval_loss, perplexity, wer) are compared the other way round.
@@ -28,8 +30,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from llmft.config import PromotionConfig
-from llmft.contracts import ChampionMove
+from llmft.config import PromotionConfig, TrainConfig
+from llmft.contracts import ChampionMove, Evaluation
 from llmft.errors import UserFacingError
 from llmft.locations import project_home
 from llmft.registry import versions as registry
@@ -83,21 +85,65 @@ def _verdict(ok: bool, check: str, text: str) -> str:
     return f"{'PASS' if ok else 'FAIL'} {check}: {text}"
 
 
-BASELINE_NAMES = {"zero_shot": "base zero-shot", "few_shot": "base few-shot"}
+BASELINE_NAMES = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "simple": "simple baseline"}
+PROMPTED = ("zero_shot", "few_shot")
+TIE_ORDER = ("zero_shot", "simple", "few_shot")  # a tie goes to the simpler: no shots, then no LLM, then shots
 
 
 def pick_baseline(baselines: dict[str, float | None], mode: str, higher_is_better: bool) -> tuple[str, float]:
-    """The baseline the candidate must beat: `best` is the stronger of those measured (a tie goes to
-    zero-shot, the simpler prompt); a named one falls back to zero-shot when it was not measured."""
+    """The baseline the candidate must beat: `best` is the strongest of those measured, `prompted` the
+    stronger of zero- and few-shot (a tie goes to zero-shot, the simpler prompt); a named one falls
+    back to zero-shot when it was not measured."""
     measured = {name: v for name, v in baselines.items() if v is not None and math.isfinite(v)}
     if not measured:
         raise ValueError(f"no baseline was measured: {baselines}")
-    if mode != "best":
-        name = mode if mode in measured else "zero_shot"
+    if mode not in ("best", "prompted"):
+        name = mode if mode in measured else "zero_shot" if "zero_shot" in measured else next(iter(measured))
         return name, measured[name]
-    order = sorted(measured, key=lambda n: n != "zero_shot")  # zero-shot first: it wins ties
-    best = max(order, key=lambda n: measured[n]) if higher_is_better else min(order, key=lambda n: measured[n])
-    return best, measured[best]
+    pool = {n: v for n, v in measured.items() if mode == "best" or n in PROMPTED} or measured
+    order = sorted(pool, key=lambda n: TIE_ORDER.index(n) if n in TIE_ORDER else len(TIE_ORDER))
+    best = max(order, key=lambda n: pool[n]) if higher_is_better else min(order, key=lambda n: pool[n])
+    return best, pool[best]
+
+
+def simple_wins_advice(unused_rows: int) -> str:
+    """What to try when a non-LLM baseline beats the fine-tuned model, naming the config keys."""
+    more = (f"train on the {unused_rows} kept rows data.max_train_rows left out (data.max_train_rows: null uses "
+            "every one)" if unused_rows else "add labelled rows to data.source (data.max_train_rows left none out)")
+    longer = "train.max_steps" + (", train.epochs" if "epochs" in TrainConfig.model_fields else "")
+    return (f"the simple baseline beats fine-tuning here: {more}, train longer ({longer}) or at another "
+            "train.learning_rate, try a larger model.base; or ship the simple baseline")
+
+
+def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: PromotionConfig,
+                   unused_rows: int = 0) -> tuple[Decision, str]:
+    """The gate on an evaluation (`decide`) against the baseline `promotion.baseline` picks among the
+    base zero-shot, the base few-shot and the simple non-LLM baseline, and which one that was. The
+    base check's reason says what to try next when the simple baseline is the one that wins, and
+    carries the evaluation's warnings (a collapse to one answer)."""
+    metric, metrics = evaluation.primary_metric, evaluation.metrics
+    values = {"zero_shot": (metrics.get("base") or {}).get(metric),
+              "few_shot": (metrics.get("base_few_shot") or {}).get(metric),
+              "simple": (metrics.get("simple_baseline") or {}).get(metric)}
+    used, value = pick_baseline(values, cfg.baseline, evaluation.higher_is_better)
+    label = BASELINE_NAMES[used]
+    if used == "few_shot":
+        label += f" ({evaluation.few_shot.get('k', 0):.0f} shots)"
+    elif used == "simple" and evaluation.simple_baseline_method:
+        label += f" ({evaluation.simple_baseline_method})"
+    if cfg.baseline not in ("best", "prompted", used):
+        label += f"; {BASELINE_NAMES[cfg.baseline]} was not measured"
+    champion = metrics.get("champion")
+    decision = decide(metric, evaluation.higher_is_better, (metrics["finetuned"] or {})[metric], value,
+                      champion[metric] if champion else None, evaluation.champion_version, forgetting_drop, cfg,
+                      champion_note=evaluation.champion_note, baseline=label)
+    base_line = decision.reasons[0]  # one line per check: the advice and warnings belong to the base check
+    if used == "simple" and base_line.startswith("FAIL"):
+        base_line += "; " + simple_wins_advice(unused_rows)
+    for warning in evaluation.warnings:
+        base_line += f"; warning: {warning}"
+    decision.reasons[0] = base_line
+    return decision, used
 
 
 def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,

@@ -20,12 +20,10 @@ from llmft.contracts import (
 from llmft.registry import model_card
 from llmft.registry import versions as registry
 from llmft.registry.promotion import (
-    BASELINE_NAMES,
     champion_still,
-    decide,
+    gate_baselines,
     make_champion,
     mirror_zenml_stage,
-    pick_baseline,
     registry_lock,
 )
 from llmft.registry.prompts import link_to_run, register_training_prompt
@@ -107,24 +105,12 @@ def promote_candidate(registration: Registration, evaluation: Evaluation, forget
                       training: TrainingResult, dataset: DatasetInfo, spec: TaskSpec, promotion: PromotionConfig,
                       train: TrainConfig, champion_at_start: str | None, base_model: str,
                       max_new_tokens: int) -> PromotionDecision:
-    """The gate: beats the baseline (promotion.baseline: by default the better of the zero- and
-    few-shot base), matches the re-measured champion, forgot little; the champion must still be the
-    one this run started with (compare-and-set). Then the model card."""
+    """The gate: beats the baseline (promotion.baseline: by default the strongest of the zero- and
+    few-shot base and the simple non-LLM baseline), matches the re-measured champion, forgot little;
+    the champion must still be the one this run started with (compare-and-set). Then the model card."""
     import mlflow
 
-    metric = evaluation.primary_metric
-    metrics = evaluation.metrics
-    champion = metrics.get("champion")
-    few = metrics.get("base_few_shot")
-    used, base_value = pick_baseline({"zero_shot": (metrics["base"] or {}).get(metric),
-                                      "few_shot": few.get(metric) if few else None},
-                                     promotion.baseline, evaluation.higher_is_better)
-    label = BASELINE_NAMES[used] + (f" ({evaluation.few_shot.get('k', 0):.0f} shots)" if used == "few_shot" else "")
-    if promotion.baseline not in ("best", used):
-        label += f"; {BASELINE_NAMES[promotion.baseline]} was not measured"
-    decision = decide(metric, evaluation.higher_is_better, metrics["finetuned"][metric], base_value,
-                      champion[metric] if champion else None, evaluation.champion_version, forgetting.drop,
-                      promotion, champion_note=evaluation.champion_note, baseline=label)
+    decision, used = gate_baselines(evaluation, forgetting.drop, promotion, dataset.unused)
     name, version = registration.name, registration.version
     with registry_lock(name):  # compare-and-set: nobody moves the champion between the check and the move
         moved = champion_still(name, champion_at_start)

@@ -16,6 +16,7 @@ from typing import Any
 
 from llmft.contracts import ChampionRef
 from llmft.errors import UserFacingError
+from llmft.locations import ensure_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ class RegisteredVersion:
         return asdict(self)
 
 
+def _client() -> Any:
+    """A client on MLflow's current store, or on the configured one if a tracked step's clean-up reset
+    it (ZenML's tracker ends each step with `mlflow.set_tracking_uri("")`)."""
+    from mlflow import MlflowClient
+
+    ensure_tracking_uri()
+    return MlflowClient()
+
+
 def serving_requirements() -> list[str]:
     reqs = []
     for pkg in _SERVING_PACKAGES:
@@ -54,9 +64,8 @@ def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
     `text-classification` for classifiers), register a new version, tag it and make it the
     `challenger`."""
     import mlflow
-    from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = _client()
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
@@ -82,9 +91,7 @@ def register_model(model: Any, tokenizer: Any, name: str, tags: dict[str, str],
 def version_of_run(name: str, run_id: str) -> tuple[RegisteredVersion, dict[str, str]] | None:
     """The READY version of `name` that MLflow run `run_id` registered (the newest, if several), with
     its tags; None when that run registered none or it was deleted."""
-    from mlflow import MlflowClient
-
-    found = [v for v in MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    found = [v for v in _client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
              if v.status == "READY"]
     if not found:
         return None
@@ -94,11 +101,10 @@ def version_of_run(name: str, run_id: str) -> tuple[RegisteredVersion, dict[str,
 
 
 def current_alias_version(name: str, alias: str = CHAMPION) -> str | None:
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        return str(_client().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
@@ -107,11 +113,10 @@ def champion_ref(name: str) -> ChampionRef | None:
     """The current champion with what makes it comparable (task, label set), or None."""
     import json
 
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        found = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        found = _client().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
     tags = dict(found.tags)
@@ -121,21 +126,15 @@ def champion_ref(name: str) -> ChampionRef | None:
 
 
 def set_alias(name: str, version: str, alias: str = CHAMPION) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient().set_registered_model_alias(name, alias, version)
+    _client().set_registered_model_alias(name, alias, version)
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:
-    from mlflow import MlflowClient
-
-    return dict(MlflowClient().get_model_version(name, version).tags)
+    return dict(_client().get_model_version(name, version).tags)
 
 
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    client = _client()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
 
@@ -151,6 +150,7 @@ def load_registered(model_uri: str, trust_remote_code: bool = False) -> dict[str
     `model.trust_remote_code: true`."""
     import mlflow
 
+    ensure_tracking_uri()
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except Exception as exc:  # unknown name/version/alias, unreachable store: one line
@@ -196,6 +196,4 @@ def load_components(name: str, version: str, trust_remote_code: bool = False) ->
 
 
 def set_description(name: str, version: str, text: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient().update_model_version(name, version, description=text)
+    _client().update_model_version(name, version, description=text)

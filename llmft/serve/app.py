@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import json
 import logging
 import math
 import os
@@ -60,6 +59,8 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' stri
 from llmft.chat_format import CHARS_PER_TOKEN_BOUND, render_generation_prompt, with_system
 from llmft.config import ConfigError, ServerLimits
 from llmft.generation import Completion, Sampling, complete_batch
+from llmft.serve.bodies import RequestError, check_text, one_line, parse_json, render_checked
+from llmft.serve.sampling import effective_temperature
 from llmft.serve.scheduler import DecodeBatch, Sequence, supports
 
 log = logging.getLogger("llmft.serve.app")
@@ -70,14 +71,6 @@ ROLES = ("system", "user", "assistant")
 # what /admin/load accepts: a registered model by alias or version number, nothing else
 LOAD_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][\w.\-]*)"
                       r"(?:@(?P<alias>[A-Za-z0-9][\w\-]*)|/(?P<version>[1-9]\d*))$")
-
-
-class RequestError(ValueError):
-    """A request the server refuses, with its HTTP status and the parameter at fault."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
 
 
 class QueueFull(RuntimeError):
@@ -190,6 +183,7 @@ def parse_chat(body: Any, served: Served, limits: ServerLimits) -> ChatRequest:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise RequestError(f"messages[{i}] must be {{role: system|user|assistant, content: string}}",
                                param=f"messages[{i}]")
+        check_text(m["content"], f"messages[{i}].content")
     if messages[-1]["role"] == "assistant":
         raise RequestError("the last message must be from the user (or system), not the assistant",
                            param="messages")
@@ -211,13 +205,14 @@ def parse_chat(body: Any, served: Served, limits: ServerLimits) -> ChatRequest:
     if top_p <= 0:  # 0 keeps no token at all; refused rather than silently read as 1.0 (as vLLM does)
         raise RequestError("'top_p' must be greater than 0 and at most 1 (for deterministic answers send "
                            "temperature 0)", param="top_p")
-    sampling = Sampling(temperature=_number(body, "temperature", 0.0, 0.0, 2.0), top_p=top_p)
+    # below sampling.MIN_TEMPERATURE: greedy (1e-300 would overflow the logits and fail the batch)
+    sampling = Sampling(temperature=effective_temperature(_number(body, "temperature", 0.0, 0.0, 2.0)), top_p=top_p)
     chars = sum(len(m["content"]) for m in messages)
     if chars > char_limit(limits):  # before tokenizing: 5 M characters would tokenize for seconds
         raise RequestError(f"the conversation is {chars} characters; this server accepts at most "
                            f"{limits.max_input_tokens} tokens (no more than {char_limit(limits)} characters)",
                            status=413, param="messages")
-    prompt = serving_prompt(served, messages)
+    prompt = render_checked(lambda: serving_prompt(served, messages))
     n_tokens = len(served.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if n_tokens > limits.max_input_tokens:
         raise RequestError(f"the conversation is {n_tokens} tokens; this server accepts at most "
@@ -241,6 +236,8 @@ def parse_texts(body: Any, served: Served, limits: ServerLimits) -> list[list[in
         texts = [texts]
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise RequestError("send {'inputs': [text, ...]} with non-empty strings", param="inputs")
+    for i, t in enumerate(texts):
+        check_text(t, f"inputs[{i}]")
     if len(texts) > limits.max_inputs:
         raise RequestError(f"{len(texts)} inputs; the limit is {limits.max_inputs}", status=413, param="inputs")
     longest_chars = max(len(t) for t in texts)
@@ -254,15 +251,6 @@ def parse_texts(body: Any, served: Served, limits: ServerLimits) -> list[list[in
         raise RequestError(f"an input is {longest} tokens; this server accepts at most {limits.max_input_tokens}",
                            status=413, param="inputs")
     return ids
-
-
-def parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise RequestError("request body is nested too deeply") from None
 
 
 # ---- batching ----
@@ -506,6 +494,10 @@ class Batcher:
     def _retire(self, batch: DecodeBatch, served: Served) -> None:
         for s in batch.retire(keep=lambda s: self._wanted(s.handle)):
             if s.finish is None:  # cancelled or timed out: _wanted settled it
+                continue
+            if s.error is not None:  # this row alone failed (scheduler._pick); the others go on
+                log.warning("generation failed for one request: %s", one_line(s.error))
+                _settle(s.handle.future, exc=s.error)
                 continue
             self._batch_s = 0.8 * self._batch_s + 0.2 * (time.monotonic() - s.handle.started)
             self._done(s.handle, s.completion(served.tokenizer), served)
@@ -753,6 +745,9 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
         except ClientDisconnect:
             counters["disconnects"] += 1
             return error(499, "client closed the request")
+        except Exception as exc:  # parsing touches only the body: whatever else fails there is the body's fault
+            log.warning("refused a request body that failed to parse: %s", one_line(exc))
+            return error(400, f"could not read the request: {one_line(exc, 200)}")
         if kind == "classify":
             return await classify_request(parsed)
         return await chat(parsed, request, arrived_ns)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from llmft.generation import Completion, Sampling, left_padded, pad_id
+from llmft.serve.sampling import sample_token
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward: bounds the activation memory of one group
 PREFIX_MIN_TOKENS = 16  # a shared start shorter than this is not worth its own forward pass
@@ -71,7 +72,8 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)  # generated so far (a stop token is never kept)
     length: int = 0  # tokens of this row held in the cache (its next position)
     reused: int = 0  # leading prompt tokens taken from a kept shared start instead of prefilled
-    finish: str | None = None  # "stop" or "length" once finished
+    finish: str | None = None  # "stop", "length" or "error" once finished
+    error: BaseException | None = None  # why this row failed (finish "error"); the other rows go on
 
     def completion(self, tokenizer: Any) -> Completion:
         return Completion(text=tokenizer.decode(self.tokens, skip_special_tokens=True).strip(),
@@ -218,12 +220,20 @@ class DecodeBatch:
         self._pick(self.rows, out.logits[:, -1, :])
 
     def _pick(self, rows: list[Sequence], logits: torch.Tensor) -> None:
-        """Choose each row's next token (its own sampling settings) and mark the rows that finished."""
+        """Choose each row's next token (its own sampling settings) and mark the rows that finished. A
+        row whose token cannot be chosen finishes with its error; the other rows go on."""
         chosen = logits.argmax(dim=-1).tolist()
         for i, s in enumerate(rows):
+            if s.finish is not None:
+                continue
             if s.sampling.temperature > 0:
-                chosen[i] = self._sample(logits[i], s.sampling)
+                try:
+                    chosen[i] = self._sample(logits[i], s.sampling)
+                except Exception as exc:  # this row's failure, not the batch's
+                    s.finish, s.error, chosen[i] = "error", exc, None
         for s, token in zip(rows, chosen, strict=True):
+            if s.finish is not None:
+                continue
             if token in self.stops:
                 s.finish = "stop"
             else:
@@ -232,19 +242,9 @@ class DecodeBatch:
                     s.finish = "length"
 
     def _sample(self, logits: torch.Tensor, sampling: Sampling) -> int:
-        """Temperature, then top-k (if the model's generation config sets one), then top-p: the
-        order of generate's warpers."""
-        scores = logits.float() / sampling.temperature
-        if self.top_k:
-            kth = torch.topk(scores, min(self.top_k, scores.numel())).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if sampling.top_p < 1.0:
-            ordered, index = torch.sort(scores)
-            cumulative = ordered.softmax(-1).cumsum(-1)
-            drop = cumulative <= 1 - sampling.top_p
-            drop[-1] = False  # always keep the most likely token
-            scores = scores.masked_fill(drop.scatter(0, index, drop), float("-inf"))
-        return int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
+        """Temperature, then top-k (if the model's generation config sets one), then top-p, computed
+        so that no setting overflows (serve/sampling.py)."""
+        return sample_token(logits, sampling.temperature, sampling.top_p, self.top_k, self.generator)
 
     # -- leaving --
 

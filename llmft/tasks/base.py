@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from llmft.chat_format import encode_to_fit, with_system
 from llmft.data.shapes import Example
 from llmft.evaluate import text_metrics
-from llmft.evaluate.few_shot import fit_shots, prepare_shots, usage
+from llmft.evaluate.few_shot import fit_shots, prepare_shots, shot_budget, usage
 from llmft.evaluate.scoring import ModelScores, score_generative
 
 
@@ -42,6 +42,15 @@ class EvalSettings:
     max_new_tokens: int
     batch_size: int
     max_seq_length: int
+    few_shot_max_tokens: int | None = None  # the few-shot prompt's budget (None: max_seq_length)
+
+
+def no_shot_fits(used: list[int], k: int, budget: int) -> ModelScores | None:
+    """Scores with no metrics (only the shot usage) when not one row got a worked example: the
+    few-shot score would be the zero-shot one again, so it is not measured; None otherwise."""
+    if any(used):
+        return None
+    return ModelScores(metrics={}, outputs=[], extras={"few_shot": usage(used, k, budget), "few_shot_used": used})
 
 
 @dataclass
@@ -64,6 +73,11 @@ class Task(ABC):
 
     def higher_is_better(self, metric: str) -> bool:
         return metric not in text_metrics.LOWER_IS_BETTER
+
+    def primary_for(self, rows: list[dict[str, Any]]) -> str:
+        """The primary metric for these evaluation rows: the task's own, unless the shape of the
+        data calls for another (extraction of entity lists)."""
+        return self.primary_metric
 
     def instruction(self, examples: list[Example]) -> str | None:
         """The default system message for this data (`data.system_prompt` replaces it)."""
@@ -95,18 +109,26 @@ class Task(ABC):
                           settings: EvalSettings, labels: list[str] | None, shots: list[dict[str, Any]],
                           desc: str) -> ModelScores:
         """The pretrained model prompted for the task: zero-shot without `shots`, else with the shots'
-        turns before each row, as many as fit `settings.max_seq_length` (extras["few_shot"] says how
-        many); eval loss stays on the row's own answers."""
+        turns before each row, as many as fit the few-shot budget (`shot_budget`; extras["few_shot"]
+        says how many, extras["few_shot_used"] per row); eval loss stays on the row's own answers.
+        No metrics when not one shot fits (`no_shot_fits`)."""
         if not shots:
             return self.evaluate(model, tokenizer, rows, system, settings, labels, desc)
+        budget = shot_budget(model, settings.max_seq_length, settings.few_shot_max_tokens, settings.max_new_tokens)
         examples = prepare_shots(tokenizer, [self.prompt_conversation(s, None, labels) for s in shots], len(shots),
-                                 settings.max_seq_length)
-        fitted = [fit_shots(tokenizer, self.prompt_conversation(r, system, labels), examples, settings.max_seq_length)
-                  for r in rows]
+                                 budget)
+        fitted = [fit_shots(tokenizer, self.prompt_conversation(r, system, labels), examples, budget) for r in rows]
+        used = [f.shots_used for f in fitted]
+        empty = no_shot_fits(used, len(shots), budget)
+        if empty is not None:
+            return empty
         prompted = [{**r, "messages": json.dumps(f.conversation, ensure_ascii=False),
                      "context_messages": f.context_messages} for r, f in zip(rows, fitted, strict=True)]
-        scores = self.evaluate(model, tokenizer, prompted, system, settings, labels, desc)
-        scores.extras["few_shot"] = usage([f.shots_used for f in fitted], len(shots))
+        # the prompt may now be longer than the row's own length: eval loss must not cut the row's answer
+        scores = self.evaluate(model, tokenizer, prompted, system, replace(settings, max_seq_length=budget), labels,
+                               desc)
+        scores.extras["few_shot"] = usage(used, len(shots), budget)
+        scores.extras["few_shot_used"] = used
         return scores
 
 

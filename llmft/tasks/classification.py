@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from llmft.chat_format import CHARS_PER_TOKEN_BOUND, encode_to_fit
 from llmft.data.shapes import Example
-from llmft.evaluate.few_shot import fit_shots, prepare_shots, usage
-from llmft.tasks.base import Encoded, EvalSettings, ModelScores, Task
+from llmft.evaluate.few_shot import fit_shots, prepare_shots, shot_budget, usage
+from llmft.tasks.base import Encoded, EvalSettings, ModelScores, Task, no_shot_fits
 
 PRIMARY_METRIC = "macro_f1"
 
@@ -233,13 +233,19 @@ class ClassificationTask(Task):
             conversation = self.prompt_conversation({**row, "label": longest}, system, labels)
             fitted = encode_to_fit(tokenizer, conversation, settings.max_seq_length)
             conversations.append(fitted[1] if fitted is not None else conversation)
+        budget = shot_budget(model, settings.max_seq_length, settings.few_shot_max_tokens, settings.max_new_tokens)
         examples = prepare_shots(tokenizer, [self.prompt_conversation(s, None, labels) for s in shots], len(shots),
-                                 settings.max_seq_length) if shots else []
-        with_shots = [fit_shots(tokenizer, c, examples, settings.max_seq_length) for c in conversations]
+                                 budget) if shots else []
+        with_shots = [fit_shots(tokenizer, c, examples, budget) for c in conversations]
+        used = [f.shots_used for f in with_shots]
+        empty = no_shot_fits(used, len(shots), budget) if shots else None
+        if empty is not None:
+            return empty
         scores = score_label_likelihood(model, tokenizer, [f.conversation[:-1] for f in with_shots],
                                         [str(r["label"]) for r in rows], labels, desc)
         if shots:
-            scores.extras["few_shot"] = usage([f.shots_used for f in with_shots], len(shots))
+            scores.extras["few_shot"] = usage(used, len(shots), budget)
+            scores.extras["few_shot_used"] = used
         return scores
 
     def card_lines(self, labels: list[str] | None) -> list[str]:

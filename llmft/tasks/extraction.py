@@ -11,6 +11,11 @@ fractions in [0, 1]:
 - field_precision: per predicted (non-null) field, it is a gold field with the gold value; an output
   that invents fields the text does not have (an entity list with extra types) loses here, not in
   field_accuracy; field_f1 is their harmonic mean (lists compare as sets of normalised items);
+- entity_f1: micro-F1 over (field, value) pairs, pooled over all records: each item of a list is a
+  pair, a scalar field one pair, null or an empty list none. It gives partial credit for a list that
+  is half right, and an answer that states nothing scores 0 on a record that has entities (where
+  field_accuracy on sparse entity lists rewards the all-empty answer). Primary when the targets hold
+  lists (entity extraction); field_accuracy stays primary for records of scalar fields;
 - all_fields_correct: every field of a record correct and none invented (text-level exact match is a
   generic metric); a record whose gold object is empty is right only when the answer states nothing;
 - unsupported_output_rate (as for every generative task, lower is better): the share of outputs with a
@@ -27,6 +32,7 @@ from llmft.evaluate.text_metrics import parse_json_object  # one parser: scoring
 from llmft.tasks.base import GenerativeTask
 
 PRIMARY_METRIC = "field_accuracy"
+LIST_PRIMARY_METRIC = "entity_f1"  # when the targets' values are lists (entities), see ExtractionTask.primary_for
 _MAX_ENUM = 8  # a string field with at most this many distinct values is described by its values
 
 
@@ -56,22 +62,45 @@ def _equal(pred: Any, gold: Any) -> bool:
     return p == g
 
 
+def entity_pairs(obj: dict[str, Any] | None) -> set[tuple[str, str]]:
+    """The (field, normalised value) pairs an object states: every item of a list, a scalar field
+    itself; null and empty lists state nothing."""
+    pairs = set()
+    for key, value in (obj or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            norm = _norm(item)
+            if norm is not None:
+                pairs.add((key, repr(norm)))
+    return pairs
+
+
+def _pair_counts(pred: dict[str, Any] | None, gold: dict[str, Any]) -> dict[str, float]:
+    p, g = entity_pairs(pred), entity_pairs(gold)
+    return {"pairs_predicted": float(len(p)), "pairs_gold": float(len(g)), "pairs_correct": float(len(p & g))}
+
+
 def score_one(prediction: str, reference: str) -> dict[str, float]:
     gold = parse_json_object(reference)
     if gold is None:  # a reference that is not a JSON object is one field: the whole answer
         same = " ".join(prediction.lower().split()) == " ".join(reference.lower().split())
         return {"json_valid": float(parse_json_object(prediction) is not None), "fields_correct": float(same),
-                "fields_total": 1.0, "exact": float(same)}
+                "fields_total": 1.0, "exact": float(same), "pairs_predicted": float(bool(prediction.strip())),
+                "pairs_gold": 1.0, "pairs_correct": float(same)}
     pred = parse_json_object(prediction)
     if pred is None:
         return {"json_valid": 0.0, "fields_correct": 0.0, "fields_total": float(len(gold)), "exact": 0.0,
-                "predicted": 0.0, "predicted_correct": 0.0}
+                "predicted": 0.0, "predicted_correct": 0.0, **_pair_counts(None, gold)}
     correct = sum(_equal(pred.get(k), v) for k, v in gold.items())
     stated = [k for k, v in pred.items() if _norm(v) is not None]  # null is "not stated", not a claim
     right = sum(k in gold and _equal(pred[k], gold[k]) for k in stated)
     return {"json_valid": 1.0, "fields_correct": float(correct), "fields_total": float(len(gold)),
             "exact": float(correct == len(gold) and right == len(stated)),
-            "predicted": float(len(stated)), "predicted_correct": float(right)}
+            "predicted": float(len(stated)), "predicted_correct": float(right), **_pair_counts(pred, gold)}
+
+
+def micro_f1(correct: float, predicted: float, gold: float) -> float:
+    """2 TP / (predicted + gold); 1 when there was nothing to find and nothing was claimed."""
+    return 2 * correct / (predicted + gold) if predicted + gold else 1.0
 
 
 def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -91,6 +120,7 @@ def score(predictions: list[str], references: list[str]) -> tuple[dict[str, floa
         "field_accuracy": accuracy,
         "field_precision": precision,
         "field_f1": 2 * accuracy * precision / (accuracy + precision) if accuracy + precision else 0.0,
+        "entity_f1": micro_f1(*(sum(r[k] for r in rows) for k in ("pairs_correct", "pairs_predicted", "pairs_gold"))),
         "all_fields_correct": sum(r["exact"] for r in rows) / n,
     }
     per_row = [{"json_valid": r["json_valid"],
@@ -108,6 +138,18 @@ def objects(examples: list[Example]) -> list[dict[str, Any]]:
             if obj is not None and ex.target.strip().startswith("{"):
                 found.append(obj)
     return found
+
+
+def leaves_keys_out(objs: list[dict[str, Any]]) -> bool:
+    """What the targets do with a field the text does not state: leave the key out (targets whose
+    keys vary and never hold null, e.g. entity lists), else null."""
+    return len({frozenset(obj) for obj in objs}) > 1 and not any(v is None for obj in objs for v in obj.values())
+
+
+def list_targets(objs: list[dict[str, Any]]) -> bool:
+    """Every stated value of the targets is a list (entity lists), and there is at least one."""
+    values = [v for obj in objs for v in obj.values() if v is not None]
+    return bool(values) and all(isinstance(v, list) for v in values)
 
 
 def instruction_for(examples: list[Example]) -> str:
@@ -128,9 +170,7 @@ def instruction_for(examples: list[Example]) -> str:
         distinct = sorted(set(values))
         if len(distinct) <= _MAX_ENUM and len(values) >= 3 * len(distinct):
             lines.append(f"{key} is one of {', '.join(distinct)}.")
-    # what the targets do with a field the text does not state: the key left out (targets whose keys
-    # vary and never hold null, e.g. entity lists), else null
-    if len({frozenset(obj) for obj in objs}) > 1 and not any(v is None for obj in objs for v in obj.values()):
+    if leaves_keys_out(objs):
         lines.append("Leave out any key the text does not state.")
     else:
         lines.append("Use null for anything not stated.")
@@ -142,7 +182,7 @@ class ExtractionTask(GenerativeTask):
     summary = "Extraction: the model reads a text and answers with a JSON object of the fields it states."
     primary_metric = PRIMARY_METRIC
     overlap_metrics = text_metrics.NAMES
-    metric_names = ("json_validity", "field_accuracy", "field_precision", "field_f1", "all_fields_correct",
+    metric_names = ("json_validity", "field_accuracy", "field_precision", "field_f1", "entity_f1", "all_fields_correct",
                     *overlap_metrics,
                     text_metrics.UNSUPPORTED_RATE, "eval_loss", "perplexity")
     smoke_prompt = "Lumora rain jacket | navy blue | 100% nylon | Size M | $79.99"
@@ -150,6 +190,12 @@ class ExtractionTask(GenerativeTask):
 
     def instruction(self, examples: list[Example]) -> str | None:
         return instruction_for(examples)
+
+    def primary_for(self, rows: list[dict[str, Any]]) -> str:
+        """entity_f1 when the evaluation rows' targets are entity lists: field_accuracy cannot tell an
+        all-empty answer from a model that finds entities there; field_accuracy otherwise."""
+        objs = [obj for obj in (parse_json_object(str(r.get("response") or "")) for r in rows) if obj is not None]
+        return LIST_PRIMARY_METRIC if list_targets(objs) else PRIMARY_METRIC
 
     def score(self, predictions: list[str], references: list[str],
               sources: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:

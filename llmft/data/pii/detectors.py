@@ -8,6 +8,7 @@ checksum (Luhn, IBAN mod-97, SSN area rules, IP octets) or by a context word sho
 
 from __future__ import annotations
 
+import base64
 import bisect
 import ipaddress
 import math
@@ -194,12 +195,25 @@ _SECRET_PREFIXED = re.compile(
     r"|AIza[0-9A-Za-z_\-]{35}"
     r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,200}"
     r"|glpat-[A-Za-z0-9_\-]{20,100}"
+    r"|hf_[A-Za-z0-9]{30,100}"
     r"|eyJ[A-Za-z0-9_\-]{8,2000}\.eyJ[A-Za-z0-9_\-]{2,4000}\.[A-Za-z0-9_\-]{8,2000})(?![\w\-])")
 _PEM = re.compile(r"-----BEGIN [A-Z ]{0,30}PRIVATE KEY-----")
+# the key word may end an environment-variable name (AWS_SECRET_ACCESS_KEY, DB_PASSWORD, HF_TOKEN): the
+# look-behind refuses only a letter or digit, not "_"; a value never starts with "_", so "SECRET" cannot take
+# "_ACCESS_KEY=..." as its value and hide the key word that follows
 _SECRET_KV = re.compile(
-    r"(?i)(?<![\w])(?:api[_\-. ]?key|apikey|access[_\-]?key|secret[_\-]?key|client[_\-]?secret|secret|"
-    r"access[_\-]?token|auth[_\-]?token|refresh[_\-]?token|token|password|passwd|passwort|pwd|bearer)"
-    r"[\"']?[ \t]{0,3}[:=]?[ \t]{0,3}[\"']?([A-Za-z0-9_\-./+=~!@#$%^&*]{6,300})")
+    r"(?i)(?<![A-Za-z0-9])(?:api[_\-. ]?key|apikey|secret[_\-]?access[_\-]?key|access[_\-]?key|"
+    r"secret[_\-]?key|client[_\-]?secret|secret|access[_\-]?token|auth[_\-]?token|refresh[_\-]?token|token|"
+    r"password|passwd|passwort|pwd|bearer)"
+    r"[\"']?[ \t]{0,3}[:=]?[ \t]{0,3}[\"']?([A-Za-z0-9\-./+=~!@#$%^&*][A-Za-z0-9_\-./+=~!@#$%^&*]{5,299})")
+# an HTTP Authorization header: whatever the scheme (Basic, Bearer, Token, Digest ...), the credentials go
+_AUTH_HEADER = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?:proxy-)?authorization[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
+    r"(?:(basic|bearer|token|digest|negotiate|apikey)[ \t]{1,3})?([A-Za-z0-9_\-./+=~:]{6,2000})")
+# "Basic <base64 of user:password>" anywhere (curl -H, a config line): confirmed by decoding it
+_BASIC = re.compile(r"(?<![A-Za-z0-9])(?i:basic)[ \t]{1,3}([A-Za-z0-9+/]{8,2000}={0,2})(?![A-Za-z0-9+/=])")
+# credentials inside a URL: scheme://user:password@host
+_URL_PASSWORD = re.compile(r"(?<=://)[^\s:/@?#]{1,200}:([^\s/@?#]{1,200})@(?=[A-Za-z0-9\[])")
 _PLACEHOLDER_VALUE = re.compile(r"(?i)your|xxxx|example|placeholder|redacted|changeme|<|\*\*\*|^\[|none|null|"
                                 r"true|false")
 
@@ -218,6 +232,15 @@ def _secret_value_ok(key: str, value: str) -> bool:
     return len(value) >= 16 and classes >= 2 and _entropy(value) >= 3.0
 
 
+def _basic_credentials(encoded: str) -> bool:
+    """Does this base64 decode to 'user:password' text?"""
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return ":" in decoded and decoded.isprintable()
+
+
 def secrets(text: str) -> Iterator[Span]:
     for m in _SECRET_PREFIXED.finditer(text):
         yield m.start(), m.end(), "secret"
@@ -228,6 +251,17 @@ def secrets(text: str) -> Iterator[Span]:
             end = end if end >= 0 else len(text)
         stop = text.find("-----", end + 8, end + 60) if end - m.end() <= 10_000 else -1
         yield m.start(), (stop + 5 if stop >= 0 else m.end()), "secret"
+    for m in _AUTH_HEADER.finditer(text):
+        value = m.group(2).rstrip(".,;\"'")
+        # with a scheme word it is a header; without one ("authorization: required") only a key-like value
+        if (m.group(1) and not _PLACEHOLDER_VALUE.search(value)) or _secret_value_ok("authorization", value):
+            yield m.start(2), m.start(2) + len(value), "secret"
+    for m in _BASIC.finditer(text):
+        if _basic_credentials(m.group(1)):
+            yield m.start(1), m.end(1), "secret"
+    for m in _URL_PASSWORD.finditer(text):
+        if not _PLACEHOLDER_VALUE.search(m.group(1)):
+            yield m.start(1), m.end(1), "secret"
     for m in _SECRET_KV.finditer(text):
         value = m.group(1).rstrip(".,;\"'")
         key = m.group()[: m.start(1) - m.start()].strip("\"' \t:=")
