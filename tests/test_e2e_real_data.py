@@ -27,8 +27,20 @@ def finetune(run_env: dict[str, str], tmp_path: Path, name: str, *extra: str) ->
 
 
 def readable_decision(s: dict) -> None:
-    assert [r.split(":")[0].split(" ", 1)[1] for r in s["promotion_reasons"]] == ["base", "champion", "forgetting"]
-    assert s["promoted"] == all(r.startswith("PASS") for r in s["promotion_reasons"])
+    """The decision follows from the run's own numbers (default gate: promotion.min_delta 0.01, the
+    strongest baseline, max_forgetting 0.1), and its first line states the numbers it compared."""
+    reasons = s["promotion_reasons"]
+    assert [r.split(":")[0].split(" ", 1)[1] for r in reasons] == ["base", "champion", "forgetting"]
+    primary, m = s["primary_metric"], s["metrics"]
+    tuned = m["finetuned"][primary]
+    baselines = {k: m[k][primary] for k in ("base", "base_few_shot", "simple_baseline")
+                 if m.get(k) and m[k].get(primary) is not None}
+    assert "simple_baseline" in baselines, m.keys()  # every run measures the non-LLM baseline
+    beats = tuned >= max(baselines.values()) + 0.01
+    assert reasons[0].startswith("PASS base" if beats else "FAIL base"), (reasons[0], baselines, tuned)
+    assert f"{tuned:.4f}" in reasons[0] and f"{max(baselines.values()):.4f}" in reasons[0], reasons[0]
+    keeps = not s["forgetting"]["applicable"] or s["forgetting"]["drop"] <= 0.1
+    assert s["promoted"] == (beats and keeps), reasons
 
 
 def test_dialog_corpus_is_chat(run_env: dict[str, str], tmp_path: Path):

@@ -24,7 +24,13 @@ def _run(case: dict) -> tuple[list[str], str]:
     return sorted(pii.find(case["text"])), pii.redact(case["text"])
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not c.get("known_gap")], ids=lambda c: c["note"])
+def _case(c: dict) -> object:
+    # a known gap is a case the detectors get wrong today: it must keep failing until fixed (strict)
+    marks = [pytest.mark.xfail(strict=True, reason=f"known gap: {c['note']}")] if c.get("known_gap") else []
+    return pytest.param(c, marks=marks, id=c["note"])
+
+
+@pytest.mark.parametrize("case", [_case(c) for c in CASES])
 def test_corpus_case(case: dict):
     kinds, redacted = _run(case)
     assert kinds == case["kinds"], redacted
@@ -75,6 +81,7 @@ ADVERSARIAL = {  # inputs that make naive patterns backtrack; the benchmark time
 }
 
 
+@pytest.mark.timeout(20)  # linear-time patterns finish in well under a second; a backtracking one never does
 @pytest.mark.parametrize("name", ADVERSARIAL)
 def test_adversarial_input_completes(name: str):
     text = ADVERSARIAL[name]

@@ -79,7 +79,8 @@ def test_pipeline_tracks_and_registers_to_a_tracking_server(server, run_env: dic
     assert refused.value.code == 401
     out = tmp_path / "summary.json"
     proc = run_py(env, "--pipeline", "finetune", *TINY, "--set", "train.max_steps=6", "--set", "eval.max_samples=4",
-                  "--set", "registry.model_name=server-test-model", "--summary", str(out))
+                  "--set", "registry.model_name=server-test-model", "--set", "promotion.min_delta=1.0",
+                  "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert PASSWORD not in proc.stdout + proc.stderr + out.read_text()
     s = json.loads(out.read_text())
@@ -112,5 +113,9 @@ def test_pipeline_tracks_and_registers_to_a_tracking_server(server, run_env: dic
     assert version["status"] == "READY" and vtags["zenml_run_id"] == s["zenml_run_id"]
     alias = _get(base, "/api/2.0/mlflow/registered-models/alias", name="server-test-model", alias="challenger")
     assert alias["model_version"]["version"] == s["registered_model"]["version"]
-    # the promotion decision is on the version either way
-    assert vtags["promotion.decision"] == ("promoted" if s["promoted"] else "rejected")
+    # promotion.min_delta=1.0 cannot be met (the baselines score above 0 on a [0, 1] metric): the decision is
+    # "rejected", recorded on the version, the version stays @challenger and there is no @champion
+    assert not s["promoted"] and s["promotion_reasons"][0].startswith("FAIL base"), s["promotion_reasons"]
+    assert vtags["promotion.decision"] == "rejected"
+    with pytest.raises(urllib.error.HTTPError):
+        _get(base, "/api/2.0/mlflow/registered-models/alias", name="server-test-model", alias="champion")
