@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmft.errors import UserFacingError
 
@@ -76,7 +76,8 @@ class DataConfig(_Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     min_test_rows: int = Field(1, ge=1)
-    max_train_rows: int | None = Field(300, ge=1)
+    max_train_rows: int | None = Field(None, ge=1, description="cap on training rows (a stable subset of the "
+                                                           "split); null = every kept training row")
     preference_pairs: Literal["data", "self_play"] = Field(
         "data", description="data: pairs come from the source (prompt/chosen/rejected); self_play: supervised rows "
                             "become pairs, chosen = the reference, rejected = the starting model's own answer")
@@ -131,7 +132,15 @@ class PromptTuningConfig(_Section):
 
 class TrainConfig(_Section):
     method: Literal["full", "lora", "dora", "qlora", "prompt_tuning", "freeze", "dpo", "orpo"] = "lora"
-    max_steps: int = Field(60, ge=1)
+    max_steps: int | Literal["auto"] = Field(
+        60, description="optimizer steps; auto: train.epochs over the training rows, cut to what fits in "
+                        "train.max_minutes at the speed measured on this machine before training")
+    epochs: float = Field(1.0, gt=0.0, description="max_steps: auto: passes over the training rows")
+    max_minutes: float | None = Field(20.0, gt=0.0, description="max_steps: auto: time budget of the training "
+                                                             "loop (steps and validation); null: none")
+    class_weights: Literal["balanced", "none"] = Field(
+        "balanced", description="classification: balanced weighs each class's loss by n / (k * its training "
+                                "rows), so a rare class counts as much as a common one; none: plain loss")
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -161,6 +170,23 @@ class TrainConfig(_Section):
     orpo_lambda: float = Field(0.1, gt=0.0, description="orpo: weight of the odds-ratio term next to the chosen NLL")
     preference_adapter: Literal["lora", "qlora"] = Field(
         "lora", description="dpo/orpo train this adapter; for dpo the adapter-disabled model is the reference")
+
+    @field_validator("max_steps", mode="plain", json_schema_input_type=int | Literal["auto"])
+    @classmethod
+    def _steps_or_auto(cls, value: Any) -> int | str:
+        """A whole number of steps (at least 1) or `auto`; one error naming the field, not a union report."""
+        if value == "auto":
+            return "auto"
+        number = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        if number is None or number < 1:
+            raise ValueError("give a whole number of steps (at least 1), or auto")
+        return number
 
 
 # training keys a sweep may not vary: the data was tokenized at max_seq_length, and the rest are
@@ -355,6 +381,7 @@ class ServerLimits(_Section):
     batch_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0)
     max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000)
     max_queue: int = Field(256, ge=1)
+    max_bodies_in_flight: int = Field(4, ge=1, le=10_000)
     request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
     engine: Literal["continuous", "static"] = "continuous"
     share_prefixes: bool = True
@@ -389,6 +416,10 @@ class DeployConfig(_Section):
     max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000,
                                 description="largest request body; larger ones get 413 before they are read")
     max_queue: int = Field(256, ge=1, description="requests waiting for the model; beyond it: 429 with Retry-After")
+    max_bodies_in_flight: int = Field(4, ge=1, le=10_000,
+                                      description="request bodies read and parsed at once, in max_body_bytes "
+                                                  "units (small bodies count by their size); beyond it: 429 "
+                                                  "with Retry-After before the body is read")
     request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0,
                                      description="a request not answered by then gets 504 and its work is dropped")
     engine: Literal["continuous", "static"] = Field(

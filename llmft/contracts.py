@@ -116,6 +116,11 @@ class TrainingResult(BaseModel):
     labels: list[str] | None = None
     overfitting_step: int | None = None  # validation loss rose from here while training loss fell
     trained_in_run: str | None = None  # the MLflow run that trained it (an earlier run's when reused from the cache)
+    planned_steps: int | None = None  # train.max_steps, or what `auto` resolved to (llmft.train.budget)
+    plan: str | None = None  # the plan line printed before training (rows, epochs, steps, tokens, minutes)
+    epochs_seen: float | None = None  # training examples trained on / training rows
+    budget_note: str | None = None  # why the time budget (train.max_minutes) cut training, when it did
+    class_weights: dict[str, float] | None = None  # classification: loss weight per label (train.class_weights)
 
 
 class EvalSample(BaseModel):

@@ -4,10 +4,14 @@ Cross-entropy over labelled tokens only (prompt and padding are -100); `sequence
 same per row (the preference losses compare rows). Logits are computed only at
 positions whose next token is labelled in some row of the batch: the 49k-word projection at every
 prompt position was most of a CPU step's time, and it does not change the loss.
+
+Classification: `class_weighted_loss` with `balanced_class_weights` from the training split's label
+counts (train.class_weights: balanced), so a classifier gains nothing by answering the majority class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from llmft.chat_format import IGNORE_INDEX
@@ -46,3 +50,23 @@ def sequence_logps(model: Any, input_ids: Any, attention_mask: Any, labels: Any,
         logits.reshape(-1, logits.shape[-1]), kept.reshape(-1), ignore_index=IGNORE_INDEX,
         reduction="none").view(kept.shape)
     return -token_nll.sum(-1), (kept != IGNORE_INDEX).sum(-1), outputs
+
+
+def balanced_class_weights(counts: Sequence[int]) -> list[float]:
+    """scikit-learn's "balanced" weights, n / (k * count) per class, from the training rows per class:
+    every class weighs as much in total as any other, and the weighted mean over the training rows is
+    1 (so the loss keeps its scale). A class with no training rows (a pinned `data.labels` entry) gets
+    1.0; it has no training loss to weigh."""
+    n = sum(counts)
+    k = sum(1 for c in counts if c > 0)
+    return [n / (k * c) if c > 0 else 1.0 for c in counts]
+
+
+def class_weighted_loss(logits: Any, labels: Any, weights: Sequence[float] | Any) -> Any:
+    """Cross-entropy of class logits with a weight per class: sum over rows of weight[label] x loss,
+    divided by the batch's total weight (torch's weighted mean; all-ones weights give the plain mean)."""
+    import torch
+
+    weight = torch.as_tensor(weights, dtype=torch.float32, device=logits.device)
+    return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                                             weight=weight)

@@ -26,7 +26,8 @@ from llmft.evaluate.slices import ROLE_NAMES, left_out_line, roles, worst_line
 UI_URL = "http://127.0.0.1:5000"
 TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
               "stopped_early", "resumed_from_step", "tokens_per_second", "padding_fraction", "wall_seconds",
-              "trainable_parameters", "num_processes", "overfitting_step")
+              "trainable_parameters", "num_processes", "overfitting_step", "planned_steps", "epochs_seen", "plan",
+              "budget_note", "class_weights")
 
 
 def _load(run: Any, step_name: str, output: str) -> Any:
@@ -207,6 +208,22 @@ def few_shot_line(shots: dict[str, float], note: str) -> str:
             f"(min {shots['used_min']:.0f}, max {shots['used_max']:.0f})")
 
 
+def training_lines(train: dict[str, Any]) -> list[str]:
+    """How much training the candidate had: steps, epochs seen, why the time budget cut it; the class
+    weights of a classifier's loss. Nothing for a summary from before these were recorded."""
+    if train.get("epochs_seen") is None:
+        return []
+    line = f"training: {train['steps']} steps, {train['epochs_seen']:.2f} epochs of the training rows"
+    if train.get("budget_note"):
+        line += f"; {train['budget_note']}"
+    weights = train.get("class_weights")
+    if not weights:
+        return [line]
+    shown = ", ".join(f"{name} {w:.3g}" for name, w in list(weights.items())[:12])
+    more = f" (+{len(weights) - 12} more)" if len(weights) > 12 else ""
+    return [line, f"class weights (train.class_weights): {shown}{more}"]
+
+
 BASELINE_WORDS = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "simple": "the simple baseline"}
 
 
@@ -265,6 +282,7 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
         f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",
         *[ExtraRows.model_validate(e).line() for e in dataset.get("extras", [])],
+        *training_lines(summary.get("train") or {}),
         *[f"warning: {w}" for w in [*dataset["warnings"], *summary.get("warnings", [])]],
         f"champion: {summary['champion_note']}",
         ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "

@@ -130,8 +130,11 @@ def suggest(trial: optuna.Trial, space: dict[str, SweepRange | list[Any]], base:
 
 
 def trial_eval_steps(sweep: SweepConfig, train: TrainConfig) -> int:
-    """Validation every N steps within a trial: the pruner needs several points per trial."""
-    return sweep.eval_steps or max(1, train.max_steps // 4)
+    """Validation every N steps within a trial: the pruner needs several points per trial (with
+    `train.max_steps: auto` the step count is only known at training time: every 5 steps)."""
+    if sweep.eval_steps:
+        return sweep.eval_steps
+    return max(1, train.max_steps // 4) if isinstance(train.max_steps, int) else 5
 
 
 def pruning_callback(trial: optuna.Trial, metric: str) -> Any:

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.max_rows=200", "--set", "train.max_steps=14", "--set", "eval.max_samples=6",
         "--set", "validation.min_rows=4", "--set", "deploy.port=5077", "--set", "deploy.smoke_max_tokens=24"]
 
-# the guard run: the default config as shipped (data, 60 LoRA steps, gate), a smaller evaluation sample
+# the guard run: the default config as shipped (all the demo's rows, one epoch of LoRA, the gate), a smaller
+# evaluation sample
 BASE_PROBE_ACCURACY = 0.667  # SmolLM2-135M-Instruct on the shipped probe (torch 2.13, transformers 5.23)
 DEFAULT_RUN = ["--set", "eval.max_samples=30", "--set", "deploy.port=5077", "--set", "deploy.smoke_max_tokens=24"]
 
@@ -109,7 +110,10 @@ def test_finetune_summary_contract(finetune_summary: dict):
 def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]):
     client = _mlflow_client(run_env)
     run = client.get_run(finetune_summary["mlflow_run_id"])
-    assert run.data.params["train.max_steps"] == "60"
+    assert run.data.params["train.max_steps"] == "auto"
+    # auto: one epoch over every kept training row, 4 rows a step
+    steps = finetune_summary["train"]["steps"]
+    assert steps == -(-finetune_summary["dataset"]["rows"]["train"] // 4), finetune_summary["train"]
     assert run.data.params["train.method"] == "lora"
     assert run.data.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert run.data.tags["task"] == "extraction" and run.data.tags["task.reason"].startswith("inferred from")
@@ -117,9 +121,9 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     assert {"finetuned/field_accuracy", "base/field_accuracy", "base_few_shot/field_accuracy"} <= set(run.data.metrics)
     assert run.data.tags["promotion.baseline"] == finetune_summary["baseline_used"]
     losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert len(losses) == 60
+    assert len(losses) == steps
     lrs = client.get_metric_history(run.info.run_id, "train/learning_rate")
-    assert len(lrs) == 60
+    assert len(lrs) == steps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/loss_curve.png", "plots/metric_comparison.png"} <= artifacts
     top = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -8,6 +8,7 @@ accelerate state), and rank 0 writes the result and logs to the caller's MLflow 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -81,6 +82,9 @@ def _worker(spec_dir: Path) -> None:
     spec = json.loads((spec_dir / "spec.json").read_text())
     rank = int(os.environ.get("RANK", "0"))
     log_to_mlflow = spec["mlflow_run_id"] is not None and rank == 0
+    if rank == 0:  # the plan line and the loop's other notes reach the console, as in one process
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("llmft").setLevel(logging.INFO)
     train_rows = json.loads((spec_dir / "train.json").read_text())
     validation_rows = json.loads((spec_dir / "validation.json").read_text())
 

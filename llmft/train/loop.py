@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,16 @@ from llmft.base_model import load_model, load_tokenizer
 from llmft.chat_format import PadToLongest, check_labels
 from llmft.config import TrainConfig
 from llmft.contracts import TrainingResult
-from llmft.loss import masked_lm_loss
+from llmft.loss import balanced_class_weights, class_weighted_loss, masked_lm_loss
 from llmft.train import methods
+from llmft.train.budget import (
+    budget_note,
+    checkpoint_max_steps,
+    example_tokens,
+    measure_tokens_per_second,
+    plan_training,
+    time_budget_callback,
+)
 from llmft.train.preference import PreferenceBatches, is_preference, preference_loss
 
 log = logging.getLogger(__name__)
@@ -65,11 +74,13 @@ class _TokenCounter:
     def __init__(self) -> None:
         self.tokens = 0
         self.slots = 0
+        self.rows = 0
         self.eval_seconds = 0.0
 
     def add(self, attention_mask: Any) -> None:
         self.tokens += int(attention_mask.sum())
         self.slots += int(attention_mask.numel())
+        self.rows += int(attention_mask.shape[0])
 
 
 def _callbacks(counter: _TokenCounter, cfg: TrainConfig, log_to_mlflow: bool) -> tuple[Any, Any]:
@@ -182,7 +193,8 @@ def _progress_callback() -> Any:
     return Progress()
 
 
-def _trainer_class(selective_logits: bool, counter: _TokenCounter, cfg: TrainConfig | None = None) -> Any:
+def _trainer_class(selective_logits: bool, counter: _TokenCounter, cfg: TrainConfig | None = None,
+                   class_weights: list[float] | None = None) -> Any:
     from transformers import Trainer
 
     preference = cfg is not None and is_preference(cfg.method)
@@ -208,6 +220,12 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter, cfg: TrainCon
                 if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                     loss = loss / self.current_gradient_accumulation_steps  # a mean per batch, not a token sum
                 return (loss, outputs) if return_outputs else loss
+            if class_weights is not None and "labels" in inputs:  # classification, train.class_weights: balanced
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+                loss = class_weighted_loss(outputs.logits, inputs["labels"], class_weights)
+                if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                    loss = loss / self.current_gradient_accumulation_steps  # a mean per batch, like the above
+                return (loss, outputs) if return_outputs else loss
             if not selective_logits or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
@@ -223,6 +241,10 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter, cfg: TrainCon
             for key in stats[0] if stats else ():
                 logs[f"eval_{key}" if mode == "eval" else key] = sum(s[key] for s in stats) / len(stats)
             super().log(logs, *args, **kwargs)
+
+        def discard_statistics(self) -> None:
+            """Forget preference statistics of passes that were not training steps (the speed measurement)."""
+            pending.clear()
 
     return LLMTrainer
 
@@ -262,6 +284,10 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     tokenizer = load_tokenizer(base_path)
     classifier = labels is not None
     _examples_check(train_examples, classifier, tokenizer.eos_token_id, cfg.max_seq_length)
+    class_weights = None
+    if labels is not None and cfg.class_weights == "balanced":  # from the training split's label counts
+        counts = Counter(int(e["label"]) for e in train_examples)
+        class_weights = balanced_class_weights([counts.get(i, 0) for i in range(len(labels))])
 
     model = load_model(base_path, labels, four_bit=methods.four_bit(cfg))
     model.config.use_cache = False  # no KV cache in training
@@ -284,9 +310,11 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     resume_from = last_complete_checkpoint(run_dir) if cfg.resume else None
     evaluating = bool(validation_examples) and cfg.eval_steps is not None
     gpu = torch.cuda.is_available()
+    tokens = [example_tokens(e) for e in train_examples]
+    provisional = plan_training(cfg, tokens, len(validation_examples), None, cfg.num_processes)  # speed unknown yet
     args = TrainingArguments(
         output_dir=str(run_dir),
-        max_steps=cfg.max_steps,
+        max_steps=provisional.steps,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size * 2,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -294,7 +322,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+        warmup_steps=int(cfg.warmup_ratio * provisional.steps),
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         bf16=cfg.precision == "bf16",
@@ -317,7 +345,7 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         ddp_find_unused_parameters=False if cfg.num_processes > 1 else None,
         disable_tqdm=False,
     )
-    trainer_cls = _trainer_class(not classifier and cfg.method != "prompt_tuning", counter, cfg)
+    trainer_cls = _trainer_class(not classifier and cfg.method != "prompt_tuning", counter, cfg, class_weights)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=validation_examples or None, data_collator=collator,
                           callbacks=[metrics_cb, early_cb, *(extra_callbacks or [])])
@@ -332,6 +360,19 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     resumed_from_step = int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, resumed_from_step)
+    # the plan: steps (train.max_steps, or auto from train.epochs within train.max_minutes) at the measured speed
+    speed = measure_tokens_per_second(trainer, collator, train_examples, cfg)
+    trainer.discard_statistics()
+    plan = plan_training(cfg, tokens, len(validation_examples), speed, cfg.num_processes,
+                         checkpoint_max_steps(resume_from))
+    trainer.args.max_steps = plan.steps
+    trainer.args.warmup_steps = int(cfg.warmup_ratio * plan.steps)
+    if trainer.is_world_process_zero():
+        for line in plan.lines():
+            log.info("%s", line)
+    budget = time_budget_callback(plan.budget_seconds) if plan.budget_seconds else None
+    if budget is not None:
+        trainer.add_callback(budget)
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     wall = time.perf_counter() - t0
@@ -346,12 +387,18 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         else:
             validation_loss = evaluated[-1]["eval_loss"]
     evals = [h["eval_loss"] for h in metrics_cb.history if "eval_loss" in h]
-    tokens, slots, world_size = counter.tokens, counter.slots, 1
+    seen, slots, rows, world_size = counter.tokens, counter.slots, counter.rows, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        totals = torch.tensor([tokens, slots], dtype=torch.float64)
+        totals = torch.tensor([seen, slots, rows], dtype=torch.float64)
         torch.distributed.all_reduce(totals)
-        tokens, slots = int(totals[0]), int(totals[1])
+        seen, slots, rows = int(totals[0]), int(totals[1]), int(totals[2])
         world_size = torch.distributed.get_world_size()
+    examples_seen = rows / (2 if is_preference(cfg.method) else 1)  # a pair batch holds 2 rows per pair
+    examples_seen += (resumed_from_step or 0) * cfg.batch_size * cfg.gradient_accumulation_steps * world_size
+    epochs_seen = examples_seen / len(train_examples)
+    note = budget_note(plan, budget.stopped_at if budget else None, budget.elapsed if budget else 0.0, epochs_seen)
+    if budget is not None and budget.stopped_at is not None:
+        log.warning("%s", note)
 
     trained_dir = output_dir / "trained"
     if trainer.is_world_process_zero():
@@ -364,9 +411,12 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
         train_loss=float(output.training_loss),
         first_loss=losses[0] if losses else float("nan"), last_loss=losses[-1] if losses else float("nan"),
         validation_loss=validation_loss, best_validation_loss=min(evals) if evals else None,
-        stopped_early=early_cb.stopped, resumed_from_step=resumed_from_step, tokens=tokens,
-        padding_fraction=1 - tokens / slots if slots else 0.0,
-        tokens_per_second=tokens / train_seconds if train_seconds > 0 else 0.0, wall_seconds=wall,
+        stopped_early=early_cb.stopped, resumed_from_step=resumed_from_step, tokens=seen,
+        padding_fraction=1 - seen / slots if slots else 0.0,
+        tokens_per_second=seen / train_seconds if train_seconds > 0 else 0.0, wall_seconds=wall,
         trainable_parameters=trainable, total_parameters=total,
-        num_processes=world_size,
+        num_processes=world_size, planned_steps=plan.steps, plan="\n".join(plan.lines()),
+        epochs_seen=round(epochs_seen, 4), budget_note=note,
+        class_weights={name: round(w, 4) for name, w in zip(labels, class_weights, strict=True)}
+        if labels is not None and class_weights is not None else None,
         history=metrics_cb.history)

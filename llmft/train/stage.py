@@ -84,11 +84,27 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
         log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; "
                     "set train.early_stopping_patience (or fewer train.max_steps) to keep the best weights", onset)
     mlflow.set_tags({"train.resumed_from_step": str(result.resumed_from_step),
-                     "train.stopped_early": str(result.stopped_early), "train.overfitting_from_step": str(onset)})
+                     "train.stopped_early": str(result.stopped_early), "train.overfitting_from_step": str(onset),
+                     **({"train.budget_note": result.budget_note[:5000]} if result.budget_note else {})})
+    log_plan_and_weights(result)
     summary = result.model_dump(exclude={"history", "output_dir", "labels", "overfitting_step", "trained_in_run"})
     run = mlflow.active_run()
     return Path(result.output_dir), TrainingResult(**summary, labels=labels, overfitting_step=onset,
                                                    trained_in_run=run.info.run_id if run else None)
+
+
+def log_plan_and_weights(result: TrainingResult) -> None:
+    """The resolved step count (train.max_steps may be auto) and the classification loss weights, as
+    params of the run that trained (the weights also as a file: a long label set outgrows a param)."""
+    import mlflow
+
+    params: dict[str, Any] = {"train.steps_planned": result.planned_steps}
+    if result.class_weights:
+        mlflow.log_dict(result.class_weights, "training/class_weights.json")
+        weights = json.dumps(result.class_weights, ensure_ascii=False)
+        if len(weights) <= 500:
+            params["train.class_weight_values"] = weights
+    mlflow.log_params(params)
 
 
 def log_training_summary(result: TrainingResult) -> None:
@@ -98,4 +114,5 @@ def log_training_summary(result: TrainingResult) -> None:
 
     mlflow.log_metrics({"train/final_loss": result.last_loss, "train/tokens_per_second_mean": result.tokens_per_second,
                         "train/padding_fraction": result.padding_fraction,
-                        "train/trainable_parameters": result.trainable_parameters})
+                        "train/trainable_parameters": result.trainable_parameters,
+                        **({"train/epochs_seen": result.epochs_seen} if result.epochs_seen is not None else {})})
