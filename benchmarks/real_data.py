@@ -56,7 +56,7 @@ def fetch(names: list[str], cache: Path) -> dict[str, Path]:
     return {name: cache / by_name[name].filename for name in names}
 
 
-def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str, ...] = (),
+def run_one(name: str, source: Path, steps: str, workdir: Path, extra: tuple[str, ...] = (),
             label: str | None = None) -> dict:
     """One finetune run in a fresh project folder; `extra` are more `--set` overrides, `label` names the
     folder and the row (default: the corpus)."""
@@ -67,7 +67,8 @@ def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str
     summary_file = home / "summary.json"
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--pipeline", "finetune", "--quiet",
-                           "--set", f"data.source={source}", "--set", f"train.max_steps={steps}",
+                           "--set", f"data.source={source}",
+                           *(() if steps == "auto" else ("--set", f"train.max_steps={steps}")),
                            *[a for item in extra for a in ("--set", item)],
                            "--summary", str(summary_file)], cwd=ROOT, env=env, text=True, capture_output=True)
     wall = time.perf_counter() - started
@@ -86,6 +87,8 @@ def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str
         "eval_sample": s["eval_sample"], "primary_metric": metric, "higher_is_better": s["higher_is_better"],
         "base": s["metrics"]["base"][metric], "finetuned": s["metrics"]["finetuned"][metric],
         "base_few_shot": (s["metrics"].get("base_few_shot") or {}).get(metric), "few_shot": s["few_shot"],
+        "simple": (s["metrics"].get("simple_baseline") or {}).get(metric),
+        "simple_method": s.get("simple_baseline_method"), "summary_warnings": s.get("warnings", []),
         "baseline_used": s["baseline_used"],
         "metrics": s["metrics"], "forgetting": s["forgetting"], "promoted": s["promoted"],
         "promotion_reasons": s["promotion_reasons"], "registered_model": s["registered_model"]["name"],
@@ -93,19 +96,22 @@ def run_one(name: str, source: Path, steps: int, workdir: Path, extra: tuple[str
     return row
 
 
-def markdown(rows: list[dict], steps: int) -> str:
+def markdown(rows: list[dict], steps: str) -> str:
     def score(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 
-    lines = [f"`python run.py --pipeline finetune --set data.source=FILE --set train.max_steps={steps}`, nothing "
-             "else set (the preference rows add the two overrides they name); 2 CPU cores. Base, base few-shot and "
-             "fine-tuned are scored on the same test rows.", "",
+    command = "--set data.source=FILE" + ("" if steps == "auto" else f" --set train.max_steps={steps}")
+    lines = [f"`python run.py --pipeline finetune {command}`, nothing else set (the preference rows add the two "
+             "overrides they name); 2 CPU cores. Base, base few-shot, the simple non-LLM baseline (TF-IDF + "
+             "logistic regression, Lead-k, nearest neighbour, a dictionary of training values) and fine-tuned are "
+             "scored on the same test rows.", "",
              "| corpus | task inferred | rows in → kept | dropped (why) | truncated | primary metric | base | "
-             "base few-shot | fine-tuned | promoted | wall s |", "|---|---|---|---|---:|---|---:|---:|---:|---|---:|"]
+             "base few-shot | simple | fine-tuned | promoted | wall s |",
+             "|---|---|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         name = r["corpus"] + "".join(f" `{o}`" for o in r.get("overrides", []))
         if "error" in r:
-            lines.append(f"| {name} | – | – | – | – | – | – | – | – | failed: {r['error']} | {r['wall_seconds']} |")
+            lines.append(f"| {name} | – | – | – | – | – | – | – | – | – | failed: {r['error']} | {r['wall_seconds']} |")
             continue
         dropped = [f"{r['duplicates_removed']} duplicates"] + [f"{v} {k}" for k, v in
                                                                sorted(r["rejected_by_reason"].items())]
@@ -113,7 +119,8 @@ def markdown(rows: list[dict], steps: int) -> str:
         verdict = "yes" if r["promoted"] else f"no ({', '.join(fails)})"
         lines.append(f"| {name} | {r['task']} ({r['task_reason']}) | {r['rows_in']} → {r['kept']} | "
                      f"{', '.join(dropped)} | {r['truncated']} | {r['primary_metric']} (n={r['eval_sample']['n']}) | "
-                     f"{score(r['base'])} | {score(r.get('base_few_shot'))} | {score(r['finetuned'])} | {verdict} | "
+                     f"{score(r['base'])} | {score(r.get('base_few_shot'))} | {score(r.get('simple'))} | "
+                     f"{score(r['finetuned'])} | {verdict} | "
                      f"{r['wall_seconds']:.0f} |")
     lines += ["", "Promotion reasons per corpus:", ""]
     for r in rows:
@@ -123,7 +130,7 @@ def markdown(rows: list[dict], steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, rows: list[dict], steps: int) -> str:
+def write_results(out: Path, rows: list[dict], steps: str) -> str:
     """Merge into earlier results (a rerun of some corpora keeps the others) and write JSON and markdown."""
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
     merged = {r["corpus"]: r for r in previous.get("rows", [])} | {r["corpus"]: r for r in rows}
@@ -136,7 +143,7 @@ def write_results(out: Path, rows: list[dict], steps: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", default="auto", help="train.max_steps; auto (the default config's) sets nothing")
     parser.add_argument("--only", action="append", choices=list(ZOO))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-real-data-cpu-2core"))
     parser.add_argument("--cache", default=os.environ.get("LLMFT_CACHE", str(Path.home() / ".cache" / "llmft")))
@@ -150,8 +157,8 @@ def main() -> int:
             corpus, _, extra = ZOO[name]
             print(f"== {name}: {sources[corpus]} {' '.join(extra)}", flush=True)
             row = run_one(corpus, sources[corpus], args.steps, Path(workdir), extra, label=name)
-            shown = ("task", "rows_in", "kept", "base", "base_few_shot", "finetuned", "promoted", "wall_seconds",
-                     "error")
+            shown = ("task", "rows_in", "kept", "base", "base_few_shot", "simple", "finetuned", "promoted",
+                     "wall_seconds", "error")
             print(json.dumps({k: row.get(k) for k in shown}), flush=True)
             rows.append(row)
             table = write_results(out, rows, args.steps)  # after each corpus: a long run keeps what it measured

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from llmft.config import EMBEDDED_MODEL, ModelConfig
 from llmft.errors import UserFacingError
@@ -183,6 +184,12 @@ def load_model(name_or_path: str, labels: list[str] | None = None, four_bit: boo
 
 def registered_version(spec: str) -> tuple[str, str]:
     """(name, version) of `models:/NAME/VERSION` or `models:/NAME@ALIAS` (the alias's version now)."""
+    found = _model_version(spec)
+    return found.name, str(found.version)
+
+
+def _model_version(spec: str) -> Any:
+    """The MLflow ModelVersion that `models:/NAME/VERSION` or `models:/NAME@ALIAS` names now."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -194,10 +201,9 @@ def registered_version(spec: str) -> tuple[str, str]:
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
+            return MlflowClient().get_model_version_by_alias(name, alias)
         name, version = ref.rsplit("/", 1)
-        MlflowClient().get_model_version(name, version)
-        return name, version
+        return MlflowClient().get_model_version(name, version)
     except (MlflowException, ValueError) as exc:
         raise BaseModelError(f"model.base={spec}: no such registered model version "
                              f"({str(exc).splitlines()[0]})") from None
@@ -205,9 +211,13 @@ def registered_version(spec: str) -> tuple[str, str]:
 
 def registered_model_dir(spec: str) -> str:
     """A registered model (e.g. the supervised champion a preference run starts from) as a plain
-    Hugging Face folder, written once per version under the model cache."""
-    name, version = registered_version(spec)
-    target = model_cache() / "registered" / name / version
+    Hugging Face folder, written once per version under the model cache: per tracking store and per
+    what the version is (run id, source), since names and version numbers repeat across stores."""
+    from llmft.locations import registered_cache_dir, tracking_uri
+
+    found = _model_version(spec)
+    name, version = found.name, str(found.version)
+    target = registered_cache_dir(tracking_uri(), name, version, f"{found.run_id}\0{found.source}")
     if not (target / "config.json").is_file():
         from llmft.registry.versions import load_components
 
@@ -215,7 +225,12 @@ def registered_model_dir(spec: str) -> str:
         tmp = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=_mkdir(target.parent)))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic, like the GGUF conversion
+        try:
+            os.replace(tmp, target)  # atomic, like the GGUF conversion
+        except OSError:  # another process wrote the same version first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").is_file():
+                raise
     return str(target)
 
 

@@ -195,6 +195,8 @@ class Evaluation(BaseModel):
     simple_baseline_method: str | None = None  # the non-LLM baseline, e.g. "lead-3 sentences" (None: not applicable)
     simple_baseline_note: str = ""  # what it fitted and chose, or why there is none
     warnings: list[str] = Field(default_factory=list)  # about the candidate's answers (collapse to one answer)
+    # about the record, not the model (a GenAI table that lost rows): in the summary, never in the gate
+    table_warnings: list[str] = Field(default_factory=list)
 
 
 class ProbeRun(BaseModel):

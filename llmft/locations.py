@@ -68,10 +68,53 @@ def scratch_dir(prefix: str) -> Path:
     return path
 
 
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one, never a part:
+    a temporary file beside it (created 0600, so a secret is never readable by others), synced, given
+    `mode`, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def model_cache() -> Path:
     root = Path(os.environ.get("LLMFT_CACHE", Path.home() / ".cache" / "llmft")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def store_key(uri: str) -> str:
+    """A short stable key for a tracking store, for caches shared by every project and store: the URI
+    without credentials (a sqlite or file store by its absolute path), hashed."""
+    import hashlib
+    from urllib.parse import urlsplit, urlunsplit
+
+    if uri.startswith("sqlite:///"):
+        canonical = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    elif "://" not in uri or uri.startswith("file:"):
+        canonical = Path(uri.removeprefix("file://")).expanduser().resolve().as_uri()
+    else:
+        parts = urlsplit(uri)
+        canonical = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def registered_cache_dir(uri: str, name: str, version: str, origin: str) -> Path:
+    """Where a registered version is cached as a plain model folder: keyed by the store it is in and by
+    what the version is (`origin`: its run id and source), so two stores' (or two projects') `v1` of the
+    same name, or a version number reused after a delete, never share files."""
+    import hashlib
+
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:12]
+    return model_cache() / "registered" / store_key(uri) / name / f"{version}-{digest}"
 
 
 def local_tracking_uri() -> str:

@@ -82,7 +82,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
         "baseline_used": promotion.baseline_used,
         "simple_baseline_method": evaluation.simple_baseline_method,
         "simple_baseline_note": evaluation.simple_baseline_note,
-        "warnings": evaluation.warnings,
+        "warnings": [*evaluation.warnings, *evaluation.table_warnings],
         "few_shot": evaluation.few_shot,
         "few_shot_used_per_row": evaluation.few_shot_used,
         "few_shot_note": evaluation.few_shot_note,

@@ -317,12 +317,15 @@ def test_a_dead_worker_turns_health_503_and_is_restarted(server: Server, monkeyp
     batcher._take_batch = failing_once
     batcher.RESTART_DELAYS_S = (clock.DELAY,)
     try:
-        assert server.chat("Hello", max_tokens=2)[0] == 200  # answered; the worker then dies on its next take
-        info = _wait_for(lambda: (h := server.health())[0] == 503 and h, timeout=60)[1]
-        assert info["status"] == "unavailable" and "injected fault" in info["reason"]
-        assert server.health()[0] == 503  # still down: the restart waits for the clock
-        clock.restart.set()
-        _wait_for(lambda: server.health()[0] == 200, timeout=60)
+        with ThreadPoolExecutor(1) as pool:
+            # the worker dies on its next take, before or after answering this: either way it is answered
+            first = pool.submit(server.chat, "Hello", max_tokens=2)
+            info = _wait_for(lambda: (h := server.health())[0] == 503 and h, timeout=60)[1]
+            assert info["status"] == "unavailable" and "injected fault" in info["reason"]
+            assert server.health()[0] == 503  # still down: the restart waits for the clock
+            clock.restart.set()
+            _wait_for(lambda: server.health()[0] == 200, timeout=60)
+            assert first.result(timeout=120)[0] == 200
         info = server.health()[1]
         assert info["worker_restarts"] == 1 and "injected fault" in info["last_worker_error"]
         assert server.chat("Hello", max_tokens=2)[0] == 200

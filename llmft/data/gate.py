@@ -219,7 +219,9 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
         row["label_share"] = labels[row["label"]] / sum(labels.values()) if kept_row and labels else None
 
     if cfg.pii_action != "warn":  # rejected rows are written to files: they must not leak what we redact
-        rejected = [Rejection(r.where, r.reason, _scrub(r.data, kinds), r.kind) for r in rejected]
+        # reasons quote values too (a label, a role, a field name), so they are redacted like the data
+        rejected = [Rejection(r.where, pii.redact(r.reason, kinds), _scrub(r.data, kinds), r.kind)
+                    for r in rejected]
     ge_result, checks, docs = (_run_suite(table, data, cfg, max_seq_length, labels, docs_dir) if suite
                                else ({}, [], None))
     not_dup = [r for r in rejected if r.kind != "duplicate"]

@@ -315,7 +315,8 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
                       champion_note=champion.note, mlflow_run_id=run.info.run_id if run else None, few_shot=shots,
                       few_shot_used=base_few_shot.extras.get("few_shot_used", []), few_shot_note=base_few_shot.note,
                       slices=slices, simple_baseline_method=simple.identity if simple.available else None,
-                      simple_baseline_note=simple.note, warnings=warnings)
+                      simple_baseline_note=simple.note, warnings=warnings,
+                      table_warnings=list(genai_runs.warnings))
 
 
 def _log_slices(report: SliceReport) -> None:

@@ -186,15 +186,36 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def record_then_move(name: str, version: str, record: dict[str, str]) -> None:
+    """Write the move's record on `version`, then move `champion` to it. The alias never points at a
+    version without its record (rollback follows PREVIOUS); if the move fails, the version's tags are
+    put back as they were, so no record claims a move that did not happen."""
+    before = registry.version_tags(name, version)
+    registry.set_version_tags(name, version, record)
+    try:
+        registry.set_alias(name, version)
+    except BaseException:
+        _restore_tags(name, version, before, record)
+        raise
+
+
+def _restore_tags(name: str, version: str, before: dict[str, str], written: dict[str, str]) -> None:
+    """Undo `written` on a version whose tags were `before` (after a champion move that failed)."""
+    try:
+        registry.set_version_tags(name, version, {k: before[k] for k in written if k in before})
+        registry.delete_version_tags(name, version, [k for k in written if k not in before])
+    except Exception:  # the move's own error matters more; the tags say what was attempted
+        log.warning("could not restore the tags of %s v%s after a failed champion move", name, version)
+
+
 def make_champion(name: str, version: str, how: str, by: str | None = None, reason: str = "") -> str | None:
     """Move `champion` to `version`, recording who/why/when and the previous holder; returns it."""
     previous = registry.current_alias_version(name)
-    registry.set_alias(name, version)
     record = {"champion.how": how, "champion.by": by or getpass.getuser(), "champion.reason": reason or how,
               "champion.at": _now()}
     if previous is not None and previous != version:
         record[PREVIOUS] = previous
-    registry.set_version_tags(name, version, record)
+    record_then_move(name, version, record)
     mirror_zenml_stage(name, version, "production")
     return previous
 
@@ -235,13 +256,19 @@ def rollback(name: str, by: str | None, reason: str) -> ChampionMove:
         target = registry.version_tags(name, current).get(PREVIOUS)
         if not target:
             raise PromotionError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
-        registry.set_version_tags(name, current, {"rolled_back.by": by or getpass.getuser(),
-                                                  "rolled_back.reason": reason or "rollback", "rolled_back.at": _now()})
-        # the restored version keeps its own record (and so its own previous holder): rollback can repeat
-        registry.set_alias(name, target)
+        # both records are written before the alias moves, and undone if it does not; the restored
+        # version keeps its own record (and so its own previous holder): rollback can repeat
+        rolled = {"rolled_back.by": by or getpass.getuser(), "rolled_back.reason": reason or "rollback",
+                  "rolled_back.at": _now()}
+        before = registry.version_tags(name, current)
+        registry.set_version_tags(name, current, rolled)
         why = f"rollback from v{current}: {reason or 'rollback'}"
-        registry.set_version_tags(name, target, {"champion.how": "rollback", "champion.at": _now(),
-                                                 "champion.by": by or getpass.getuser(), "champion.reason": why})
+        try:
+            record_then_move(name, target, {"champion.how": "rollback", "champion.at": _now(),
+                                            "champion.by": by or getpass.getuser(), "champion.reason": why})
+        except BaseException:
+            _restore_tags(name, current, before, rolled)
+            raise
         mirror_zenml_stage(name, target, "production")
         log.info("rolled %s back from v%s to v%s", name, current, target)
         return ChampionMove(model=name, champion=target, previous_champion=current, action="rollback")

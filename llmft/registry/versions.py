@@ -139,6 +139,12 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
         client.set_model_version_tag(name, version, key, str(value))
 
 
+def delete_version_tags(name: str, version: str, keys: list[str]) -> None:
+    client = _client()
+    for key in keys:
+        client.delete_model_version_tag(name, version, key)
+
+
 class RegistryLoadError(UserFacingError, RuntimeError):
     """A registered model that cannot or must not be loaded."""
 

@@ -21,14 +21,17 @@ Endpoints:
   in (0, 1]). A classifier takes `{"inputs": [text, ...]}` (or `{"text": ...}`) and returns label and scores.
 - GET /health (and /ping): the model being served and request counters; 503 with the reason while
   the batch worker is down (a supervisor restarts it).
-- POST /admin/load `{"model_uri": ...}` (bearer token from the state folder): load another version of
-  the configured registered model (`models:/NAME@alias` or `models:/NAME/VERSION`, nothing else) next
-  to the running one, smoke-test it, and only then swap; on failure the old one keeps serving.
+- POST /admin/load `{"model_uri": ..., "deadline_s": s}` (bearer token from the state folder): load another
+  version of the configured registered model (`models:/NAME@alias` or `models:/NAME/VERSION`, nothing
+  else) next to the running one, smoke-test it, and only then swap; on failure the old one keeps
+  serving. One load at a time (another gets 409); past `deadline_s` it does not swap (504).
 
 Hostile input is bounded before it costs anything (limits from `deploy.*`, see ServerLimits): a body
 over `max_body_bytes` gets 413 before it is read (Content-Length, then counted while streaming); a
 conversation longer than `max_input_tokens` x CHARS_PER_TOKEN_BOUND characters gets 413 before it is
-tokenized, and parsing/tokenizing runs in a worker thread, never on the event loop; a full queue
+tokenized, and parsing/tokenizing runs in a worker thread, never on the event loop; bodies being read
+and parsed are capped in bytes (`max_bodies_in_flight`, serve/admission.py: beyond it 429 before the
+body is read) and uvicorn runs with `limit_concurrency`; a full queue
 (`max_queue`) gets 429 with Retry-After; a request not answered within `request_timeout_s` gets 504,
 and the work of a timed-out or disconnected client is dropped before it reaches the model. Malformed
 requests get 400, each with an OpenAI-style error message; the server keeps serving. Special-token
@@ -59,6 +62,8 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' stri
 from llmft.chat_format import CHARS_PER_TOKEN_BOUND, render_generation_prompt, with_system
 from llmft.config import ConfigError, ServerLimits
 from llmft.generation import Completion, Sampling, complete_batch
+from llmft.serve.admin import LoadGuard, load_deadline_s
+from llmft.serve.admission import BoundedPool, ByteBudget, body_reservation, connection_limit, parse_workers
 from llmft.serve.bodies import RequestError, check_text, one_line, parse_json, render_checked
 from llmft.serve.sampling import effective_temperature
 from llmft.serve.scheduler import DecodeBatch, Sequence, supports
@@ -331,6 +336,17 @@ class Batcher:
         """Run fn(served, *args) with the model to itself (classification, smoke tests)."""
         with self._model_lock:
             return fn(self.served, *args)
+
+    def run_exclusive_by(self, deadline: float, fn: Any, *args: Any) -> Any:
+        """run_exclusive, unless `deadline` (time.monotonic()) passes while waiting for the model:
+        then TimeoutError, and nothing runs (its client has had its 504)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._model_lock.acquire(timeout=remaining):
+            raise TimeoutError("request timed out waiting for the model")
+        try:
+            return fn(self.served, *args)
+        finally:
+            self._model_lock.release()
 
     # -- the worker and its supervisor --
 
@@ -637,8 +653,15 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
     tracer = Tracer() if limits.tracing else None  # off: nothing is created and nothing runs per request
     counters = {"errors_4xx": 0, "errors_5xx": 0, "timeouts": 0, "disconnects": 0}
     started = time.time()
-    classify_waiting = [0]  # classification requests holding a thread (they share max_queue)
+    # bodies being read or parsed, in bytes: a burst of large junk bodies gets 429 before it is read
+    bodies = ByteBudget(limits.max_bodies_in_flight * limits.max_body_bytes)
+    parsing = BoundedPool(parse_workers(), limits.max_queue + limits.max_bodies_in_flight, "parse")
+    # one thread classifies (the model takes one at a time anyway); a waiting job whose client had its
+    # 504 is dropped, so timed-out requests hold no thread; at most max_queue are held
+    classifying = BoundedPool(1, limits.max_queue, "classify")
     app.state.batcher = batcher
+    app.state.bodies, app.state.parsing, app.state.classifying = bodies, parsing, classifying
+    loads = app.state.loads = LoadGuard()  # one /admin/load at a time, no swap past its caller's deadline
     app.state.tracer = tracer
 
     def error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
@@ -682,6 +705,8 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
                 "task": current.task, "classifier": current.classifier,
                 "loaded_at": current.loaded_at, "uptime_s": round(time.time() - started, 1),
                 "limits": limits.model_dump(), "queued": batcher._jobs.qsize(),
+                "bodies_in_flight_bytes": bodies.used, "rejected_bodies_in_flight": bodies.refused,
+                "classify_held": classifying.held,
                 "last_worker_error": batcher.worker_error, **batcher.stats, **counters,
                 **(tracer.stats if tracer else {})}
         if not batcher.alive:  # no request would be answered: say so, and why
@@ -719,27 +744,38 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
         return chat_response(completion, used)
 
     async def classify_request(ids: list[list[int]]) -> Any:
-        if classify_waiting[0] >= limits.max_queue:
+        deadline = time.monotonic() + limits.request_timeout_s
+        job = classifying.submit(batcher.run_exclusive_by, deadline, classify, ids)
+        if job is None:
             return error(429, f"server busy: {limits.max_queue} requests are already waiting; retry later",
                          headers={"Retry-After": "1"})
-        classify_waiting[0] += 1
         try:
-            return await asyncio.wait_for(asyncio.to_thread(batcher.run_exclusive, classify, ids),
-                                          timeout=limits.request_timeout_s)
-        except TimeoutError:
+            return await asyncio.wait_for(asyncio.wrap_future(job), timeout=limits.request_timeout_s)
+        except TimeoutError:  # wait_for cancelled the job: a waiting one never runs, its slot is free
             counters["timeouts"] += 1
             return error(504, f"no answer within {limits.request_timeout_s:g} s (deploy.request_timeout_s)")
-        finally:
-            classify_waiting[0] -= 1
 
     @app.post("/invocations")
     @app.post("/v1/chat/completions")
     async def invocations(request: Request) -> Any:
         arrived_ns = time.time_ns()  # a trace's latency: from arrival to the answer
+        held = bodies.reserve(body_reservation(request.headers.get("content-length"), limits.max_body_bytes))
+        if held is None:  # before reading a byte: no queue of bodies to read and parse
+            return error(429, f"server busy: {limits.max_bodies_in_flight} request bodies' worth is being read "
+                         "and parsed (deploy.max_bodies_in_flight); retry later", headers={"Retry-After": "1"})
+        job = None
         try:
             raw = await read_body(request)
-            # parsing and tokenizing off the event loop: other clients keep being served meanwhile
-            kind, parsed = await asyncio.to_thread(_prepare, raw, batcher.served, limits)
+            held.shrink(len(raw))
+            # parsing and tokenizing off the event loop, in their own threads; the bytes stay held until
+            # the parse ends, even if its client leaves first
+            job = parsing.submit(_prepare, raw, batcher.served, limits)
+            if job is None:
+                return error(429, "server busy: too many requests are being parsed; retry later",
+                             headers={"Retry-After": "1"})
+            job.add_done_callback(held.release)
+            del raw
+            kind, parsed = await asyncio.wrap_future(job)
         except RequestError as exc:
             return error(exc.status, str(exc), exc.param)
         except ClientDisconnect:
@@ -748,6 +784,9 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
         except Exception as exc:  # parsing touches only the body: whatever else fails there is the body's fault
             log.warning("refused a request body that failed to parse: %s", one_line(exc))
             return error(400, f"could not read the request: {one_line(exc, 200)}")
+        finally:
+            if job is None:
+                held.release()
         if kind == "classify":
             return await classify_request(parsed)
         return await chat(parsed, request, arrived_ns)
@@ -759,17 +798,33 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
         try:
             body = parse_json(await read_body(request))
             uri = check_load_uri(body.get("model_uri") if isinstance(body, dict) else None, registry_name)
+            within = load_deadline_s(body)
         except RequestError as exc:
             return error(exc.status, str(exc), exc.param)
+        if not loads.begin(uri):  # two candidates in memory at once, and a race over which one serves
+            return error(409, f"{loads.loading} is being loaded; retry when that load has ended", "model_uri")
+        deadline = loads.deadline(within)
+
+        def load_and_swap() -> tuple[Served | None, Served, str]:
+            candidate = load_served(uri, trust_remote_code)
+            answer = smoke(candidate, limits)
+            if loads.expired(deadline):  # the deploy that asked has given up and kept the old version
+                return None, candidate, answer
+            return batcher.swap(candidate), candidate, answer
+
         try:
-            candidate = await asyncio.to_thread(load_served, uri, trust_remote_code)
-            answer = await asyncio.to_thread(smoke, candidate, limits)
+            old, candidate, answer = await asyncio.wrap_future(loads.run(load_and_swap))
         except Exception as exc:  # the old model keeps serving
             log.warning("refused %s: %s", uri, exc)
             return JSONResponse({"swapped": False, "serving": batcher.served.model_uri,
                                  "serving_version": batcher.served.version,
                                  "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}, status_code=422)
-        old = batcher.swap(candidate)
+        if old is None:
+            log.warning("not swapping in %s: it loaded after the caller's deadline_s=%g", uri, within)
+            return JSONResponse({"swapped": False, "serving": batcher.served.model_uri,
+                                 "serving_version": batcher.served.version,
+                                 "reason": f"loading and smoke-testing {uri} took longer than deadline_s={within:g}; "
+                                           "not swapped"}, status_code=504)
         log.info("now serving %s (v%s), was %s (v%s)", candidate.model_uri, candidate.version, old.model_uri,
                  old.version)
         return {"swapped": True, "serving": candidate.model_uri, "serving_version": candidate.version,
@@ -807,7 +862,8 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     uvicorn.run(create_app(served, limits, token, registry_name, args.trust_remote_code), host=args.host,
-                port=args.port, log_level="warning", backlog=2048, timeout_keep_alive=30)
+                port=args.port, log_level="warning", backlog=2048, timeout_keep_alive=30,
+                limit_concurrency=connection_limit(limits))
 
 
 if __name__ == "__main__":

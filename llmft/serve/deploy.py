@@ -34,7 +34,8 @@ from typing import Any
 from llmft.config import DeployConfig, ServerLimits
 from llmft.contracts import Deployment
 from llmft.errors import UserFacingError
-from llmft.locations import project_home, tracking_uri
+from llmft.locations import project_home, tracking_uri, write_atomic
+from llmft.serve.admin import client_deadline_s
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,33 @@ def current() -> ServerProcess | None:
 
 
 def _save(dep: ServerProcess) -> None:
-    (_state_dir() / "server.json").write_text(json.dumps(asdict(dep)))
+    """server.json, replaced whole: a reader (status, stop, the next deploy) never sees half of it."""
+    write_atomic(_state_dir() / "server.json", json.dumps(asdict(dep)))
 
 
 def _admin_token() -> Path:
+    """The bearer token for /admin/load: created once (mode 0600, written whole before it appears; if
+    two deploys create it at once, the first one's is kept and both use it). A token file left empty
+    or unreadable is replaced; one readable by others is made private."""
     path = _state_dir() / "admin.token"
-    if not path.is_file():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+    try:
+        if path.read_text(encoding="utf-8").strip():
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    if path.exists() or path.is_symlink():  # empty or broken: replaced whole
+        write_atomic(path, secrets.token_urlsafe(32), mode=0o600)
+        return path
+    tmp = _state_dir() / f".admin.token.{os.getpid()}.{secrets.token_hex(4)}"
+    write_atomic(tmp, secrets.token_urlsafe(32), mode=0o600)
+    try:
+        os.link(tmp, path)  # fails if another process created it first: then theirs is the token
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -213,13 +233,29 @@ def _spawn(model_uri: str, host: str, port: int, limits: ServerLimits, timeout_s
 def hot_swap(dep: ServerProcess, model_uri: str, timeout_s: float) -> dict[str, Any]:
     """Ask the running server to load `model_uri`, smoke-test it and swap; raise if it refused."""
     token = _admin_token().read_text().strip()
-    status, body = post_json(f"{dep.base_url}/admin/load", {"model_uri": model_uri}, timeout=timeout_s,
-                             headers={"Authorization": f"Bearer {token}"})
+    # the server swaps only before this deadline: after it, this call has failed and server.json keeps dep
+    status, body = post_json(f"{dep.base_url}/admin/load",
+                             {"model_uri": model_uri, "deadline_s": client_deadline_s(timeout_s)},
+                             timeout=timeout_s, headers={"Authorization": f"Bearer {token}"})
     if status != 200 or not isinstance(body, dict) or not body.get("swapped"):
-        reason = body.get("reason") if isinstance(body, dict) else str(body)[:300]
+        reason = str(body)[:300]
+        if isinstance(body, dict):
+            reason = body.get("reason") or (body.get("error") or {}).get("message") or reason
         still = body.get("serving_version") if isinstance(body, dict) else dep.version
         raise ServingError(f"new model {model_uri} was refused, v{still} keeps serving: {reason}")
     return body
+
+
+def _reconcile(dep: ServerProcess) -> ServerProcess:
+    """After a hot swap whose outcome is unknown: what the server reports serving, saved to server.json
+    (unchanged when it does not answer as ours)."""
+    info = health(dep)
+    if not _ours(dep, info) or not isinstance(info.get("model_uri"), str) or info["model_uri"] == dep.model_uri:
+        return dep
+    now = ServerProcess(**{**asdict(dep), "model_uri": info["model_uri"], "version": info.get("version")})
+    _save(now)
+    log.warning("the server on port %s serves %s (v%s); server.json updated", dep.port, now.model_uri, now.version)
+    return now
 
 
 def deploy(model_uri: str, version: str | None, host: str, port: int, limits: ServerLimits, timeout_s: float,
@@ -231,7 +267,13 @@ def deploy(model_uri: str, version: str | None, host: str, port: int, limits: Se
     if running is not None and _ours(running, health(running)) and (running.host, running.port) == (host, port):
         if running.model_uri == model_uri:
             return running, f"already serving v{version}", smoke(running, smoke_payload) if smoke_payload else None
-        swapped = hot_swap(running, model_uri, timeout_s)  # the server smoke-tests before it swaps
+        try:
+            swapped = hot_swap(running, model_uri, timeout_s)  # the server smoke-tests before it swaps
+        except ServingError:  # an answer lost on the way back: server.json says what is served now
+            now = _reconcile(running)
+            if now.model_uri != model_uri:
+                raise
+            swapped = {"previous_version": running.version}
         previous = swapped.get("previous_version")
         dep = ServerProcess(**{**asdict(running), "model_uri": model_uri, "version": version})
         _save(dep)
