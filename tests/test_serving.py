@@ -88,8 +88,8 @@ def test_chat_completion_is_openai_shaped(url: str):
     assert status == 200, body
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     choice = body["choices"][0]
-    # the tiny model's answer is noise (maybe blank): the shape is what is checked here
-    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    # the tiny model's answer is noise, never blank (tests/tiny_model.py): the shape is what is checked here
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
     assert choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
     assert usage["prompt_tokens"] > 5 and 1 <= usage["completion_tokens"] <= 12

@@ -4,7 +4,10 @@ SmolLM2-135M's own config shrunk to 2 layers and a 64-wide hidden state (about 3
 almost all of them the embedding of the real 49,152-token vocabulary), saved beside the real
 SmolLM2 tokenizer and chat template. Chat templating, label masking, LoRA/QLoRA/prompt tuning,
 the KV cache, GGUF export and serving all run their real code paths on it, a hundred times faster.
-Its answers are noise: tests that judge quality use the real model (the `guard` tier).
+Its answers are noise, but never blank: the (tied) embedding rows of special tokens and of tokens that
+decode to whitespace are zero, so their logits are 0 while the largest of the others is above it and a
+greedy answer is visible text (servers refuse a blank smoke answer). Tests that judge quality use the
+real model (the `guard` tier).
 
     python tests/tiny_model.py DEST      # build one by hand, e.g. for `--set model.base=DEST`
 """
@@ -27,7 +30,7 @@ SHRINK = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "
 def build_tiny_model(dest: Path, seed: int = 0) -> Path:
     """Write the tiny model to `dest` (a fresh folder) and return it. Deterministic for a seed."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from llmft.base_model import resolve_base_model
     from llmft.config import EMBEDDED_MODEL
@@ -38,6 +41,10 @@ def build_tiny_model(dest: Path, seed: int = 0) -> Path:
         setattr(config, key, value)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(real)
+    silent = set(tokenizer.all_special_ids) | {i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()}
+    with torch.no_grad():
+        model.get_output_embeddings().weight[sorted(silent)] = 0.0
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     for name in TOKENIZER_FILES:
