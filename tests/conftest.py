@@ -129,6 +129,32 @@ def run_env(pipeline_env: dict[str, str]) -> dict[str, str]:
     return pipeline_env
 
 
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_path: str):
+    """(model, tokenizer) of the tiny model for in-process servers, with one torch thread for the module
+    (on a shared 2-core machine two torch threads run several times slower, not faster)."""
+    import torch
+
+    from llmft.base_model import load_model, load_tokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model(tiny_model_path).eval(), load_tokenizer(tiny_model_path)
+    torch.set_num_threads(threads)
+
+
+def wait_for(check, timeout: float = 120.0, every: float = 0.01):
+    """Poll `check` until it returns something truthy (and return that); fail after `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(every)
+    pytest.fail("condition not met in time")
+
+
 def python() -> str:
     return sys.executable
 

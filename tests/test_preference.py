@@ -188,14 +188,13 @@ def test_preference_methods_train(method: str, tiny_model_path: str, tokenizer, 
     assert not hasattr(model, "peft_config")  # merged: one plain model for evaluation and the registry
 
 
-def test_self_play_pairs_take_the_models_own_answer_as_rejected(base_model_path: str, tokenizer):
-    """The real model: its answers are the rejected side (the tiny model's noise may be blank)."""
+def test_self_play_pairs_take_the_models_own_answer_as_rejected(tiny_model_path: str, tokenizer):
     from llmft.base_model import load_model
     from llmft.data.self_play import self_play_pairs
 
     examples, _ = to_examples([RawRow(f"line {i}", {"prompt": p, "response": r}) for i, (p, r) in enumerate(
         [("What is the capital of France?", "Paris is the capital of France."), ("Say hi", "Hi.")])], DataConfig())
-    rows = self_play_pairs(examples, load_model(base_model_path), tokenizer, None, max_new_tokens=8, batch_size=2)
+    rows = self_play_pairs(examples, load_model(tiny_model_path), tokenizer, None, max_new_tokens=8, batch_size=2)
     assert rows and all(r["rejected"] and r["rejected"] != r["chosen"] for r in rows)
     assert rows[0] == {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
                        "chosen": "Paris is the capital of France.", "rejected": rows[0]["rejected"],

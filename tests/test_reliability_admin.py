@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from test_reliability_serving import Server, _wait_for
 
-from llmft.base_model import load_model, load_tokenizer
 from llmft.config import ServerLimits
 from llmft.serve import app as server_app
 from llmft.serve import deploy
@@ -31,11 +29,8 @@ LIMITS = ServerLimits(max_tokens=8, default_max_tokens=4, max_input_tokens=300, 
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path: str) -> Iterator[tuple[Any, Any]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model(tiny_model_path).eval(), load_tokenizer(tiny_model_path)
-    torch.set_num_threads(threads)
+def tiny(tiny_lm: tuple[Any, Any]) -> tuple[Any, Any]:
+    return tiny_lm
 
 
 class GatedLoader:

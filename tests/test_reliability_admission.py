@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import torch
 from test_reliability_serving import Server, _wait_for
 
-from llmft.base_model import load_model, load_tokenizer
+from llmft.base_model import load_model
 from llmft.config import ServerLimits
 from llmft.serve import admission
 from llmft.serve import app as server_app
@@ -29,11 +27,8 @@ CHAT = {"messages": [{"role": "user", "content": "Name a prime number."}], "max_
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path: str) -> Iterator[tuple[Any, Any]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model(tiny_model_path).eval(), load_tokenizer(tiny_model_path)
-    torch.set_num_threads(threads)
+def tiny(tiny_lm: tuple[Any, Any]) -> tuple[Any, Any]:
+    return tiny_lm
 
 
 class GatedParse:

@@ -9,13 +9,13 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import torch
+from conftest import wait_for as _wait_for
 
 from llmft.base_model import load_model, load_tokenizer
 from llmft.config import ServerLimits
@@ -101,13 +101,6 @@ class Tracebacks(logging.Handler):
             self.records.append(record)
 
 
-def _wait_for(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.01)
-    pytest.fail("condition not met in time")
 
 
 def _chat(question: str, **extra: Any) -> dict[str, Any]:

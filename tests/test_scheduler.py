@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import wait_for as _wait_for
 
 from llmft.base_model import load_model
 from llmft.config import DeployConfig, ServerLimits
@@ -44,13 +44,6 @@ def _prompt(served: Served, question: str) -> str:
     return serving_prompt(served, [{"role": "user", "content": question}])
 
 
-def _wait_for(check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.01)
-    pytest.fail("condition not met in time")
 
 
 def test_greedy_is_identical_to_alone_with_requests_joining_mid_flight(served: Served):

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from llmft.base_model import load_model
 from llmft.config import ConfigError, ServerLimits, load_config
@@ -97,12 +98,7 @@ def _read_response(sock: socket.socket) -> str:
 
 
 def _wait_for(check: Any, timeout: float = 20.0, every: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(every)
-    pytest.fail("condition not met in time")
+    return wait_for(check, timeout, every)
 
 
 @pytest.fixture(scope="module")
