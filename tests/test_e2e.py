@@ -95,7 +95,8 @@ def test_finetune_summary_contract(finetune_summary: dict):
     assert tuned["field_accuracy"] >= 0.85, tuned
     assert s["simple_baseline_method"].startswith("dictionary of training values")
     assert 0.4 <= simple["field_accuracy"] < tuned["field_accuracy"] - 0.01, simple
-    assert max(s["metrics"]["base"]["field_accuracy"], s["metrics"]["base_few_shot"]["field_accuracy"]) < 0.5
+    prompted = max(s["metrics"]["base"]["field_accuracy"], s["metrics"]["base_few_shot"]["field_accuracy"])
+    assert prompted < simple["field_accuracy"], (prompted, simple)  # the dictionary is the bar to clear here
     assert s["baseline_used"] == "simple"  # promotion.baseline=best: the strongest one
     assert s["forgetting"]["applicable"] and s["forgetting"]["questions"] >= 50
     # the probe's base score is a property of the base model and the probe (greedy, deterministic)
