@@ -26,6 +26,7 @@ from typing import Any
 
 from llmft.data.shapes import pair_conversations
 from llmft.evaluate.scoring import ModelScores, score_outputs
+from llmft.evaluate.slices import last_user
 from llmft.evaluate.text_metrics import parse_json_object
 from llmft.tasks import classification, get_task
 from llmft.tasks.base import GenerativeTask
@@ -42,11 +43,6 @@ class SimpleBaseline:
     method: str  # a short name for tables: "tf-idf + logistic regression (class-weighted)"
     detail: str  # what was fitted and chosen, on how many rows
     scores: ModelScores
-
-
-def last_user(row: dict[str, Any]) -> str:
-    messages = json.loads(row["messages"])
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def _better(a: float, b: float, higher_is_better: bool) -> bool:

@@ -31,7 +31,8 @@ def metric_key(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-. " else "_" for ch in name).strip() or "_"
 
 
-def _last_user(row: dict[str, Any]) -> str:
+def last_user(row: dict[str, Any]) -> str:
+    """The row's last user turn (what the task's scorer and the simple baselines read as the input)."""
     import json
 
     messages = json.loads(row["messages"])
@@ -66,7 +67,7 @@ def subset_scorer(task: Task, metric: str, rows: list[dict[str, Any]]) -> Subset
         return classify
 
     references = [str(r["response"]) for r in rows]
-    sources = [_last_user(r) for r in rows]  # what score_generative hands the task's scorer
+    sources = [last_user(r) for r in rows]  # what score_generative hands the task's scorer
 
     def generate(model: ModelEvaluation, idx: list[int]) -> float | None:
         outputs, refs, srcs = [model.outputs[i] for i in idx], [references[i] for i in idx], [sources[i] for i in idx]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from llmft.config import PromotionConfig, TrainConfig
+from llmft.config import PromotionConfig
 from llmft.contracts import ChampionMove, Evaluation
 from llmft.errors import UserFacingError
 from llmft.locations import project_home
@@ -110,9 +110,8 @@ def simple_wins_advice(unused_rows: int) -> str:
     """What to try when a non-LLM baseline beats the fine-tuned model, naming the config keys."""
     more = (f"train on the {unused_rows} kept rows data.max_train_rows left out (data.max_train_rows: null uses "
             "every one)" if unused_rows else "add labelled rows to data.source (data.max_train_rows left none out)")
-    longer = "train.max_steps" + (", train.epochs" if "epochs" in TrainConfig.model_fields else "")
-    return (f"the simple baseline beats fine-tuning here: {more}, train longer ({longer}) or at another "
-            "train.learning_rate, try a larger model.base; or ship the simple baseline")
+    return (f"the simple baseline beats fine-tuning here: {more}, train longer (train.max_steps, train.epochs) "
+            "or at another train.learning_rate, try a larger model.base; or ship the simple baseline")
 
 
 def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: PromotionConfig,
