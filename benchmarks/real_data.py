@@ -37,6 +37,9 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "trec_questions": ("trec_questions", "messy (50 fine labels, rare classes, 65% duplicates)", ()),
     "movie_dialog": ("movie_dialog", "dialog (64k statement/reply pairs)", ()),
     "drugscom_reviews": ("drugscom_reviews", "sentiment (TSV, HTML entities, unnamed index, 3 classes)", ()),
+    "amazon_review_snippets": ("amazon_review_snippets", "sentiment (3 classes from 20 raters' mean, lower-cased "
+                               "product-review sentences)", ()),
+    "wnut16_ner": ("wnut16_ner", "extraction (tweets -> JSON lists of 10 entity types, 62% entity-free)", ()),
     "llamafactory_dpo": ("llamafactory_dpo", "preference: 300 real pairs in ShareGPT style (JSON array), DPO",
                          ("train.method=dpo",)),
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "

@@ -203,4 +203,6 @@ class PadToLongest:
         out = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
         if labels:
             out["labels"] = torch.tensor(labels)
+        if all("weight" in ex for ex in batch):  # train.class_weights: balanced over groups of rows
+            out["weight"] = torch.tensor([float(ex["weight"]) for ex in batch])
         return out

@@ -82,6 +82,10 @@ class DataConfig(_Section):
         "data", description="data: pairs come from the source (prompt/chosen/rejected); self_play: supervised rows "
                             "become pairs, chosen = the reference, rejected = the starting model's own answer")
     self_play_max_new_tokens: int = Field(64, ge=1, description="self_play: length of the generated rejected answers")
+    replay: float = Field(0.1, ge=0.0, le=10.0, description="against forgetting: rows of builtin:general (general "
+                          "questions with the base model's own answers) added per training row of a generative "
+                          "task (chat, summarization, extraction); 0: none; a data.mix entry of builtin:general "
+                          "sets the share instead")
     mix: list[MixSource] = Field([], description="extra sources sampled into the training split only (replay "
                                                  "against forgetting, weighted mixing); never into validation or "
                                                  "test")
@@ -140,7 +144,8 @@ class TrainConfig(_Section):
                                                              "loop (steps and validation); null: none")
     class_weights: Literal["balanced", "none"] = Field(
         "balanced", description="classification: balanced weighs each class's loss by n / (k * its training "
-                                "rows), so a rare class counts as much as a common one; none: plain loss")
+                                "rows), so a rare class counts as much as a common one; extraction of entity lists: "
+                                "the same between entity-free rows and the rest; none: plain loss")
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)

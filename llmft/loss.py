@@ -7,10 +7,13 @@ prompt position was most of a CPU step's time, and it does not change the loss.
 
 Classification: `class_weighted_loss` with `balanced_class_weights` from the training split's label
 counts (train.class_weights: balanced), so a classifier gains nothing by answering the majority class.
+Generative rows in groups (extraction: rows with no entity and the rest): `row_weighted_lm_loss` with
+`balanced_group_weights`, so an all-empty answer gains nothing either.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +63,21 @@ def balanced_class_weights(counts: Sequence[int]) -> list[float]:
     n = sum(counts)
     k = sum(1 for c in counts if c > 0)
     return [n / (k * c) if c > 0 else 1.0 for c in counts]
+
+
+def balanced_group_weights(groups: Sequence[str]) -> dict[str, float]:
+    """`balanced_class_weights` for named groups of rows (extraction: entity-free rows and the rest)."""
+    counts = Counter(groups)
+    order = sorted(counts)
+    return dict(zip(order, balanced_class_weights([counts[g] for g in order]), strict=True))
+
+
+def row_weighted_lm_loss(model: Any, input_ids: Any, attention_mask: Any, labels: Any, weights: Any,
+                         **model_kwargs: Any) -> tuple[Any, Any, Any]:
+    """`masked_lm_loss` with each row's token losses scaled by its weight: (weighted sum, number of
+    labelled tokens, model outputs). Weights average 1 over the training rows, so the scale holds."""
+    logps, counts, outputs = sequence_logps(model, input_ids, attention_mask, labels, **model_kwargs)
+    return -(logps * weights.to(logps.dtype)).sum(), counts.sum(), outputs
 
 
 def class_weighted_loss(logits: Any, labels: Any, weights: Sequence[float] | Any) -> Any:

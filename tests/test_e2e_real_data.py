@@ -54,7 +54,7 @@ def test_dialog_corpus_is_chat(run_env: dict[str, str], tmp_path: Path):
     assert s["metrics"]["finetuned"]["eval_loss"] < s["metrics"]["base"]["eval_loss"]  # it learned the replies
     assert s["forgetting"]["applicable"]
     # augmentation: four rows paraphrased once each; what was not kept is accounted for by reason
-    (synthetic,) = s["dataset"]["extras"]
+    (synthetic,) = [e for e in s["dataset"]["extras"] if e["origin"] == "synthetic"]  # (and data.replay's mix)
     assert synthetic["origin"] == "synthetic" and synthetic["used"] == synthetic["kept"]
     assert synthetic["read"] + synthetic["dropped_by_reason"].get("too_long_to_paraphrase", 0) == 4
     assert synthetic["read"] - synthetic["kept"] == sum(v for k, v in synthetic["dropped_by_reason"].items()

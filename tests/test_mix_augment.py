@@ -36,7 +36,7 @@ def products():
 def test_a_mix_source_joins_training_only_weighted_and_located(products, tmp_path: Path):
     run, train, validation, test, split = products
     dialog = REAL / "dialog.jsonl"
-    cfg = run.cfg.data.model_copy(update={"mix": [{"source": str(dialog), "weight": 0.5}]})
+    cfg = run.cfg.data.model_copy(update={"mix": [{"source": str(dialog), "weight": 0.5}], "replay": 0})
     cfg = type(run.cfg.data).model_validate(cfg.model_dump())
     mixed, reports = stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, cfg,
                                          run.cfg.validation, run.cfg.train.max_seq_length)
@@ -58,7 +58,7 @@ def test_a_mix_row_with_a_test_prompt_never_trains(products, tmp_path: Path):
     leak = tmp_path / "leak.jsonl"
     leak.write_text("".join(json.dumps({"prompt": p, "response": "anything"}) + "\n" for p in test["prompt"]))
     cfg = type(run.cfg.data).model_validate({**run.cfg.data.model_dump(),
-                                             "mix": [{"source": str(leak), "weight": 1.0}]})
+                                             "mix": [{"source": str(leak), "weight": 1.0}], "replay": 0})
     mixed, reports = stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, cfg,
                                          run.cfg.validation, run.cfg.train.max_seq_length)
     assert reports[0].used == 0 and reports[0].dropped_by_reason == {"duplicate_of_a_split_row": len(test)}
@@ -165,3 +165,16 @@ def test_augmentation_adds_gated_synthetic_rows_to_training_only(products):
     with pytest.raises(ConfigError, match=r"augment\.enabled"):
         stages.augment_training(train, validation, test, split, run.spec.model_copy(update={"name": "preference"}),
                                 run.cfg.model, augment_cfg, run.cfg.data, run.cfg.validation, 160, 8)
+
+
+def test_default_replay_joins_a_generative_run_at_its_share(products):
+    """data.replay (0.1 by default): builtin:general rows against forgetting, reported like any mix source."""
+    run, train, validation, test, split = products
+    mixed, reports = stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, run.cfg.data,
+                                         run.cfg.validation, run.cfg.train.max_seq_length)
+    (report,) = reports
+    assert report.source == "builtin:general" and report.weight == 0.1 and report.used == round(0.1 * len(train))
+    assert len(mixed) == len(train) + report.used
+    off = run.cfg.data.model_copy(update={"replay": 0.0})
+    assert stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, off, run.cfg.validation,
+                               run.cfg.train.max_seq_length)[1] == []

@@ -14,6 +14,7 @@ from pathlib import Path
 from llmft.config import ConfigError, DataConfig, MixSource
 from llmft.data.ingest import read_rows
 from llmft.data.shapes import Example, to_examples
+from llmft.tasks.base import Task
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -49,6 +50,20 @@ def read_mix_source(mix: MixSource, index: int, data: DataConfig) -> list[Exampl
     for ex in examples:
         ex.origin = "mix"
     return examples
+
+
+REPLAY_SOURCE = f"{BUILTIN_PREFIX}general"
+
+
+def with_replay(data: DataConfig, task: Task) -> list[MixSource]:
+    """`data.mix` plus the default defence against forgetting: `data.replay` rows of builtin:general per
+    training row, for a generative task the probe measures (not a classifier, not preference pairs),
+    unless the user already mixes builtin:general in (their weight wins)."""
+    sources = list(data.mix)
+    applies = task.probe_applies and not task.classifier and task.name != "preference"
+    if applies and data.replay > 0 and all(s.source != REPLAY_SOURCE for s in sources):
+        sources.append(MixSource(source=REPLAY_SOURCE, weight=data.replay))
+    return sources
 
 
 def mix_kind_error(examples: list[Example], classifier: bool, key: str, source: str) -> str | None:

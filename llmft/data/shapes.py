@@ -48,7 +48,8 @@ PAIRS = (("prompt", "response"), ("prompt", "completion"), ("question", "answer"
          ("input", "output"), ("input", "target"), ("input_text", "output_text"), ("context", "response"),
          ("src", "tgt"), ("text", "target"), ("statement", "reply"), ("message", "reply"), ("context", "reply"),
          ("utterance", "response"), ("input", "response"), ("question", "response"), ("instruction", "response"),
-         ("prompt", "output"), ("human", "assistant"), ("user", "assistant"), ("user", "bot"))
+         ("prompt", "output"), ("human", "assistant"), ("user", "assistant"), ("user", "bot"),
+         ("text", "entities"), ("sentence", "entities"), ("tweet", "entities"))  # NER as JSON entity lists
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "headline", "title", "comment", "tweet",
                 "utterance", "query", "question")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "category", "class", "topic", "intent", "label_text", "target")

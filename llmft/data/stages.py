@@ -184,15 +184,16 @@ def mix_training(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFra
     seeded by data.split_seed); validation and test are untouched."""
     from llmft.data import mix
 
-    if not data.mix:
-        return train, []
     task = get_task(spec.name)
+    sources = mix.with_replay(data, task)
+    if not sources:
+        return train, []
     if task.name == "preference":
         raise ConfigError("data.mix: a preference run trains on pairs; mixing supervised rows in is not supported "
                           "(remove data.mix)")
     user_rows = int((train["origin"] == "data").sum()) if "origin" in train.columns else len(train)
     frames, reports = [train], []
-    for i, source in enumerate(data.mix):
+    for i, source in enumerate(sources):
         examples = mix.read_mix_source(source, i, data)
         problem = mix.mix_kind_error(examples, task.classifier, f"data.mix[{i}]", source.source)
         if problem:

@@ -83,6 +83,11 @@ class Task(ABC):
         """The default system message for this data (`data.system_prompt` replaces it)."""
         return None
 
+    def balance_groups(self, responses: list[str]) -> list[str] | None:
+        """A group per training row whose total loss `train.class_weights: balanced` evens out across
+        groups (generative tasks; a classifier weighs its labels), or None: nothing to balance."""
+        return None
+
     @abstractmethod
     def encode(self, tokenizer: Any, example: Example, system: str | None, max_seq_length: int) -> Encoded | None:
         """Token ids and labels within `max_seq_length`, or None when the target alone cannot fit."""

@@ -172,6 +172,8 @@ def instruction_for(examples: list[Example]) -> str:
             lines.append(f"{key} is one of {', '.join(distinct)}.")
     if leaves_keys_out(objs):
         lines.append("Leave out any key the text does not state.")
+    elif list_targets(objs) and not any(v is None for obj in objs for v in obj.values()):
+        lines.append("Use an empty list for a key the text has nothing for.")
     else:
         lines.append("Use null for anything not stated.")
     return " ".join(lines)
@@ -190,6 +192,15 @@ class ExtractionTask(GenerativeTask):
 
     def instruction(self, examples: list[Example]) -> str | None:
         return instruction_for(examples)
+
+    def balance_groups(self, responses: list[str]) -> list[str] | None:
+        """Entity lists with many entity-free rows: rows that state nothing and rows that state
+        something weigh the same in total, so answering empty lists everywhere stops paying."""
+        objs = [parse_json_object(r) for r in responses]
+        if not list_targets([o for o in objs if o is not None]):
+            return None
+        groups = ["states" if entity_pairs(o) else "empty" for o in objs]
+        return groups if len(set(groups)) == 2 else None
 
     def primary_for(self, rows: list[dict[str, Any]]) -> str:
         """entity_f1 when the evaluation rows' targets are entity lists: field_accuracy cannot tell an

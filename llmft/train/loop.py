@@ -30,7 +30,7 @@ from llmft.base_model import load_model, load_tokenizer
 from llmft.chat_format import PadToLongest, check_labels
 from llmft.config import TrainConfig
 from llmft.contracts import TrainingResult
-from llmft.loss import balanced_class_weights, class_weighted_loss, masked_lm_loss
+from llmft.loss import balanced_class_weights, class_weighted_loss, masked_lm_loss, row_weighted_lm_loss
 from llmft.train import methods
 from llmft.train.budget import (
     budget_note,
@@ -226,11 +226,16 @@ def _trainer_class(selective_logits: bool, counter: _TokenCounter, cfg: TrainCon
                 if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                     loss = loss / self.current_gradient_accumulation_steps  # a mean per batch, like the above
                 return (loss, outputs) if return_outputs else loss
-            if not selective_logits or "labels" not in inputs:
+            if not selective_logits or "labels" not in inputs:  # (prompt tuning's virtual tokens: unweighted)
+                inputs = {k: v for k, v in inputs.items() if k != "weight"}
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
-            loss, count, outputs = masked_lm_loss(model, inputs["input_ids"], inputs["attention_mask"],
-                                                  inputs["labels"], **rest)
+            rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels", "weight")}
+            if "weight" in inputs:  # training rows weighted by group (train.class_weights: balanced)
+                loss, count, outputs = row_weighted_lm_loss(model, inputs["input_ids"], inputs["attention_mask"],
+                                                            inputs["labels"], inputs["weight"], **rest)
+            else:
+                loss, count, outputs = masked_lm_loss(model, inputs["input_ids"], inputs["attention_mask"],
+                                                      inputs["labels"], **rest)
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else count)
             return (loss, outputs) if return_outputs else loss
 

@@ -18,6 +18,7 @@ import pandas as pd
 from llmft.config import ModelConfig, TrainConfig
 from llmft.contracts import SplitInfo, TrainingResult
 from llmft.locations import claim_checkpoint_dir, scratch_dir
+from llmft.loss import balanced_group_weights
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 from llmft.train.overfitting import overfitting_onset
@@ -39,6 +40,20 @@ def training_examples(frame: pd.DataFrame, labels: list[str] | None,
                 for r in frame.itertuples()]
     index = {name: i for i, name in enumerate(labels)}
     return [{"input_ids": list(map(int, r.input_ids)), "label": index[str(r.label)]} for r in frame.itertuples()]
+
+
+def balance_weights(frame: pd.DataFrame, spec: TaskSpec, train: TrainConfig) -> tuple[list[float], dict[str, float]]:
+    """Per-row loss weights of a generative task's training rows and the weight per group, when
+    `train.class_weights: balanced` and the task groups its rows (extraction: entity-free rows and the
+    rest); ([], {}) otherwise."""
+    task = get_task(spec.name)
+    if train.class_weights != "balanced" or task.classifier or is_preference(train.method) or "response" not in frame:
+        return [], {}
+    groups = task.balance_groups([str(r or "") for r in frame["response"]])
+    if groups is None:
+        return [], {}
+    weights = balanced_group_weights(groups)
+    return [weights[g] for g in groups], {g: round(w, 4) for g, w in weights.items()}
 
 
 def checkpoint_key(spec: TaskSpec, model: ModelConfig, train: TrainConfig, train_rows: list[dict[str, Any]]) -> str:
@@ -66,6 +81,9 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
 
         pairs = (load_tokenizer(resolve_base_model(model)), train.max_seq_length)
     train_rows = training_examples(train_split, labels, pairs)
+    row_weights, group_weights = balance_weights(train_split, spec, train)
+    for row, weight in zip(train_rows, row_weights, strict=False):
+        row["weight"] = weight
     validation_rows = training_examples(validation_split, labels, pairs)
     mlflow.log_params({"data.rows.train": len(train_rows), "data.rows.validation": len(validation_rows)})
     out = scratch_dir("train-")
@@ -75,6 +93,8 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
                         "checkpoint folder (it cannot resume the other's, and leaves it alone)")
         result = run_training(resolve_base_model(model), train_rows, validation_rows, train, out, labels,
                               init_text=spec.instruction, checkpoint_dir=checkpoints)
+    if group_weights:  # the loss weight per group of rows, reported like classification's per label
+        result = result.model_copy(update={"class_weights": group_weights})
     mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
     if is_preference(train.method):
         mlflow.log_figure(plots.preference_rewards(result.history), "plots/preference_rewards.png")
