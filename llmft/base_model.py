@@ -19,7 +19,7 @@ from typing import Any
 
 from llmft.config import EMBEDDED_MODEL, ModelConfig
 from llmft.errors import UserFacingError
-from llmft.locations import model_cache
+from llmft.locations import model_cache, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,11 @@ def base_identity(spec: str, revision: str | None = None) -> str:
             return f"{spec}@{package}=={importlib.metadata.version(package)}"
         except importlib.metadata.PackageNotFoundError:
             return spec
-    if spec.startswith("models:/"):  # an alias moves: the version it points at now is the identity
-        return "models:/{}/{}".format(*registered_version(spec))
+    if spec.startswith("models:/"):  # an alias moves: the version it points at now is the identity; two
+        # stores (projects, a team server) each have their own v1, so the store is part of it (hashed:
+        # a server URI may carry credentials)
+        store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:12]
+        return "models:/{}/{}@store-{}".format(*registered_version(spec), store)
     path = Path(spec).expanduser()
     if path.is_dir():
         digest = hashlib.sha256()

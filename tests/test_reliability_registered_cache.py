@@ -95,3 +95,16 @@ def test_a_store_key_ignores_credentials_and_relative_paths(tmp_path: Path, monk
     assert store_key("sqlite:///mlflow.db") == store_key(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert store_key("https://u:pw@mlflow.example/") == store_key("https://mlflow.example/")
     assert store_key("https://mlflow.example/") != store_key("https://other.example/")
+
+
+def test_a_registered_base_identity_is_keyed_by_its_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Cached base evaluations of `models:/X@champion` must not cross stores: each store has its own v1."""
+    from llmft import base_model
+
+    monkeypatch.setattr(base_model, "registered_version", lambda spec: ("X", "1"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a.db'}")
+    first = base_model.base_identity("models:/X@champion")
+    assert base_model.base_identity("models:/X@champion") == first and first.startswith("models:/X/1@store-")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@mlflow.team:5000")
+    other = base_model.base_identity("models:/X@champion")
+    assert other != first and "secret" not in other
