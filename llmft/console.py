@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 from llmft.credentials import mask_logging
+from llmft.locations import model_cache
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 
@@ -29,6 +31,13 @@ _NOISE = (
     ("zenml", "Using default tokenizer"), ("mlflow", "model card could not be retrieved"),
     ("mlflow", "Unable to find license"), ("mlflow", "Creating initial MLflow database"),
     ("mlflow", "Updating database tables"),
+    # ZenML's first-use set-up and per-run preamble: the project's own lines say what matters
+    ("zenml", "Initializing the ZenML global configuration"), ("zenml", "Creating database tables"),
+    ("zenml", "Creating default project"), ("zenml", "Creating default stack"),
+    ("zenml", "Setting the global active"), ("zenml", "Registered new pipeline"),
+    ("zenml", "Initiating a new run for the pipeline"), ("zenml", "Failed to load CPU gemm_4bit_forward"),
+    ("bitsandbytes", "Failed to load CPU gemm_4bit_forward"),
+    ("great_expectations", "for ephemeral docs site"),  # a temp folder the gate removes again
 )
 
 
@@ -38,8 +47,18 @@ class _DropNoise(logging.Filter):
         return not any(record.name.startswith(name) and fragment in message for name, fragment in _NOISE)
 
 
-def configure(level: int) -> None:
+def configure(level: int, terminal: bool | None = None) -> None:
+    """Set the libraries' verbosity for `level`; `terminal` (default: whether stdout is one) decides
+    colours and how often progress bars redraw (a log file gets a line a minute, no ANSI codes)."""
+    terminal = sys.stdout.isatty() if terminal is None else terminal
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch's compiled-kernel cache lives with the project's other caches, not as a folder in the temp dir
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(model_cache() / "torchinductor"))
+    if not terminal:
+        os.environ.setdefault("ZENML_LOGGING_COLORS_DISABLED", "true")
+        os.environ.setdefault("TQDM_MININTERVAL", "60")
+    if level < VERBOSE:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its INFO lines (database set-up) say nothing
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error" if level < VERBOSE else "info")
     if level == QUIET:
         os.environ["ZENML_LOGGING_VERBOSITY"] = "ERROR"

@@ -22,6 +22,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from llmft.errors import UserFacingError
 from llmft.locations import project_home, scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
-from llmft.train.preference import is_preference
+from llmft.train.methods import get_method
 from llmft.train.stage import training_examples
 
 if TYPE_CHECKING:
@@ -189,7 +190,8 @@ def _rows(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: Spli
     from llmft.base_model import load_tokenizer, resolve_base_model
 
     labels = split.labels if get_task(spec.name).classifier else None
-    pairs = (load_tokenizer(resolve_base_model(model)), train.max_seq_length) if is_preference(train.method) else None
+    pairs = ((load_tokenizer(resolve_base_model(model)), train.max_seq_length) if get_method(train.method).needs_pairs
+             else None)
     return training_examples(train_split, labels, pairs), training_examples(validation_split, labels, pairs), labels
 
 
@@ -219,11 +221,9 @@ def run_trials(train_split: pd.DataFrame, validation_split: pd.DataFrame, split:
 
     Each trial trains on the train split with the trial's settings and reports validation losses;
     MLflow runs nest under the active run."""
-    import mlflow
     import optuna
 
     from llmft.base_model import resolve_base_model
-    from llmft.train.launch import run_training
 
     if validation_split.empty:
         raise SweepError("the validation split is empty and a sweep scores on it; raise data.validation_fraction")
@@ -235,9 +235,30 @@ def run_trials(train_split: pd.DataFrame, validation_split: pd.DataFrame, split:
     name = study_name(spec, model, train, sweep, model_name, train_rows, run_tag)
     study = open_study(sweep, name)
     finished = sum(t.state.name in FINISHED for t in study.trials)
-    base_path = resolve_base_model(model)
     if finished:
         log.info("sweep %s: %d of %d trials already finished", name, finished, sweep.trials)
+    objective = _objective(resolve_base_model(model), train_rows, validation_rows, labels, spec, train, sweep, name,
+                           run_tag)
+    remaining = max(0, sweep.trials - finished)
+    if remaining:
+        # other workers on the same study (parallel steps) count too: stop once the study has enough
+        done = optuna.study.MaxTrialsCallback(sweep.trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                    optuna.trial.TrialState.PRUNED))
+        # a trial that fails (e.g. out of memory at a large batch size) is recorded and the sweep goes on
+        study.optimize(objective, n_trials=remaining, timeout=sweep.timeout_s, callbacks=[done],
+                       catch=(RuntimeError,))
+    return name
+
+
+def _objective(base_path: str, train_rows: list[dict[str, Any]], validation_rows: list[dict[str, Any]],
+               labels: list[str] | None, spec: TaskSpec, train: TrainConfig, sweep: SweepConfig, name: str,
+               run_tag: str) -> Callable[[optuna.Trial], float]:
+    """Optuna's objective: train one trial's settings in a nested MLflow run, return its validation metric
+    (or raise TrialPruned)."""
+    import mlflow
+    import optuna
+
+    from llmft.train.launch import run_training
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, sweep.space, train)
@@ -274,15 +295,7 @@ def run_trials(train_split: pd.DataFrame, validation_split: pd.DataFrame, split:
         log.info("trial %d (%s): %s %.4f (%.0f s)", trial.number, params_text, sweep.metric, value, seconds)
         return float(value)
 
-    remaining = max(0, sweep.trials - finished)
-    if remaining:
-        # other workers on the same study (parallel steps) count too: stop once the study has enough
-        done = optuna.study.MaxTrialsCallback(sweep.trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                    optuna.trial.TrialState.PRUNED))
-        # a trial that fails (e.g. out of memory at a large batch size) is recorded and the sweep goes on
-        study.optimize(objective, n_trials=remaining, timeout=sweep.timeout_s, callbacks=[done],
-                       catch=(RuntimeError,))
-    return name
+    return objective
 
 
 def _short(value: Any) -> str:

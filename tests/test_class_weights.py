@@ -63,16 +63,16 @@ def _cfg(weights: str):
 
 
 def test_classification_training_uses_the_weights(tiny_model_path: str, tokenizer, tmp_path: Path, monkeypatch):
-    import llmft.train.loop as loop
+    import llmft.train.trainer as trainer
 
     seen = []
-    real = loop.class_weighted_loss
+    real = trainer.class_weighted_loss
 
     def spy(logits, labels, weights):
         seen.append(list(weights))
         return real(logits, labels, weights)
 
-    monkeypatch.setattr(loop, "class_weighted_loss", spy)
+    monkeypatch.setattr(trainer, "class_weighted_loss", spy)
     examples = _examples(tokenizer)
     weighted = train(tiny_model_path, examples, examples[:4], _cfg("balanced"), tmp_path / "w", labels=LABELS,
                      log_to_mlflow=False)

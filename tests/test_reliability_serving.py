@@ -86,7 +86,7 @@ class Server:
 
     def waiting(self) -> int:
         """Requests queued or taken by the worker but not yet admitted (it waits for the model)."""
-        return self.batcher._jobs.qsize() + len(self.batcher._current)
+        return self.batcher.queue_depth() + self.batcher.taken()
 
 
 class Tracebacks(logging.Handler):

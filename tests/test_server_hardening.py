@@ -268,7 +268,7 @@ def test_a_disconnected_clients_work_is_dropped(server: Server):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            _wait_for(lambda: server.health()[1]["queued"] + len(server.batcher._current) > 0)
+            _wait_for(lambda: server.health()[1]["queued"] + server.batcher.taken() > 0)
         _wait_for(lambda: server.health()[1]["disconnects"] >= 1)  # the server noticed while it waited
     finally:
         release.set()
@@ -278,7 +278,7 @@ def test_a_disconnected_clients_work_is_dropped(server: Server):
 
 
 class HeldRestartClock:
-    """`time` for the server module whose sleep before a worker restart waits for the test's go-ahead,
+    """`time` for the batcher module whose sleep before a worker restart waits for the test's go-ahead,
     so the 503 window lasts exactly as long as the test needs to see it."""
 
     DELAY = 4242.0  # the restart delay the test sets; any other sleep is real
@@ -297,7 +297,7 @@ class HeldRestartClock:
 
 
 def test_a_dead_worker_turns_health_503_and_is_restarted(server: Server, monkeypatch: pytest.MonkeyPatch):
-    import llmft.serve.app as app_module
+    import llmft.serve.batcher as batcher_module  # the supervisor's module: its sleep before a restart
 
     batcher = server.batcher
     original = batcher._take_batch
@@ -309,7 +309,7 @@ def test_a_dead_worker_turns_health_503_and_is_restarted(server: Server, monkeyp
         return original()
 
     clock = HeldRestartClock()
-    monkeypatch.setattr(app_module, "time", clock)
+    monkeypatch.setattr(batcher_module, "time", clock)
     batcher._take_batch = failing_once
     batcher.RESTART_DELAYS_S = (clock.DELAY,)
     try:

@@ -112,7 +112,7 @@ def test_chat_completion_is_openai_shaped(url: str):
     (_chat("hi", max_tokens=0), 400, "'max_tokens' must be a positive integer"),
     (_chat("hi", temperature=5), 400, "'temperature' must be between 0.0 and 2.0"),
     (_chat("hi", temperature="hot"), 400, "'temperature' must be a number"),
-    (_chat("hi", stream=True), 400, "streaming is not supported"),
+    (_chat("hi", stream="yes"), 400, "'stream' must be true or false"),  # stream: true is served (test_streaming)
     (_chat("word " * 400), 413, "accepts at most 200"),
 ])
 def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(url: str, payload, status: int,
@@ -151,7 +151,7 @@ def test_concurrent_requests_are_batched_with_the_same_answers(url: str):
         futures = [pool.submit(post_json, f"{url}/invocations", _chat(q, max_tokens=10)) for q in questions]
         deadline = time.monotonic() + 60
         # all of them wait: queued, or taken by the worker that waits for the model
-        while _health(url)["queued"] + len(batcher._current) < len(questions) and time.monotonic() < deadline:
+        while _health(url)["queued"] + batcher.taken() < len(questions) and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
         results = [f.result() for f in futures]

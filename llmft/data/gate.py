@@ -298,10 +298,11 @@ def _suite(gx: Any, table: list[dict[str, Any]], data: DataConfig, cfg: Validati
 def _run_suite(table: list[dict[str, Any]], data: DataConfig, cfg: ValidationConfig, max_seq_length: int,
                labels: Counter[str], docs_dir: Path | None) -> tuple[dict[str, Any], list[GateCheck], str | None]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries the verdict
     import great_expectations as gx
     import pandas as pd
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # (after its import, which resets it)
 
     frame = pd.DataFrame(table)
     context = gx.get_context(mode="ephemeral")
@@ -331,12 +332,14 @@ def _run_suite(table: list[dict[str, Any]], data: DataConfig, cfg: ValidationCon
                                 rows=[str(frame["where"].iloc[int(i)]) for i in indices[:3]],
                                 config_key=key, passing_value=passing))
     docs = None
-    if docs_dir is not None:
-        site = next(iter(context.get_docs_sites_urls()), {}).get("site_url", "")
-        if site.startswith("file://"):
+    site = next(iter(context.get_docs_sites_urls()), {}).get("site_url", "")
+    if site.startswith("file://"):  # GE's ephemeral site is a temp folder: copy what is kept, leave none behind
+        built = Path(site[len("file://"):]).parent
+        if docs_dir is not None:
             docs_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(Path(site[len("file://"):]).parent, docs_dir, dirs_exist_ok=True)
+            shutil.copytree(built, docs_dir, dirs_exist_ok=True)
             docs = str(docs_dir)
+        shutil.rmtree(built, ignore_errors=True)
     return result.to_json_dict(), checks, docs
 
 

@@ -1,4 +1,9 @@
-"""/admin/load's guard (issue 24, item 8): one load at a time, and no swap after the caller's deadline.
+"""/admin/load's guard (issue 24, item 8): what may be loaded, one load at a time, and no swap after
+the caller's deadline.
+
+Only a version or alias of the registered model the server was started for (`models:/NAME@alias` or
+`models:/NAME/VERSION`) is loaded: anything else is 403, so the token cannot point it at a file path,
+a run or another model.
 
 Two loads at once would hold two candidate models in memory beside the served one, and the later
 swap would win whatever the deploys meant; the second gets 409 at once. A deploy waits
@@ -10,6 +15,7 @@ that loaded and answered too late is dropped, not swapped in.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +25,23 @@ from typing import Any
 from llmft.serve.bodies import RequestError
 
 MAX_DEADLINE_S = 86_400.0
+# what /admin/load accepts: a registered model by alias or version number, nothing else
+LOAD_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][\w.\-]*)"
+                      r"(?:@(?P<alias>[A-Za-z0-9][\w\-]*)|/(?P<version>[1-9]\d*))$")
+
+
+def check_load_uri(uri: Any, registry_name: str | None) -> str:
+    """The URI /admin/load may load: a version or alias of the configured registered model."""
+    if not isinstance(uri, str) or not uri:
+        raise RequestError("send {'model_uri': 'models:/NAME/VERSION'}", param="model_uri")
+    match = LOAD_URI.match(uri)
+    if registry_name is None:
+        raise RequestError("this server was started without --registry-name; it loads no other model",
+                           status=403, param="model_uri")
+    if match is None or match["name"] != registry_name:
+        raise RequestError(f"only models:/{registry_name}@<alias> or models:/{registry_name}/<version> can be "
+                           f"loaded here, not {uri[:200]!r}", status=403, param="model_uri")
+    return uri
 
 
 def load_deadline_s(body: Any) -> float | None:
@@ -42,7 +65,7 @@ def client_deadline_s(timeout_s: float) -> float:
 class LoadGuard:
     """At most one /admin/load at a time; `clock` is time.monotonic (replaceable in tests)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.loading: str | None = None
         self._lock = threading.Lock()

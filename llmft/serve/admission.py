@@ -10,6 +10,8 @@ JSON parsing makes of them (a 4 MB body of `{},` becomes ~96 MB). So:
   `submit` refuses. Parsing runs in its own pool (never starved by, nor starving, other work), and
   classification in a one-thread pool whose waiting jobs are dropped when their client has its 504,
   so a timed-out classify request holds no thread.
+- `read_body`: a body over `max_body_bytes` is refused (413) from its Content-Length before anything
+  is read, else as soon as the bytes read pass the limit.
 - `connection_limit`: uvicorn's `limit_concurrency` (503 beyond it): the queue, the running batch,
   the bodies in flight, and a few for /health and /admin.
 """
@@ -23,7 +25,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from starlette.requests import Request
+
 from llmft.config import ServerLimits
+from llmft.serve.bodies import RequestError
 
 ADMIN_HEADROOM = 8  # connections kept for /health, /ping and /admin/load beyond the request limits
 
@@ -44,7 +49,7 @@ def body_reservation(content_length: str | None, max_body_bytes: int) -> int:
 class ByteBudget:
     """Bytes of request bodies held at once (being read, or parsed); thread-safe."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.used = 0
         self.refused = 0
@@ -67,7 +72,7 @@ class ByteBudget:
 class Reservation:
     """Bytes held in a ByteBudget; `shrink` to what the body turned out to be, `release` once (idempotent)."""
 
-    def __init__(self, budget: ByteBudget, size: int):
+    def __init__(self, budget: ByteBudget, size: int) -> None:
         self._budget, self.size = budget, size
         self._lock = threading.Lock()
 
@@ -88,7 +93,7 @@ class BoundedPool:
     """A thread pool that holds at most `capacity` jobs (running or waiting); `submit` returns None
     beyond it. A job's slot is freed when it ends, or when it is cancelled before it started."""
 
-    def __init__(self, workers: int, capacity: int, name: str):
+    def __init__(self, workers: int, capacity: int, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._slots = threading.BoundedSemaphore(capacity)
         self.capacity = capacity
@@ -126,3 +131,23 @@ def parse_workers() -> int:
     """Threads that parse bodies, as many as asyncio's default pool: memory is bounded by the ByteBudget,
     and a small body must not wait behind large ones being parsed."""
     return min(32, (os.cpu_count() or 1) + 4)
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over max_body_bytes: from its
+    Content-Length before reading anything, else by counting while it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError("invalid Content-Length header")
+        if int(declared) > cap:
+            raise RequestError(f"request body is {declared} bytes; this server accepts at most {cap} "
+                               "(deploy.max_body_bytes)", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise RequestError(f"request body is over {cap} bytes, the most this server accepts "
+                               "(deploy.max_body_bytes)", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -21,7 +21,7 @@ T = TypeVar("T")
 class RequestError(ValueError):
     """A request the server refuses, with its HTTP status and the parameter at fault."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None):
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.param = status, param
 
@@ -41,14 +41,30 @@ def parse_json(raw: bytes) -> Any:
         raise RequestError(f"request body is not valid JSON ({one_line(exc, 200)})") from None
 
 
-def check_text(value: str, param: str) -> str:
-    """Refuse text that is not valid Unicode (a lone surrogate): it cannot be tokenized."""
+class InvalidText(ValueError):
+    """Text that is not valid Unicode; the message says where (the caller names the field)."""
+
+
+def valid_text(value: str) -> str:
+    """`value`, or InvalidText if it is not valid Unicode (a lone surrogate): it cannot be tokenized."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise RequestError(f"'{param}' is not valid text: it contains {value[exc.start:exc.end]!r} at "
-                           f"position {exc.start} (a lone UTF-16 surrogate)", param=param) from None
+        raise InvalidText(f"it contains {value[exc.start:exc.end]!r} at position {exc.start} "
+                          "(a lone UTF-16 surrogate)") from None
     return value
+
+
+def text_refusal(param: str, problem: InvalidText) -> RequestError:
+    return RequestError(f"'{param}' is not valid text: {problem}", param=param)
+
+
+def check_text(value: str, param: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate), naming the field."""
+    try:
+        return valid_text(value)
+    except InvalidText as problem:
+        raise text_refusal(param, problem) from None
 
 
 def render_checked(render: Callable[[], T]) -> T:

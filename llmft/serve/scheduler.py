@@ -92,7 +92,7 @@ class PrefixCache:
     prompt shares at least PREFIX_MIN_TOKENS leading tokens with recent prompts: the part all of those
     share, so one start serves every prompt with the same system turn."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.recent: deque[list[int]] = deque(maxlen=RECENT_PROMPTS)
@@ -129,7 +129,7 @@ class DecodeBatch:
     """The active sequences and their shared, right-aligned KV cache."""
 
     def __init__(self, model: Any, tokenizer: Any, generator: torch.Generator | None = None,
-                 share_prefixes: bool = True):
+                 share_prefixes: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.prefixes = PrefixCache(model) if share_prefixes else None
         self.stops = stop_ids(model, tokenizer)
@@ -143,6 +143,12 @@ class DecodeBatch:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def reset(self) -> list[Sequence]:
+        """Drop every row and the cache (after a failed prefill or step may have half-updated it);
+        returns the rows that were dropped. Kept shared starts stay: they are never written to."""
+        dropped, self.rows, self.cache, self.mask = self.rows, [], None, None
+        return dropped
 
     # -- joining --
 
@@ -256,7 +262,7 @@ class DecodeBatch:
         gone = [self.rows[i] for i in leaving]
         staying = [i for i in range(len(self.rows)) if i not in set(leaving)]
         if not staying:
-            self.rows, self.cache, self.mask = [], None, None
+            self.reset()
             return gone
         # rows are right-aligned: columns left of every remaining row's first real token can go (a row
         # on a kept start has padding inside, so its length alone would cut its start)

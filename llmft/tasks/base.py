@@ -69,7 +69,6 @@ class Task(ABC):
     classifier: ClassVar[bool] = False  # a sequence-classification head instead of the LM head
     registry_flavor: ClassVar[str] = "llm/v1/chat"
     probe_applies: ClassVar[bool] = True  # the general-knowledge probe needs a generative head
-    refused_methods: ClassVar[dict[str, str]] = {}
 
     def higher_is_better(self, metric: str) -> bool:
         return metric not in text_metrics.LOWER_IS_BETTER

@@ -9,7 +9,7 @@ with them. A label never predicted has precision 0, as does one with no test row
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from llmft.chat_format import CHARS_PER_TOKEN_BOUND, encode_to_fit
 from llmft.data.shapes import Example
@@ -195,9 +195,6 @@ class ClassificationTask(Task):
     classifier = True
     registry_flavor = "text-classification"
     probe_applies = False
-    refused_methods: ClassVar[dict[str, str]] = {
-        "prompt_tuning": "the text-classification pipeline would not prepend the learned tokens; use lora, full "
-                         "or freeze"}
 
     def encode(self, tokenizer: Any, example: Example, system: str | None, max_seq_length: int) -> Encoded | None:
         text = example.text[: max_seq_length * CHARS_PER_TOKEN_BOUND]

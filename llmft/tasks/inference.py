@@ -19,7 +19,7 @@ from llmft.data.shapes import Example
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 from llmft.tasks.extraction import objects
-from llmft.train.preference import is_preference
+from llmft.train.methods import get_method
 
 SUMMARY_TARGETS = frozenset({"summary", "highlights", "abstract", "tldr", "summary_text", "title"})
 _JSON_SHARE = 0.8  # this share of targets being JSON objects makes the data extraction data
@@ -78,12 +78,13 @@ def resolve_task(cfg: Config, examples: list[Example]) -> TaskSpec:
     if name == "preference" and not pairs:
         raise ConfigError(f"task=preference needs chosen/rejected pairs, but {cfg.data.source} has none; give it "
                           "pairs (prompt/chosen/rejected), or set data.preference_pairs=self_play")
-    if is_preference(cfg.train.method) and name != "preference":
+    method = get_method(cfg.train.method)
+    if method.needs_pairs and name != "preference":
         raise ConfigError(f"train.method={cfg.train.method} trains on chosen/rejected pairs, but {cfg.data.source} "
                           f"has {name} rows; give it pairs (prompt/chosen/rejected), or set "
                           "data.preference_pairs=self_play to build them from the reference answers")
-    if cfg.train.method in task.refused_methods:
-        raise ConfigError(f"train.method={cfg.train.method} does not suit task {name}: "
-                          f"{task.refused_methods[cfg.train.method]}")
+    refusal = method.refusal(task)
+    if refusal:
+        raise ConfigError(f"train.method={cfg.train.method} does not suit task {name}: {refusal}")
     instruction = cfg.data.system_prompt or (None if task.classifier else task.instruction(examples))
     return TaskSpec(name=name, reason=reason, instruction=instruction)

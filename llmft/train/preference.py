@@ -16,16 +16,14 @@ prompt, only the last assistant turn differs. A batch of B pairs is one forward 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from llmft.chat_format import PadToLongest
 from llmft.loss import sequence_logps
 
-PREFERENCE_METHODS = ("dpo", "orpo")
-
-
-def is_preference(method: str) -> bool:
-    return method in PREFERENCE_METHODS
+# (model, batch, summed answer log-probs, answer token counts) -> (loss, chosen rewards, rejected rewards)
+PairTerms = Callable[[Any, dict[str, Any], Any, Any], tuple[Any, Any, Any]]
 
 
 class PreferenceBatches:
@@ -81,23 +79,32 @@ def _reference_logps(model: Any, batch: dict[str, Any]) -> Any:
     return logps
 
 
-def preference_loss(model: Any, batch: dict[str, Any], method: str, beta: float, orpo_lambda: float,
-                    ) -> tuple[Any, dict[str, float], Any]:
-    """(loss, batch statistics for logging, model outputs) for a `PreferenceBatches` batch."""
+def dpo_terms(model: Any, batch: dict[str, Any], logps: Any, counts: Any, beta: float) -> tuple[Any, Any, Any]:
+    """DPO's loss (mean over pairs) and rewards; the reference is the adapter switched off."""
+    n = batch["input_ids"].shape[0] // 2
+    reference = _reference_logps(model, batch)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(logps[:n], logps[n:], reference[:n], reference[n:], beta)
+    return losses.mean(), chosen_rewards, rejected_rewards
+
+
+def orpo_terms(model: Any, batch: dict[str, Any], logps: Any, counts: Any, orpo_lambda: float,
+               ) -> tuple[Any, Any, Any]:
+    """ORPO's loss (chosen NLL per token minus the weighted odds-ratio term) and rewards."""
+    n = batch["input_ids"].shape[0] // 2
+    counts = counts.clamp(min=1)
+    nll = -logps[:n].sum() / counts[:n].sum()
+    loss, _, chosen_rewards, rejected_rewards = orpo_loss(logps[:n] / counts[:n], logps[n:] / counts[n:], nll,
+                                                          orpo_lambda)
+    return loss, chosen_rewards, rejected_rewards
+
+
+def preference_loss(model: Any, batch: dict[str, Any], terms: PairTerms) -> tuple[Any, dict[str, float], Any]:
+    """(loss, batch statistics for logging, model outputs) for a `PreferenceBatches` batch; `terms` is
+    the method's loss (`dpo_terms`, `orpo_terms` with their strength bound)."""
     n = batch["input_ids"].shape[0] // 2
     logps, counts, outputs = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     chosen, rejected = logps[:n], logps[n:]
-    if method == "dpo":
-        reference = _reference_logps(model, batch)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, reference[:n], reference[n:], beta)
-        loss = losses.mean()
-    elif method == "orpo":
-        counts = counts.clamp(min=1)
-        nll = -chosen.sum() / counts[:n].sum()
-        loss, _, chosen_rewards, rejected_rewards = orpo_loss(chosen / counts[:n], rejected / counts[n:], nll,
-                                                              orpo_lambda)
-    else:
-        raise ValueError(f"not a preference method: {method!r}")
+    loss, chosen_rewards, rejected_rewards = terms(model, batch, logps, counts)
     margins = chosen_rewards - rejected_rewards
     stats = {"rewards/chosen": float(chosen_rewards.mean()), "rewards/rejected": float(rejected_rewards.mean()),
              "rewards/margin": float(margins.mean()), "rewards/accuracy": float((margins > 0).float().mean()),

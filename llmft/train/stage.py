@@ -21,8 +21,8 @@ from llmft.locations import claim_checkpoint_dir, scratch_dir
 from llmft.loss import balanced_group_weights
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
+from llmft.train.methods import get_method
 from llmft.train.overfitting import overfitting_onset
-from llmft.train.preference import is_preference
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def balance_weights(frame: pd.DataFrame, spec: TaskSpec, train: TrainConfig) -> 
     `train.class_weights: balanced` and the task groups its rows (extraction: entity-free rows and the
     rest); ([], {}) otherwise."""
     task = get_task(spec.name)
-    if train.class_weights != "balanced" or task.classifier or is_preference(train.method) or "response" not in frame:
+    if (train.class_weights != "balanced" or task.classifier or get_method(train.method).needs_pairs
+            or "response" not in frame):
         return [], {}
     groups = task.balance_groups([str(r or "") for r in frame["response"]])
     if groups is None:
@@ -75,8 +76,9 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     from llmft.train.launch import run_training
 
     labels = split.labels if get_task(spec.name).classifier else None
+    method = get_method(train.method)
     pairs = None
-    if is_preference(train.method):  # the rejected conversation is encoded from the gate's fitted messages
+    if method.needs_pairs:  # the rejected conversation is encoded from the gate's fitted messages
         from llmft.base_model import load_tokenizer
 
         pairs = (load_tokenizer(resolve_base_model(model)), train.max_seq_length)
@@ -96,7 +98,7 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     if group_weights:  # the loss weight per group of rows, reported like classification's per label
         result = result.model_copy(update={"class_weights": group_weights})
     mlflow.log_figure(plots.loss_curve(result.history), "plots/loss_curve.png")
-    if is_preference(train.method):
+    if method.needs_pairs:
         mlflow.log_figure(plots.preference_rewards(result.history), "plots/preference_rewards.png")
     log_training_summary(result)
     onset = overfitting_onset(result.history)
