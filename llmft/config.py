@@ -330,7 +330,7 @@ class EvalConfig(_Section):
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
     probe_max_new_tokens: int = Field(24, ge=1, description="answer length for the forgetting probe")
     genai_table_rows: int = Field(20, ge=0, description="rows per model in MLflow's GenAI evaluation view (a trace "
-                                                       "per row: slow on a small CPU); 0 = off. Every row is in "
+                                                       "per row, about 0.05 s each); 0 = off. Every row is in "
                                                        "evaluation/predictions.json either way")
     few_shot_k: int = Field(3, ge=0, le=32, description="worked examples (seeded, from the training split, stratified "
                                                         "by label) in the few-shot base's prompt; 0: no few-shot base")
