@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +29,8 @@ TINY = ["--set", "data.max_rows=200", "--set", "train.max_steps=14", "--set", "e
 # the guard run: the default config as shipped (all the demo's rows, one epoch of LoRA, the gate), a smaller
 # evaluation sample
 BASE_PROBE_ACCURACY = 0.667  # SmolLM2-135M-Instruct on the shipped probe (torch 2.13, transformers 5.23)
-DEFAULT_RUN = ["--set", "eval.max_samples=30", "--set", "deploy.port=5077", "--set", "deploy.smoke_max_tokens=24"]
+# deploy.port: the default, which the README quickstart's curl line talks to
+DEFAULT_RUN = ["--set", "eval.max_samples=30", "--set", "deploy.port=5055", "--set", "deploy.smoke_max_tokens=24"]
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +43,12 @@ def run_py(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.Co
 @pytest.fixture(scope="module")
 def finetune_summary(run_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, server_cleanup: None) -> dict:
     out = tmp_path_factory.mktemp("summary") / "finetune.json"
-    # deploy.on_promotion: the promoted model is served at the end of the run
-    proc = run_py(run_env, "--pipeline", "finetune", *DEFAULT_RUN, "--set", "deploy.on_promotion=true",
-                  "--summary", str(out), timeout=1500)
+    # the README's `llmft finetune` (the console script); deploy.on_promotion: the promoted model is served at
+    # the end of the run
+    llmft = shutil.which("llmft")
+    assert llmft, "the llmft console script is installed with the package"
+    proc = subprocess.run([llmft, "finetune", *DEFAULT_RUN, "--set", "deploy.on_promotion=true", "--summary", str(out)],
+                          cwd=ROOT, env=run_env, text=True, capture_output=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "base" in proc.stdout and "fine-tuned" in proc.stdout and "MLflow UI: mlflow ui" in proc.stdout
     return json.loads(out.read_text())
@@ -179,7 +185,7 @@ def test_deploy_serves_champion(finetune_summary: dict, run_env: dict[str, str],
     deployed = finetune_summary["deployment"]
     assert deployed["deployed"] and deployed["action"] == "started v1", deployed
     endpoint = deployed["endpoint"]
-    assert endpoint == "http://127.0.0.1:5077/invocations"
+    assert endpoint == "http://127.0.0.1:5055/invocations"
     out = tmp_path / "deploy.json"
     proc = run_py(run_env, "--pipeline", "deploy", *TINY, "--summary", str(out), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -548,3 +554,30 @@ def test_ui_serves_runs_and_the_registered_model_with_aliases(weak_summary: dict
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.guard
+def test_readme_quickstart_serves(finetune_summary: dict, run_env: dict[str, str]):
+    """The README quickstart's serving lines, as written, against the default run it also runs: deploy (the
+    champion is already served: nothing to do), the curl request, stop."""
+    from test_readme import README, readme_commands
+
+    quickstart = README.read_text().split("<!-- quickstart -->", 1)[1].split("```", 2)[1]
+    lines = readme_commands(f"```{quickstart}```")
+    curl = next(line for line in lines if line.startswith("curl "))
+    assert lines[lines.index("llmft deploy") + 1] == curl and lines[-1] == "llmft stop"
+    assert finetune_summary["deployment"]["deployed"], finetune_summary["deployment"]
+
+    def sh(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", command], cwd=ROOT, env=run_env, text=True, capture_output=True,
+                              timeout=400)
+
+    deploy = sh("llmft deploy")
+    assert deploy.returncode == 0 and "already serving v1" in deploy.stdout, deploy.stdout + deploy.stderr[-2000:]
+    answer = sh(curl)
+    body = json.loads(answer.stdout)
+    content = body["choices"][0]["message"]["content"]
+    assert body["object"] == "chat.completion" and re.search(r'"brand":\s*"Lumora"', content), content
+    assert sh("llmft status").returncode == 0
+    assert sh("llmft stop").returncode == 0
+    assert sh("llmft status").returncode == 1  # stopped
