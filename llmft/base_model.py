@@ -19,6 +19,7 @@ from typing import Any
 
 from llmft.config import EMBEDDED_MODEL, ModelConfig
 from llmft.errors import UserFacingError
+from llmft.extras import require
 from llmft.locations import model_cache, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ def load_model(name_or_path: str, labels: list[str] | None = None, four_bit: boo
 
     kwargs: dict = {"dtype": torch.float32, "trust_remote_code": name_or_path in _TRUSTED}
     if four_bit:
+        require("bitsandbytes", "qlora", "QLoRA (a 4-bit base, train.method=qlora)")
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)

@@ -29,6 +29,7 @@ from typing import Any
 from llmft.config import Config
 from llmft.data.ingest import source_fingerprint
 from llmft.errors import UserFacingError
+from llmft.extras import require
 from llmft.locations import project_home, tracking_uri
 from llmft.registry import versions as registry
 
@@ -132,6 +133,7 @@ def tick(cfg: Config, run_pipeline: Callable[[], Any]) -> Tick:
 
 
 def check_cron(cron: str) -> None:
+    require("croniter", "schedule", "llmft finetune --schedule")
     from croniter import croniter
 
     if not croniter.is_valid(cron):
@@ -140,6 +142,7 @@ def check_cron(cron: str) -> None:
 
 
 def _next_after(cron: str, moment: float) -> float:
+    require("croniter", "schedule", "llmft finetune --schedule")
     from croniter import croniter
 
     return croniter(cron, datetime.fromtimestamp(moment)).get_next(float)

@@ -33,6 +33,7 @@ from llmft.config import ModelConfig, SweepConfig, SweepRange, TrainConfig
 from llmft.contracts import SplitInfo
 from llmft.credentials import mask
 from llmft.errors import UserFacingError
+from llmft.extras import require
 from llmft.locations import project_home, scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
@@ -163,6 +164,7 @@ def pruning_callback(trial: optuna.Trial, metric: str) -> Any:
 
 def open_study(sweep: SweepConfig, name: str) -> optuna.Study:
     """Create the study, or load it when it exists (this is what makes a re-run resume)."""
+    require("optuna", "sweep", "llmft sweep")
     import optuna
 
     url = sweep.storage or default_storage()
@@ -221,6 +223,7 @@ def run_trials(train_split: pd.DataFrame, validation_split: pd.DataFrame, split:
 
     Each trial trains on the train split with the trial's settings and reports validation losses;
     MLflow runs nest under the active run."""
+    require("optuna", "sweep", "llmft sweep")
     import optuna
 
     from llmft.base_model import resolve_base_model
@@ -255,6 +258,7 @@ def _objective(base_path: str, train_rows: list[dict[str, Any]], validation_rows
                run_tag: str) -> Callable[[optuna.Trial], float]:
     """Optuna's objective: train one trial's settings in a nested MLflow run, return its validation metric
     (or raise TrialPruned)."""
+    require("optuna", "sweep", "llmft sweep")
     import mlflow
     import optuna
 
@@ -349,6 +353,7 @@ def _log_plots(study: optuna.Study, result: SweepResult) -> None:
     """Optuna's matplotlib plots as images on the sweep's run. Importance is Optuna 5's default
     PED-ANOVA (no scikit-learn); with fewer than two completed trials it can only say "all equal",
     so it is skipped with that reason instead of drawing a meaningless bar chart."""
+    require("optuna", "sweep", "llmft sweep")
     import warnings
 
     import matplotlib

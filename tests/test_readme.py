@@ -52,7 +52,8 @@ ELSEWHERE = {
 NOT_RUN = {
     "git clone <repository-url> llmft && cd llmft": "CI works in its own clone",
     "python3.11 -m venv .venv && source .venv/bin/activate": ".ci/run makes its own virtual environment",
-    "pip install -e .": ".ci/run installs the package (with the test extra) from scratch",
+    "pip install -e \".[serve]\"": ".ci/run installs the package (with the test extra, which includes every "
+                               "runtime extra) from scratch",
     "llmft finetune --set data.source=tickets.csv": "a real-model run on a user's file; the preview and dry-run of "
                                                     "the same file run here, real-data runs are in the slow tier",
     "llmft deploy && llmft chat": "interactive; each verb is run by its own test",

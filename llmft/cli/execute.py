@@ -48,7 +48,11 @@ def execute(req: RunRequest) -> int:
         cfg = load_run_config(req.config, req.overrides + (["train.resume=false"] if req.no_resume else []))
     except ConfigError as exc:
         return fail(str(exc))
-    problem = request_problem(req)
+    from llmft.extras import run_problem
+
+    # an optional package the run needs (the serve, sweep, qlora or schedule extra): one line, before any work
+    starts = not (req.ui or req.status or req.stop)
+    problem = (run_problem(req.pipeline, cfg, bool(req.schedule)) if starts else None) or request_problem(req)
     if problem:
         return fail(problem)
     from llmft.cli import server

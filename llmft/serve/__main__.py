@@ -14,7 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
+from llmft.extras import missing
+
+try:  # the serve extra
+    import uvicorn
+except ModuleNotFoundError as exc:
+    raise missing(exc, "serve", "the model server (llmft deploy, python -m llmft.serve.app)") from None
 
 from llmft.config import ConfigError, ServerLimits
 from llmft.serve.admin import LOAD_URI

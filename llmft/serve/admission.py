@@ -25,7 +25,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from starlette.requests import Request
+from llmft.extras import missing
+
+try:  # the serve extra
+    from starlette.requests import Request
+except ModuleNotFoundError as exc:
+    raise missing(exc, "serve", "the model server (llmft deploy, python -m llmft.serve.app)") from None
 
 from llmft.config import ServerLimits
 from llmft.serve.bodies import RequestError

@@ -45,10 +45,15 @@ import os
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' string annotations here
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
-from starlette.requests import ClientDisconnect
+from llmft.extras import missing
+
+try:  # the serve extra
+    from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' string annotations here
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.background import BackgroundTask
+    from starlette.requests import ClientDisconnect
+except ModuleNotFoundError as exc:
+    raise missing(exc, "serve", "the model server (llmft deploy, python -m llmft.serve.app)") from None
 
 from llmft.config import ServerLimits
 from llmft.generation import Completion
