@@ -339,3 +339,12 @@ def test_model_card_shows_the_simple_baseline():
     assert "| macro_f1 (primary) | 0.3000 | 0.4000 | 0.5890 | 0.5140 |" in card
     assert "Simple baseline (no language model, fitted on the training split, same test rows): tf-idf: 300" in card
     assert "compared with the simple baseline (promotion.baseline)" in card and "FAIL base: macro_f1 0.5140" in card
+
+
+def test_the_advice_names_the_time_budget_when_it_cut_training_short():
+    """BBC News on 2 cores: 41 steps, 0.11 epochs, before the 20-minute budget stopped training."""
+    cut, _ = gate_baselines(_evaluation(0.978, tuned=0.936), None, PromotionConfig(), epochs_seen=0.11)
+    assert cut.reasons[0].startswith("FAIL base") and "training saw 0.11 epochs" in cut.reasons[0]
+    assert "raise train.max_minutes" in cut.reasons[0]
+    whole, _ = gate_baselines(_evaluation(0.978, tuned=0.936), None, PromotionConfig(), epochs_seen=1.0)
+    assert "train.max_minutes" not in whole.reasons[0] and "train.epochs" in whole.reasons[0]

@@ -106,16 +106,20 @@ def pick_baseline(baselines: dict[str, float | None], mode: str, higher_is_bette
     return best, pool[best]
 
 
-def simple_wins_advice(unused_rows: int) -> str:
-    """What to try when a non-LLM baseline beats the fine-tuned model, naming the config keys."""
+def simple_wins_advice(unused_rows: int, epochs_seen: float | None = None) -> str:
+    """What to try when a non-LLM baseline beats the fine-tuned model, naming the config keys; first the
+    time budget when it stopped training short of one pass over the rows."""
     more = (f"train on the {unused_rows} kept rows data.max_train_rows left out (data.max_train_rows: null uses "
             "every one)" if unused_rows else "add labelled rows to data.source (data.max_train_rows left none out)")
-    return (f"the simple baseline beats fine-tuning here: {more}, train longer (train.max_steps, train.epochs) "
-            "or at another train.learning_rate, try a larger model.base; or ship the simple baseline")
+    short = (f"training saw {epochs_seen:.2f} epochs of the rows before the time budget stopped it: raise "
+             "train.max_minutes (or run on a faster machine, a GPU); " if epochs_seen is not None and epochs_seen < 0.95
+             else "")
+    return (f"the simple baseline beats fine-tuning here: {short}{more}, train longer (train.max_steps, "
+            "train.epochs) or at another train.learning_rate, try a larger model.base; or ship the simple baseline")
 
 
 def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: PromotionConfig,
-                   unused_rows: int = 0) -> tuple[Decision, str]:
+                   unused_rows: int = 0, epochs_seen: float | None = None) -> tuple[Decision, str]:
     """The gate on an evaluation (`decide`) against the baseline `promotion.baseline` picks among the
     base zero-shot, the base few-shot and the simple non-LLM baseline, and which one that was. The
     base check's reason says what to try next when the simple baseline is the one that wins, and
@@ -138,7 +142,7 @@ def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: P
                       champion_note=evaluation.champion_note, baseline=label)
     base_line = decision.reasons[0]  # one line per check: the advice and warnings belong to the base check
     if used == "simple" and base_line.startswith("FAIL"):
-        base_line += "; " + simple_wins_advice(unused_rows)
+        base_line += "; " + simple_wins_advice(unused_rows, epochs_seen)
     for warning in evaluation.warnings:
         base_line += f"; warning: {warning}"
     decision.reasons[0] = base_line

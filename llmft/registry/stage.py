@@ -110,7 +110,7 @@ def promote_candidate(registration: Registration, evaluation: Evaluation, forget
     the champion must still be the one this run started with (compare-and-set). Then the model card."""
     import mlflow
 
-    decision, used = gate_baselines(evaluation, forgetting.drop, promotion, dataset.unused)
+    decision, used = gate_baselines(evaluation, forgetting.drop, promotion, dataset.unused, training.epochs_seen)
     name, version = registration.name, registration.version
     with registry_lock(name):  # compare-and-set: nobody moves the champion between the check and the move
         moved = champion_still(name, champion_at_start)
