@@ -41,7 +41,8 @@ def _examples(seed: int) -> tuple[list[dict[str, list[int]]], list[dict[str, lis
 
 def worker(method: str, steps: int, seed: int) -> dict[str, Any]:
     from llmft.base_model import resolve_base_model
-    from llmft.config import EMBEDDED_MODEL, load_config
+    from llmft.config import EMBEDDED_MODEL
+    from llmft.config_files import load_config
     from llmft.tasks.extraction import INSTRUCTION
     from llmft.train.loop import train
 

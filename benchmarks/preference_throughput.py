@@ -69,7 +69,7 @@ def _window(record: list[tuple[int, float, int]], warmup: int) -> dict[str, floa
 
 
 def run_project(args: argparse.Namespace, base: str, tokenizer: Any, out: Path) -> dict[str, float]:
-    from llmft.config import load_config
+    from llmft.config_files import load_config
     from llmft.data.shapes import REJECTED_ROLE
     from llmft.tasks.preference import pair_example
     from llmft.train.loop import train

@@ -108,7 +108,7 @@ def _window(record: list[tuple[int, float, int, int]], warmup: int) -> dict[str,
 
 def run_project(args: argparse.Namespace, base: str, tokenizer: Any, out: Path) -> dict[str, float]:
     from llmft.chat_format import encode_messages
-    from llmft.config import load_config
+    from llmft.config_files import load_config
     from llmft.train.loop import train
 
     examples = [encode_messages(tokenizer, c) for c in _conversations(args.rows, args.seed)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.contracts import TrainingResult
 from llmft.loss import balanced_class_weights, class_weighted_loss
 from llmft.train.loop import train

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmft.config import ConfigError, load_config, resolve_config_path, shipped_config_names, suggest_keys
+from llmft.config import ConfigError
+from llmft.config_files import load_config, resolve_config_path, shipped_config_names, suggest_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 VERBS = ("finetune", "data", "sweep", "deploy", "stop", "status", "ui", "promote", "rollback", "export", "chat",

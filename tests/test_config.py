@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import ConfigError, load_config, valid_keys
+from llmft.config import ConfigError, valid_keys
+from llmft.config_files import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_override_values_are_yaml_scalars_or_the_plain_string(raw, expected):
     assert load_config(None, [f"data.system_prompt={raw}"] if not isinstance(expected, (float, list))
                        else [f"data.labels={raw}"] if isinstance(expected, list)
                        else [f"promotion.min_delta={raw}"]).model_dump(mode="json") is not None
-    from llmft.config import _override_value
+    from llmft.config_files import _override_value
 
     assert _override_value(raw) == expected
 

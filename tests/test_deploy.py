@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.serve import deploy as serving
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import ConfigError, ExportConfig, load_config
+from llmft.config import ConfigError, ExportConfig
+from llmft.config_files import load_config
 from llmft.export.gguf_writer import ExportError, interleave_rotary
 from llmft.export.ollama import go_template, inspect_template, modelfile
 from llmft.export.stage import export_model, export_version

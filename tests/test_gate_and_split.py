@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.data.gate import DataGateError, enforce, run_gate
 from llmft.data.ingest import RawRow
 from llmft.data.shapes import Example, to_examples

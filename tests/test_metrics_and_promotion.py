@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from llmft.config import ConfigError, PromotionConfig, load_config
+from llmft.config import ConfigError, PromotionConfig
+from llmft.config_files import load_config
 from llmft.contracts import DatasetInfo, EvalSample, Evaluation, Forgetting, PromotionDecision, TrainingResult
 from llmft.evaluate import text_metrics
 from llmft.evaluate.forgetting import answer_matches, load_probe

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmft.config import ConfigError, load_config
+from llmft.config import ConfigError
+from llmft.config_files import load_config
 from llmft.data import augment, mix, stages
 from llmft.data.shapes import Example
 from llmft.resolve import resolve_run

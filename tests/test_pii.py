@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import PII_KINDS, load_config
+from llmft.config import PII_KINDS
+from llmft.config_files import load_config
 from llmft.data import pii, stages
 from llmft.data.gate import run_gate
 from llmft.data.shapes import Example, Rejection

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import DataConfig, ValidationConfig, load_config
+from llmft.config import DataConfig, ValidationConfig
+from llmft.config_files import load_config
 from llmft.data.gate import run_gate
 from llmft.data.ingest import RawRow
 from llmft.data.shapes import Example, Rejection, to_example, to_examples

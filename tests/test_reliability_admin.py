@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from test_reliability_serving import Server, _wait_for
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.serve import app as server_app
 from llmft.serve import deploy
 from llmft.serve.app import Served, create_app

@@ -15,7 +15,7 @@ import pytest
 from test_reliability_serving import Server, _wait_for
 
 from llmft.base_model import load_model
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.serve import admission
 from llmft.serve import app as server_app
 from llmft.serve.app import Served, create_app

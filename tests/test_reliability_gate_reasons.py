@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.data import stages
 from llmft.data.gate import run_gate
 from llmft.data.ingest import RawRow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "infra" / "systemd" / "llmft-serve.service"

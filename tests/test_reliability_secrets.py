@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.credentials import MaskSecrets, mask
 from llmft.data import pii, stages
 from llmft.data.gate import run_gate

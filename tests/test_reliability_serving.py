@@ -18,7 +18,7 @@ import torch
 from conftest import wait_for as _wait_for
 
 from llmft.base_model import load_model, load_tokenizer
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import Sampling
 from llmft.serve import scheduler
 from llmft.serve.app import Served, create_app, parse_chat, serving_prompt

@@ -14,7 +14,8 @@ import pytest
 from conftest import wait_for as _wait_for
 
 from llmft.base_model import load_model
-from llmft.config import DeployConfig, ServerLimits
+from llmft.config import DeployConfig
+from llmft.config_serving import ServerLimits
 from llmft.generation import Sampling, complete_batch
 from llmft.serve.app import Served, create_app, parse_chat
 from llmft.serve.deploy import post_json

@@ -20,7 +20,9 @@ import pytest
 from conftest import wait_for
 
 from llmft.base_model import load_model
-from llmft.config import ConfigError, ServerLimits, load_config
+from llmft.config import ConfigError
+from llmft.config_files import load_config
+from llmft.config_serving import ServerLimits
 from llmft.serve.app import Served, create_app, parse_chat
 from llmft.serve.deploy import post_json
 

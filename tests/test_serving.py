@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from llmft.base_model import load_model
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.serve.app import Served, create_app
 from llmft.serve.deploy import post_json
 

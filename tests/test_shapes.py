@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.data.ingest import DataError, RawRow, read_rows
 from llmft.data.shapes import Example, Rejection, to_example, to_examples
 

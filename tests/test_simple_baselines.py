@@ -256,7 +256,7 @@ def test_stage_fits_on_the_users_training_rows_only():
 def test_compare_logs_the_simple_baseline_and_warns_of_a_collapse(tmp_path):
     import mlflow
 
-    from llmft.config import load_config
+    from llmft.config_files import load_config
     from llmft.contracts import ModelEvaluation
     from llmft.evaluate.stage import compare
     from llmft.tasks import classification
@@ -318,7 +318,7 @@ def test_console_table_has_the_simple_column_and_deltas_against_it():
 
 
 def test_model_card_shows_the_simple_baseline():
-    from llmft.config import load_config
+    from llmft.config_files import load_config
     from llmft.contracts import DatasetInfo, Forgetting, PromotionDecision, TrainingResult
     from llmft.registry import model_card
 

@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.contracts import EvalSample, ModelEvaluation
 from llmft.evaluate.slices import MISSING, slice_report, worst_line
 from llmft.evaluate.stage import compare

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.contracts import DatasetInfo, EvalSample, Evaluation, PromotionDecision, TrainingResult
 from llmft.data import stages
 from llmft.data.gate import DataGateError

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_reliability_serving import Server, _wait_for
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import Sampling
 from llmft.serve.app import Served, create_app
 from llmft.serve.scheduler import DecodeBatch, Sequence

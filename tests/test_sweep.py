@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmft.config import ConfigError, SweepConfig, TrainConfig, load_config
+from llmft.config import ConfigError, SweepConfig, TrainConfig
+from llmft.config_files import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmft.config import ConfigError, load_config
+from llmft.config import ConfigError
+from llmft.config_files import load_config
 from llmft.data.ingest import DataError, RawRow, read_rows
 from llmft.data.shapes import to_examples
 from llmft.data.split import split_frame

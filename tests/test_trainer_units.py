@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from llmft.chat_format import PadToLongest, build_messages, encode_messages
-from llmft.config import TrainConfig, load_config
+from llmft.config import TrainConfig
+from llmft.config_files import load_config
 from llmft.loss import class_weighted_loss, masked_lm_loss, row_weighted_lm_loss
 from llmft.tasks import get_task
 from llmft.train import loop

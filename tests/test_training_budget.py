@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmft.chat_format import build_messages, encode_messages
-from llmft.config import ConfigError, load_config
+from llmft.config import ConfigError
+from llmft.config_files import load_config
 from llmft.report import TRAIN_KEYS, training_lines
 from llmft.train.budget import (
     FILL,

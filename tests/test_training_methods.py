@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY_AND_REAL
 
 from llmft.chat_format import build_messages, encode_messages
-from llmft.config import load_config
+from llmft.config_files import load_config
 from llmft.train.loop import train
 from llmft.train.methods import PROMPT_TOKEN, load_trained
 

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from llmft.config import Config, load_config, resolve_config_path
+from llmft.config import Config
+from llmft.config_files import load_config, resolve_config_path
 from llmft.credentials import mask
 
 STARTED = time.perf_counter()  # wall_seconds in a summary covers imports and stack setup too

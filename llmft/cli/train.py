@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from llmft.cli.common import add_config_args, add_run_args, fail, load_run_config, overrides_of
-from llmft.config import ConfigError, resolve_config_path
+from llmft.config import ConfigError
+from llmft.config_files import resolve_config_path
 
 
 def register(verbs: Any) -> None:

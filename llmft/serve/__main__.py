@@ -21,7 +21,8 @@ try:  # the serve extra
 except ModuleNotFoundError as exc:
     raise missing(exc, "serve", "the model server (llmft deploy, python -m llmft.serve.app)") from None
 
-from llmft.config import ConfigError, ServerLimits
+from llmft.config import ConfigError
+from llmft.config_serving import ServerLimits
 from llmft.serve.admin import LOAD_URI
 from llmft.serve.admission import connection_limit
 from llmft.serve.loading import Served

@@ -32,7 +32,7 @@ try:  # the serve extra
 except ModuleNotFoundError as exc:
     raise missing(exc, "serve", "the model server (llmft deploy, python -m llmft.serve.app)") from None
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.serve.bodies import RequestError
 
 ADMIN_HEADROOM = 8  # connections kept for /health, /ping and /admin/load beyond the request limits

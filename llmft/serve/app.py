@@ -55,7 +55,7 @@ try:  # the serve extra
 except ModuleNotFoundError as exc:
     raise missing(exc, "serve", "the model server (llmft deploy, python -m llmft.serve.app)") from None
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import Completion
 from llmft.serve.__main__ import serve
 from llmft.serve.admin import LOAD_URI, LoadGuard, check_load_uri, load_deadline_s

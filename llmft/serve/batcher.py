@@ -26,7 +26,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import Completion, Sampling, complete_batch
 from llmft.serve.bodies import one_line
 from llmft.serve.loading import Served

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmft.config import DeployConfig, ServerLimits
+from llmft.config import DeployConfig
+from llmft.config_serving import ServerLimits
 from llmft.contracts import Deployment
 from llmft.errors import UserFacingError
 from llmft.locations import project_home, tracking_uri, write_atomic

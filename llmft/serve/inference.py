@@ -3,7 +3,7 @@ model must answer before it takes traffic (at start and before a hot swap)."""
 
 from __future__ import annotations
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import complete_batch
 from llmft.serve.loading import Served
 from llmft.serve.parsing import parse_chat, parse_texts

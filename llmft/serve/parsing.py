@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmft.chat_format import CHARS_PER_TOKEN_BOUND, render_generation_prompt, with_system
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import Sampling
 from llmft.serve.bodies import RequestError, render_checked
 from llmft.serve.loading import Served

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from llmft.config import ServerLimits
+from llmft.config_serving import ServerLimits
 from llmft.generation import Completion, Sampling
 from llmft.serve.bodies import InvalidText, RequestError, check_text, text_refusal, valid_text
 from llmft.serve.loading import Served
