@@ -129,43 +129,47 @@ def _share_to_pass(share: float) -> str:
     return f"{min(math.ceil(round(share * 100, 6)) / 100, 1.0):.2f}"
 
 
-def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: DataConfig, cfg: ValidationConfig,
-             encode: Encoder, max_seq_length: int, docs_dir: Path | None = None,
-             pii_found: dict[str, list[list[str]]] | None = None, suite: bool = True) -> GateResult:
-    """Apply the row rules, deduplicate, encode, then run the GE suite over every input row.
+@dataclass
+class _Screen:
+    """What the row rules found, row by row: the GE table, rejections, the rows left to encode."""
 
-    `pii_found`: what ingest found per row ([field, kind]; under `redact` already removed from the rows);
-    None means ingest did not screen, and the gate scans the example texts itself. `suite=False` applies
-    the row rules only (training-only extra rows: their counts are reported, not gated on)."""
-    rejected = list(shape_rejections)
+    table: list[dict[str, Any]]
+    rejected: list[Rejection]
+    candidates: list[tuple[Example, dict[str, Any]]] = field(default_factory=list)
+    pii_counts: Counter[str] = field(default_factory=Counter)
+    duplicate_examples: list[str] = field(default_factory=list)
+
+
+def _table_row(ex: Example | None, where: str, rejected: bool) -> dict[str, Any]:
+    return {"where": where, "prompt": ex.prompt_key[:200] if ex else "", "response": ex.target[:200] if ex else "",
+            "tokens": None, "pii_matches": 0, "label": ex.label if ex else None, "is_rejected": int(rejected),
+            "is_duplicate": 0, "is_truncated": 0}
+
+
+def _screen(examples: list[Example], shape_rejections: list[Rejection], cfg: ValidationConfig,
+            pii_found: dict[str, list[list[str]]] | None) -> _Screen:
+    """The row rules, personal data and duplicates, in file order; the first of equal rows is kept."""
     kinds = frozenset(cfg.pii_kinds)
-    table: list[dict[str, Any]] = [
-        {"where": r.where, "prompt": "", "response": "", "tokens": None, "pii_matches": 0, "label": None,
-         "is_rejected": 1, "is_duplicate": 0, "is_truncated": 0} for r in shape_rejections]
-    merged = merge_label_spellings(examples)
-    candidates: list[tuple[Example, dict[str, Any]]] = []
-    pii_counts: Counter[str] = Counter()
+    screen = _Screen(table=[_table_row(None, r.where, True) for r in shape_rejections], rejected=list(shape_rejections))
     seen_exact: dict[str, str] = {}
     seen_norm: dict[str, str] = {}
-    duplicate_examples: list[str] = []
     for ex in examples:
-        row = {"where": ex.where, "prompt": ex.prompt_key[:200], "response": ex.target[:200], "tokens": None,
-               "pii_matches": 0, "label": ex.label, "is_rejected": 0, "is_duplicate": 0, "is_truncated": 0}
-        table.append(row)
+        row = _table_row(ex, ex.where, False)
+        screen.table.append(row)
         problem = _row_problem(ex, cfg)
         if problem:
-            rejected.append(Rejection(ex.where, problem[1], ex.as_row(), kind=problem[0]))
+            screen.rejected.append(Rejection(ex.where, problem[1], ex.as_row(), kind=problem[0]))
             row["is_rejected"] = 1
             continue
         findings = _pii_findings(ex, kinds) if pii_found is None else pii_found.get(ex.where, [])
         found = [kind for _, kind in findings]
         row["pii_matches"] = len(found)
-        pii_counts.update(found)
+        screen.pii_counts.update(found)
         if found and cfg.pii_action == "fail":
             fields = ", ".join(sorted({field for field, _ in findings}))
-            rejected.append(Rejection(ex.where, f"personal data: {', '.join(sorted(set(found)))} in field(s) "
-                                                f"{fields} (validation.pii_action=fail)", {},
-                                      kind="pii"))  # the row itself is not copied anywhere
+            screen.rejected.append(Rejection(ex.where, f"personal data: {', '.join(sorted(set(found)))} in field(s) "
+                                                       f"{fields} (validation.pii_action=fail)", {},
+                                             kind="pii"))  # the row itself is not copied anywhere
             row["is_rejected"] = 1
             continue
         if found and cfg.pii_action == "redact" and pii_found is None:  # ingest already redacted screened rows
@@ -175,74 +179,101 @@ def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: D
         first = seen_exact.get(exact) or seen_norm.get(norm)
         if first:
             kind = "exact" if exact in seen_exact else "normalised"
-            rejected.append(Rejection(ex.where, f"{kind} duplicate of {first}", ex.as_row(), kind="duplicate"))
+            screen.rejected.append(Rejection(ex.where, f"{kind} duplicate of {first}", ex.as_row(), kind="duplicate"))
             row["is_duplicate"] = 1
-            if len(duplicate_examples) < 2:
+            if len(screen.duplicate_examples) < 2:
                 article = "an" if kind == "exact" else "a"
-                duplicate_examples.append(f"{ex.where} is {article} {kind} duplicate of {first}")
+                screen.duplicate_examples.append(f"{ex.where} is {article} {kind} duplicate of {first}")
             continue
         seen_exact[exact], seen_norm[norm] = ex.where, ex.where
-        candidates.append((ex, row))
+        screen.candidates.append((ex, row))
+    return screen
 
-    # labels too rare to learn or to measure are dropped, and reported
-    counts = Counter(ex.label for ex, _ in candidates if ex.shape == "text_label")
+
+def _encode_rows(screen: _Screen, data: DataConfig, cfg: ValidationConfig, encode: Encoder,
+                 max_seq_length: int) -> list[EncodedRow]:
+    """Drop labels too rare to learn or to measure (reported), then encode: a target that cannot fit is
+    rejected, an over-long input truncated (or dropped under validation.length_policy=drop)."""
+    counts = Counter(ex.label for ex, _ in screen.candidates if ex.shape == "text_label")
     rare = {label for label, n in counts.items() if n < cfg.min_class_rows}
     kept: list[EncodedRow] = []
-    for ex, row in candidates:
+    for ex, row in screen.candidates:
         if ex.label in rare and data.labels is None:
-            rejected.append(Rejection(ex.where, f"label {ex.label!r} has only {counts[ex.label]} rows "
-                                                f"(< validation.min_class_rows={cfg.min_class_rows})",
-                                      ex.as_row(), kind="rare_label"))
+            screen.rejected.append(Rejection(ex.where, f"label {ex.label!r} has only {counts[ex.label]} rows "
+                                                       f"(< validation.min_class_rows={cfg.min_class_rows})",
+                                             ex.as_row(), kind="rare_label"))
             row["is_rejected"] = 1
             continue
         encoded = encode(ex)
         if encoded is None:
-            rejected.append(Rejection(ex.where, f"the target alone does not fit train.max_seq_length={max_seq_length} "
-                                                "tokens", ex.as_row(), kind="too_long"))
+            screen.rejected.append(Rejection(ex.where, f"the target alone does not fit train.max_seq_length="
+                                                       f"{max_seq_length} tokens", ex.as_row(), kind="too_long"))
             row["is_rejected"] = 1
             continue
         row["tokens"] = len(encoded.input_ids)
         if encoded.truncated:
             row["is_truncated"] = 1
             if cfg.length_policy == "drop":
-                rejected.append(Rejection(ex.where, f"over train.max_seq_length={max_seq_length} tokens "
-                                                    "(validation.length_policy=drop)", ex.as_row(), kind="too_long"))
+                screen.rejected.append(Rejection(ex.where, f"over train.max_seq_length={max_seq_length} tokens "
+                                                           "(validation.length_policy=drop)", ex.as_row(),
+                                                 kind="too_long"))
                 row["is_rejected"] = 1
                 continue
         kept.append(EncodedRow(ex, list(encoded.input_ids), list(encoded.labels), bool(encoded.truncated),
                                encoded.messages))
+    return kept
 
-    labels = Counter(r.example.label for r in kept if r.example.shape == "text_label")
-    for row in table:
-        kept_row = not row["is_rejected"] and not row["is_duplicate"]
-        row["kept"] = int(kept_row)
-        row["label_share"] = labels[row["label"]] / sum(labels.values()) if kept_row and labels else None
 
-    if cfg.pii_action != "warn":  # rejected rows are written to files: they must not leak what we redact
-        # reasons quote values too (a label, a role, a field name), so they are redacted like the data
-        rejected = [Rejection(r.where, pii.redact(r.reason, kinds), _scrub(r.data, kinds), r.kind)
-                    for r in rejected]
-    ge_result, checks, docs = (_run_suite(table, data, cfg, max_seq_length, labels, docs_dir) if suite
-                               else ({}, [], None))
-    not_dup = [r for r in rejected if r.kind != "duplicate"]
+def _gate_warnings(screen: _Screen, cfg: ValidationConfig, merged: dict[str, str]) -> list[str]:
+    """A high duplicate share, names redacted in many rows, label spellings merged."""
+    table = screen.table
     duplicates = sum(r["is_duplicate"] for r in table)
     warnings = []
     share = duplicates / len(table) if table else 0.0
     if cfg.max_duplicate_fraction is None and share > cfg.duplicate_warning_fraction:
         warnings.append(f"{share:.1%} of rows were duplicates ({duplicates} of {len(table)}, removed); set "
                         f"validation.max_duplicate_fraction to refuse such data")
-    names = pii_counts.get("name", 0)
+    names = screen.pii_counts.get("name", 0)
     if cfg.pii_action == "redact" and names and names >= NAME_WARNING_SHARE * len(table):
         warnings.append(f"{names} person names replaced by [NAME], public figures' too (the model "
                         "learns to write [NAME]); set validation.pii_kinds without name to keep names")
     if merged:
         warnings.append("labels merged: " + ", ".join(f"{a!r} -> {b!r}" for a, b in sorted(merged.items())))
+    return warnings
+
+
+def run_gate(examples: list[Example], shape_rejections: list[Rejection], data: DataConfig, cfg: ValidationConfig,
+             encode: Encoder, max_seq_length: int, docs_dir: Path | None = None,
+             pii_found: dict[str, list[list[str]]] | None = None, suite: bool = True) -> GateResult:
+    """Apply the row rules, deduplicate, encode, then run the GE suite over every input row.
+
+    `pii_found`: what ingest found per row ([field, kind]; under `redact` already removed from the rows);
+    None means ingest did not screen, and the gate scans the example texts itself. `suite=False` applies
+    the row rules only (training-only extra rows: their counts are reported, not gated on)."""
+    kinds = frozenset(cfg.pii_kinds)
+    merged = merge_label_spellings(examples)
+    screen = _screen(examples, shape_rejections, cfg, pii_found)
+    kept = _encode_rows(screen, data, cfg, encode, max_seq_length)
+    labels = Counter(r.example.label for r in kept if r.example.shape == "text_label")
+    for row in screen.table:
+        kept_row = not row["is_rejected"] and not row["is_duplicate"]
+        row["kept"] = int(kept_row)
+        row["label_share"] = labels[row["label"]] / sum(labels.values()) if kept_row and labels else None
+    rejected = screen.rejected
+    if cfg.pii_action != "warn":  # rejected rows are written to files: they must not leak what we redact
+        # reasons quote values too (a label, a role, a field name), so they are redacted like the data
+        rejected = [Rejection(r.where, pii.redact(r.reason, kinds), _scrub(r.data, kinds), r.kind)
+                    for r in rejected]
+    ge_result, checks, docs = (_run_suite(screen.table, data, cfg, max_seq_length, labels, docs_dir) if suite
+                               else ({}, [], None))
+    not_dup = [r for r in rejected if r.kind != "duplicate"]
     report = GateReport(
-        success=all(c.success for c in checks), verdict="", rows_in=len(table), kept=len(kept),
-        duplicates_removed=duplicates, duplicate_examples=duplicate_examples, warnings=warnings,
+        success=all(c.success for c in checks), verdict="", rows_in=len(screen.table), kept=len(kept),
+        duplicates_removed=sum(r["is_duplicate"] for r in screen.table),
+        duplicate_examples=screen.duplicate_examples, warnings=_gate_warnings(screen, cfg, merged),
         rejected=len(not_dup), rejected_by_reason=dict(Counter(r.kind for r in not_dup)),
-        truncated=sum(r.truncated for r in kept), labels_normalised=merged, pii=dict(pii_counts), checks=checks,
-        ge_result=ge_result, docs_dir=docs)
+        truncated=sum(r.truncated for r in kept), labels_normalised=merged, pii=dict(screen.pii_counts),
+        checks=checks, ge_result=ge_result, docs_dir=docs)
     report.verdict = _verdict(report, not_dup)
     return GateResult(report=report, kept=kept, rejected=rejected)
 
