@@ -29,47 +29,61 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
            train: TrainConfig, evaluation: Evaluation, forgetting: Forgetting, decision: PromotionDecision,
            max_new_tokens: int) -> str:
     task = get_task(spec.name)
-    metrics = evaluation.metrics
-    columns = [role for role in HEADERS if metrics.get(role)]
-    primary = evaluation.primary_metric
-    rows = dataset.rows
     verdict = ("already champion (training reused)" if decision.already_champion
                else "promoted to champion" if decision.promoted else "not promoted")
-    sample = evaluation.sample
-    lines = [
-        f"# {name} v{version}",
-        "",
-        f"Task **{spec.name}** ({spec.reason}), method **{training.method}** on base model `{base_model}`. "
-        f"Decision: **{verdict}**.",
-        "",
-        *task.card_lines(training.labels),
-        "",
-    ]
+    lines = [f"# {name} v{version}", "",
+             f"Task **{spec.name}** ({spec.reason}), method **{training.method}** on base model `{base_model}`. "
+             f"Decision: **{verdict}**.", "", *task.card_lines(training.labels), ""]
     if spec.instruction:
         lines += [f"Instruction (system message at training, evaluation and serving): \"{spec.instruction}\"", ""]
-    lines += [
-        "## Data",
-        "",
+    lines += _data_section(dataset, evaluation) + _training_section(training, train)
+    lines += _metrics_section(evaluation, decision, task.classifier)
+    lines += slice_section(evaluation.slices)
+    lines += ["", "## Forgetting probe", ""]
+    if forgetting.applicable:
+        lines.append(f"{forgetting.questions} general-knowledge questions: base {_fmt(forgetting.base)}, "
+                     f"fine-tuned {_fmt(forgetting.finetuned)}, drop {_fmt(forgetting.drop)} "
+                     f"(allowed {forgetting.max_allowed}).")
+    else:
+        lines.append(forgetting.reason or "not run")
+    lines += ["", "## Promotion gate", ""] + [f"- {r}" for r in decision.reasons]
+    lines += _limitations(task.classifier, max_new_tokens, dataset.source)
+    return "\n".join(lines) + "\n"
+
+
+def _data_section(dataset: DatasetInfo, evaluation: Evaluation) -> list[str]:
+    rows, sample = dataset.rows, evaluation.sample
+    return [
+        "## Data", "",
         f"- source `{dataset.source}`, fingerprint `{dataset.fingerprint}`",
         f"- rows in {dataset.rows_in}, duplicates removed {dataset.duplicates_removed}, rejected {dataset.rejected} "
         f"{json.dumps(dataset.rejected_by_reason)}, truncated to fit {dataset.truncated}",
         f"- split train / validation / test: {rows.get('train')} / {rows.get('validation')} / {rows.get('test')}; "
         f"{sample.n} test rows scored ({sample.how}{f', seed {sample.seed}' if sample.seed is not None else ''})",
         *[f"- {extra.line()} (training split only)" for extra in dataset.extras],
-        *[f"- warning: {w}" for w in dataset.warnings],
-        "",
-        "## Training",
-        "",
-        f"- {training.steps} steps, loss {_fmt(training.first_loss)} → {_fmt(training.last_loss)}, "
-        f"validation loss {_fmt(training.validation_loss)}",
-        f"- learning rate {train.learning_rate}, batch {train.batch_size} × {train.gradient_accumulation_steps} "
-        f"accumulation, max sequence {train.max_seq_length}",
-        "",
-        "## Metrics (same test rows for every column)",
-        "",
-        "| metric | " + " | ".join(HEADERS[c] for c in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
+        *[f"- warning: {w}" for w in dataset.warnings], ""]
+
+
+def _training_section(training: TrainingResult, train: TrainConfig) -> list[str]:
+    epochs = f", {training.epochs_seen:.2f} epochs of the training rows" if training.epochs_seen is not None else ""
+    lines = ["## Training", "",
+             f"- {training.steps} steps{epochs}, loss {_fmt(training.first_loss)} → {_fmt(training.last_loss)}, "
+             f"validation loss {_fmt(training.validation_loss)}",
+             f"- learning rate {train.learning_rate}, batch {train.batch_size} × {train.gradient_accumulation_steps} "
+             f"accumulation, max sequence {train.max_seq_length}"]
+    if training.budget_note:
+        lines.append(f"- {training.budget_note}")
+    if training.class_weights:
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in list(training.class_weights.items())[:12])
+        lines.append(f"- loss weights (train.class_weights): {shown}")
+    return [*lines, ""]
+
+
+def _metrics_section(evaluation: Evaluation, decision: PromotionDecision, classifier: bool) -> list[str]:
+    metrics, primary = evaluation.metrics, evaluation.primary_metric
+    columns = [role for role in HEADERS if metrics.get(role)]
+    lines = ["## Metrics (same test rows for every column)", "",
+             "| metric | " + " | ".join(HEADERS[c] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     for metric in metrics["finetuned"] or {}:
         mark = " (primary)" if metric == primary else ""
         lines.append(f"| {metric}{mark} | " + " | ".join(_fmt((metrics[c] or {}).get(metric)) for c in columns) + " |")
@@ -92,33 +106,24 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
                 else f"base {decision.baseline_used.replace('_', '-')}")
         lines.append(f"The promotion gate compared with the {used} (promotion.baseline).")
     lines += [f"Warning: {w}." for w in evaluation.warnings]
-    if task.classifier:
+    if classifier:
         lines.append("The base columns are the instruct model told the label set and scored by each label's "
                      "likelihood (no generation), not a randomly initialised classification head.")
-    lines += slice_section(evaluation.slices)
-    lines += ["", "## Forgetting probe", ""]
-    if forgetting.applicable:
-        lines.append(f"{forgetting.questions} general-knowledge questions: base {_fmt(forgetting.base)}, "
-                     f"fine-tuned {_fmt(forgetting.finetuned)}, drop {_fmt(forgetting.drop)} "
-                     f"(allowed {forgetting.max_allowed}).")
-    else:
-        lines.append(forgetting.reason or "not run")
-    lines += ["", "## Promotion gate", ""] + [f"- {r}" for r in decision.reasons]
-    lines += [
-        "",
-        "## Known limitations",
-        "",
-        "- Scored on a held-out split of the same source as training: it says nothing about data from "
-        "elsewhere.",
-        "- Greedy decoding at evaluation; sampled answers can differ.",
-    ]
-    if not task.classifier:
+    return lines
+
+
+def _limitations(classifier: bool, max_new_tokens: int, source: str) -> list[str]:
+    lines = ["", "## Known limitations", "",
+             "- Scored on a held-out split of the same source as training: it says nothing about data from "
+             "elsewhere.",
+             "- Greedy decoding at evaluation; sampled answers can differ."]
+    if not classifier:
         lines.append(f"- Generation capped at {max_new_tokens} new tokens; longer answers are cut.")
         lines.append("- The forgetting probe is short and English-only: it catches gross loss of general ability, "
                      "not subtle drift.")
-    if dataset.source in SHIPPED_DEMOS:
+    if source in SHIPPED_DEMOS:
         lines.append("- Trained on the shipped synthetic dataset: a demonstration, not a production model.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def slice_section(report: SliceReport | None) -> list[str]:
