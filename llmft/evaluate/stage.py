@@ -255,29 +255,8 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
     simple = simple or ModelEvaluation(role=SIMPLE_ROLE, available=False, note="not measured")
     models = [m for m in (base, base_few_shot, simple, candidate, champion) if m.available]
     for m in models:
-        mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
-        for label, scores in m.extras.get("per_class", {}).items():
-            mlflow.log_metrics({f"{m.role}/per_class/{metric_key(label)}/{k}": v for k, v in scores.items()})
-        if "confusion" in m.extras:
-            mlflow.log_dict({"labels": m.extras["labels"], "matrix": m.extras["confusion"]},
-                            f"evaluation/confusion_{m.role}.json")
-            mlflow.log_figure(plots.confusion_matrix(m.extras["confusion"], m.extras["labels"],
-                                                     f"{m.role}: {drawn.n} test rows"),
-                              f"plots/confusion_matrix_{m.role}.png")
-    table: dict[str, list[Any]] = {
-        "input": [r["text"] if task.classifier else _last_user(r) for r in rows],
-        "reference": [str(r["label"]) if task.classifier else r["response"] for r in rows]}
-    slices = None
-    if cfg.slice_by:
-        values = sample["slice"].tolist() if "slice" in sample.columns else [None] * len(rows)
-        slices = slice_report(cfg.slice_by, values, rows, models, task, primary)
-        table["slice"] = slice_names(values)
-        _log_slices(slices)
-    for m in models:
-        table[f"{m.role}_output"] = m.outputs
-    for m in models:
-        for key in m.row_scores[0] if m.row_scores else ():
-            table[f"{m.role}_{key}"] = [row[key] for row in m.row_scores]
+        _log_model_metrics(m, drawn.n)
+    table, slices = _predictions_table(rows, sample, models, task, cfg.slice_by, primary)
     mlflow.log_table(table, "evaluation/predictions.json")
     # the simple baseline's answers are in the predictions table; a GenAI table (a trace per row) would
     # only cost time
@@ -317,6 +296,43 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
                       slices=slices, simple_baseline_method=simple.identity if simple.available else None,
                       simple_baseline_note=simple.note, warnings=warnings,
                       table_warnings=list(genai_runs.warnings))
+
+
+def _predictions_table(rows: list[dict[str, Any]], sample: pd.DataFrame, models: list[ModelEvaluation], task: Any,
+                       slice_by: str | None, primary: str) -> tuple[dict[str, list[Any]], SliceReport | None]:
+    """The per-row table (input, reference, each model's answer and per-row scores) and, with
+    eval.slice_by, the metric per slice (logged here)."""
+    table: dict[str, list[Any]] = {
+        "input": [r["text"] if task.classifier else _last_user(r) for r in rows],
+        "reference": [str(r["label"]) if task.classifier else r["response"] for r in rows]}
+    slices = None
+    if slice_by:
+        values = sample["slice"].tolist() if "slice" in sample.columns else [None] * len(rows)
+        slices = slice_report(slice_by, values, rows, models, task, primary)
+        table["slice"] = slice_names(values)
+        _log_slices(slices)
+    for m in models:
+        table[f"{m.role}_output"] = m.outputs
+    for m in models:
+        for key in m.row_scores[0] if m.row_scores else ():
+            table[f"{m.role}_{key}"] = [row[key] for row in m.row_scores]
+    return table, slices
+
+
+def _log_model_metrics(m: ModelEvaluation, rows: int) -> None:
+    """One model's metrics, per-class scores and confusion matrix (with its plot) in the active run."""
+    import mlflow
+
+    from llmft import plots
+
+    mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
+    for label, scores in m.extras.get("per_class", {}).items():
+        mlflow.log_metrics({f"{m.role}/per_class/{metric_key(label)}/{k}": v for k, v in scores.items()})
+    if "confusion" in m.extras:
+        mlflow.log_dict({"labels": m.extras["labels"], "matrix": m.extras["confusion"]},
+                        f"evaluation/confusion_{m.role}.json")
+        figure = plots.confusion_matrix(m.extras["confusion"], m.extras["labels"], f"{m.role}: {rows} test rows")
+        mlflow.log_figure(figure, f"plots/confusion_matrix_{m.role}.png")
 
 
 def _log_slices(report: SliceReport) -> None:
