@@ -257,6 +257,12 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         lines.append(f"{name + mark:<22}{cell(base, name, 10)}{cell(few, name, 16, 'n/a' if few_na else '-')}"
                      + (cell(simple, name, 10) if with_simple else "")
                      + f"{tuned[name]:>12.4f}{delta}{cell(champion, name, 16)}")
+    lines += _finetune_footer(summary, width, with_simple, shots, delta_of, ui_command)
+    return "\n".join(lines)
+
+def _finetune_footer(summary: dict[str, Any], width: int, with_simple: bool, shots: dict[str, float], delta_of: str,
+                     ui_command: str) -> list[str]:
+    """Below the metric table: what the columns are, the data, training, warnings, the gate's decision."""
     reg = summary["registered_model"]
     dataset = summary["dataset"]
     rows = dataset["rows"]
@@ -268,7 +274,7 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         decision = "PROMOTED to @champion" if summary["promoted"] else "NOT promoted (stays @challenger)"
     reused = summary.get("training_reused_from_run")
     deployment = summary["deployment"]
-    lines += [
+    return [
         "-" * width,
         f"* primary metric ({'higher' if summary['higher_is_better'] else 'lower'} is better); {sample['n']} of "
         f"{sample['of']} test rows ({sample['how']}), the same rows for every column",
@@ -301,4 +307,4 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         f"wall time: {summary['wall_seconds']:.0f} s",
         f"MLflow UI: {ui_command}" + (f"   (then open {UI_URL})" if ui_command.startswith("mlflow") else ""),
     ]
-    return "\n".join(lines)
+
