@@ -196,6 +196,23 @@ def _encode(array: np.ndarray, quant: str) -> tuple[np.ndarray, Any]:
     return array.astype(np.float16), GGMLQuantizationType.F16
 
 
+def _add_tokenizer(writer: Any, vocab: Any) -> None:
+    """The tokenizer as llama.cpp reads it: byte-level BPE tokens, merges, special ids, chat template."""
+    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.token_types)
+    writer.add_token_merges(vocab.merges)
+    adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "unk": writer.add_unk_token_id,
+              "pad": writer.add_pad_token_id}
+    for key, token_id in vocab.special_ids.items():
+        adders[key](token_id)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
+
+
 def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = "f16", name: str = "model",
                tokenizer_pre: str | None = None, description: str | None = None) -> Path:
     """Write `model` (a Llama causal LM in full precision) and its tokenizer to `path` as GGUF."""
@@ -232,19 +249,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = "f16", name:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
 
-    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
-    writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
-    adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "unk": writer.add_unk_token_id,
-              "pad": writer.add_pad_token_id}
-    for key, token_id in vocab.special_ids.items():
-        adders[key](token_id)
-    writer.add_add_bos_token(vocab.add_bos)
-    writer.add_add_eos_token(vocab.add_eos)
-    if vocab.chat_template:
-        writer.add_chat_template(vocab.chat_template)
+    _add_tokenizer(writer, vocab)
 
     for tensor_name, array in tensors:
         data, ggml_type = _encode(array, quant)
