@@ -268,3 +268,13 @@ def test_scores_key_follows_rows_and_settings():
     assert key != scores_key(rows.iloc[:1], spec, cfg, 384)
     assert key != scores_key(rows, spec, cfg.model_copy(update={"max_new_tokens": 8}), 384)
     assert key != scores_key(rows, spec.model_copy(update={"instruction": "Be brief"}), cfg, 384)
+
+
+def test_the_config_task_literal_lists_the_registry_names():
+    """`task:` in the config schema and the task registry cannot drift apart."""
+    from typing import get_args
+
+    from llmft.config import Config
+    from llmft.tasks import TASKS
+
+    assert get_args(Config.model_fields["task"].annotation) == ("auto", *TASKS)
