@@ -40,8 +40,9 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "amazon_review_snippets": ("amazon_review_snippets", "sentiment (3 classes from 20 raters' mean, lower-cased "
                                "product-review sentences)", ()),
     "wnut16_ner": ("wnut16_ner", "extraction (tweets -> JSON lists of 10 entity types, 62% entity-free)", ()),
-    "wnut16_ner_plain": ("wnut16_ner", "the same without the defaults against collapse and forgetting: plain loss, "
-                         "no replay", ("train.class_weights=none", "data.replay=0")),
+    "wnut16_ner_balanced": ("wnut16_ner", "the same with entity-free rows balanced against the rest",
+                            ("train.balance_empty_targets=true",)),
+    "wnut16_ner_replay": ("wnut16_ner", "the same with replay against forgetting", ("data.replay=0.1",)),
     "llamafactory_dpo": ("llamafactory_dpo", "preference: 300 real pairs in ShareGPT style (JSON array), DPO",
                          ("train.method=dpo",)),
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "

@@ -29,7 +29,7 @@ def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, A
                                                 cfg.train.max_seq_length)
     train, validation, test, split = split_data(clean, task, cfg.data)
     extras = None
-    if cfg.augment.enabled or cfg.data.mix:  # training-only rows; validation and test stay the user's
+    if cfg.augment.enabled or cfg.data.mix or cfg.data.replay:  # training-only rows; validation, test stay the user's
         augmentation = None
         if cfg.augment.enabled:
             train, augmentation = augment_training(train, validation, test, split, task, cfg.model, cfg.augment,

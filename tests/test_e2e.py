@@ -118,13 +118,10 @@ def test_mlflow_run_and_registry(finetune_summary: dict, run_env: dict[str, str]
     client = _mlflow_client(run_env)
     run = client.get_run(finetune_summary["mlflow_run_id"])
     assert run.data.params["train.max_steps"] == "auto"
-    # auto: one epoch over every kept training row and the replay rows mixed in (data.replay), 4 rows a step
+    # auto: one epoch over every kept training row, 4 rows a step
     steps = finetune_summary["train"]["steps"]
-    (replay,) = finetune_summary["dataset"]["extras"]
-    user_rows = finetune_summary["dataset"]["rows"]["train"]
-    assert replay["source"] == "builtin:general" and replay["used"] == round(0.1 * user_rows)
-    rows = user_rows + replay["used"]
-    assert steps == -(-rows // 4), finetune_summary["train"]
+    assert finetune_summary["dataset"]["extras"] == []  # no replay by default (data.replay: 0)
+    assert steps == -(-finetune_summary["dataset"]["rows"]["train"] // 4), finetune_summary["train"]
     assert run.data.params["train.method"] == "lora"
     assert run.data.tags["dataset_fingerprint"] == finetune_summary["dataset"]["fingerprint"]
     assert run.data.tags["task"] == "extraction" and run.data.tags["task.reason"].startswith("inferred from")

@@ -168,10 +168,13 @@ def test_augmentation_adds_gated_synthetic_rows_to_training_only(products):
                                 run.cfg.model, augment_cfg, run.cfg.data, run.cfg.validation, 160, 8)
 
 
-def test_default_replay_joins_a_generative_run_at_its_share(products):
-    """data.replay (0.1 by default): builtin:general rows against forgetting, reported like any mix source."""
+def test_replay_joins_a_generative_run_at_its_share(products):
+    """data.replay: builtin:general rows against forgetting, reported like any mix source; off by default."""
     run, train, validation, test, split = products
-    mixed, reports = stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, run.cfg.data,
+    assert stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, run.cfg.data,
+                               run.cfg.validation, run.cfg.train.max_seq_length)[1] == []
+    replaying = run.cfg.data.model_copy(update={"replay": 0.1})
+    mixed, reports = stages.mix_training(train, validation, test, split, run.spec, run.cfg.model, replaying,
                                          run.cfg.validation, run.cfg.train.max_seq_length)
     (report,) = reports
     assert report.source == "builtin:general" and report.weight == 0.1 and report.used == round(0.1 * len(train))

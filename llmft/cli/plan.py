@@ -57,7 +57,7 @@ def plan_lines(resolved: ResolvedRun) -> list[str]:
              f"split: train {len(train)} / validation {len(validation)} / test {len(test)} "
              f"(+{info.unused} unused, data.max_train_rows)"
              + (f"; labels {', '.join(info.labels)}" if info.labels else "")]
-    # data.mix and the default replay (data.replay) join the training rows as in the run
+    # data.mix and replay (data.replay) join the training rows as in the run
     train, extras = stages.mix_training(train, validation, test, info, spec, cfg.model, cfg.data, cfg.validation,
                                         cfg.train.max_seq_length)
     lines += [extra.line() for extra in extras]

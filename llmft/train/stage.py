@@ -44,10 +44,10 @@ def training_examples(frame: pd.DataFrame, labels: list[str] | None,
 
 def balance_weights(frame: pd.DataFrame, spec: TaskSpec, train: TrainConfig) -> tuple[list[float], dict[str, float]]:
     """Per-row loss weights of a generative task's training rows and the weight per group, when
-    `train.class_weights: balanced` and the task groups its rows (extraction: entity-free rows and the
+    `train.balance_empty_targets` is set and the task groups its rows (extraction: entity-free rows and the
     rest); ([], {}) otherwise."""
     task = get_task(spec.name)
-    if (train.class_weights != "balanced" or task.classifier or get_method(train.method).needs_pairs
+    if (not train.balance_empty_targets or task.classifier or get_method(train.method).needs_pairs
             or "response" not in frame):
         return [], {}
     groups = task.balance_groups([str(r or "") for r in frame["response"]])
