@@ -576,17 +576,16 @@ def write_slices(out: Path, slices_dir: Path) -> list[tuple[str, str, int, Path]
     slices_dir.mkdir(parents=True, exist_ok=True)
     made: list[tuple[str, str, int, Path]] = []
 
-    dialog = slice_dialog(_read_jsonl(out / BY_NAME["chatterbot_english"].filename), rng)
-    write_rows(slices_dir / "dialog.jsonl", dialog)
-    made.append(("dialog", "chatterbot_english", len(dialog), slices_dir / "dialog.jsonl"))
+    def keep(kind: str, corpus: str, rows: list[Row]) -> None:
+        write_rows(slices_dir / f"{kind}.jsonl", rows)
+        made.append((kind, corpus, len(rows), slices_dir / f"{kind}.jsonl"))
 
-    classification = slice_classification(_read_jsonl(out / BY_NAME["bbc_news"].filename), rng)
-    write_rows(slices_dir / "classification.jsonl", classification)
-    made.append(("classification", "bbc_news", len(classification), slices_dir / "classification.jsonl"))
+    def read(corpus: str) -> list[Row]:
+        return _read_jsonl(out / BY_NAME[corpus].filename)
 
-    summarization = slice_summarization(_read_jsonl(out / BY_NAME["aclsum_abstract"].filename))
-    write_rows(slices_dir / "summarization.jsonl", summarization)
-    made.append(("summarization", "aclsum_abstract", len(summarization), slices_dir / "summarization.jsonl"))
+    keep("dialog", "chatterbot_english", slice_dialog(read("chatterbot_english"), rng))
+    keep("classification", "bbc_news", slice_classification(read("bbc_news"), rng))
+    keep("summarization", "aclsum_abstract", slice_summarization(read("aclsum_abstract")))
 
     header, records = slice_messy(out / BY_NAME["sms_spam"].filename, rng)
     with (slices_dir / "messy.csv").open("w", encoding="utf-8", newline="") as fh:
@@ -596,13 +595,8 @@ def write_slices(out: Path, slices_dir: Path) -> list[tuple[str, str, int, Path]
     made.append(("messy", "sms_spam", len(records), slices_dir / "messy.csv"))
 
     rng = random.Random(SEED)  # slices added later draw on their own, so the ones above stay as they were
-    sentiment = slice_sentiment(_read_jsonl(out / BY_NAME["amazon_review_snippets"].filename), rng)
-    write_rows(slices_dir / "sentiment.jsonl", sentiment)
-    made.append(("sentiment", "amazon_review_snippets", len(sentiment), slices_dir / "sentiment.jsonl"))
-
-    ner = slice_ner(_read_jsonl(out / BY_NAME["wnut16_ner"].filename), rng)
-    write_rows(slices_dir / "extraction.jsonl", ner)
-    made.append(("extraction", "wnut16_ner", len(ner), slices_dir / "extraction.jsonl"))
+    keep("sentiment", "amazon_review_snippets", slice_sentiment(read("amazon_review_snippets"), rng))
+    keep("extraction", "wnut16_ner", slice_ner(read("wnut16_ner"), rng))
     return made
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,6 +155,34 @@ def wait_for(check, timeout: float = 120.0, every: float = 0.01):
             return value
         time.sleep(every)
     pytest.fail("condition not met in time")
+
+
+class StepGate:
+    """Decode steps of the server's worker taken one at a time, when the test says: however fast the
+    model is, a request is still decoding exactly when the test looks. `wrap` DecodeBatch.step with it."""
+
+    def __init__(self) -> None:
+        self.allowed = threading.Semaphore(0)
+        self.free = threading.Event()
+        self.taken = 0
+
+    def wrap(self, step: Any) -> Any:
+        def gated(batch: Any) -> None:
+            if not self.free.is_set():
+                self.allowed.acquire(timeout=120)
+            step(batch)
+            self.taken += 1
+        return gated
+
+    def let(self, steps: int = 1) -> None:
+        """Let `steps` decode steps through and wait until they ran."""
+        target = self.taken + steps
+        self.allowed.release(steps)
+        wait_for(lambda: self.taken >= target)
+
+    def open(self) -> None:
+        self.free.set()
+        self.allowed.release(1000)
 
 
 def python() -> str:

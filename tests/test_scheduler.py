@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import StepGate
 from conftest import wait_for as _wait_for
 
 from llmft.base_model import load_model
@@ -113,34 +114,6 @@ def _submit(app: Any, question: str, max_tokens: int, **sampling: float) -> Any:
     batcher = app.state.batcher
     body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, **sampling}
     return batcher.submit(parse_chat(body, batcher.served, batcher.limits))
-
-
-class StepGate:
-    """Decode steps of the server's worker taken one at a time, when the test says: however fast the
-    model is, a request is still decoding exactly when the test looks."""
-
-    def __init__(self) -> None:
-        self.allowed = threading.Semaphore(0)
-        self.free = threading.Event()
-        self.taken = 0
-
-    def wrap(self, step: Any) -> Any:
-        def gated(batch: DecodeBatch) -> None:
-            if not self.free.is_set():
-                self.allowed.acquire(timeout=120)
-            step(batch)
-            self.taken += 1
-        return gated
-
-    def let(self, steps: int = 1) -> None:
-        """Let `steps` decode steps through and wait until they ran."""
-        target = self.taken + steps
-        self.allowed.release(steps)
-        _wait_for(lambda: self.taken >= target)
-
-    def open(self) -> None:
-        self.free.set()
-        self.allowed.release(1000)
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from conftest import StepGate
 from test_reliability_serving import Server, _wait_for
 
 from llmft.config_serving import ServerLimits
@@ -59,30 +59,6 @@ def server(request: pytest.FixtureRequest, served: Served) -> Iterator[Server]:
     running = Server(create_app(served, LIMITS.model_copy(update={"engine": request.param})))
     yield running
     running.close()
-
-
-class StepGate:
-    """Decoding steps of the server's worker, one at a time when the test lets them through."""
-
-    def __init__(self) -> None:
-        self.allowed, self.free, self.taken = threading.Semaphore(0), threading.Event(), 0
-
-    def wrap(self, step: Any) -> Any:
-        def gated(batch: DecodeBatch) -> None:
-            if not self.free.is_set():
-                self.allowed.acquire(timeout=120)
-            step(batch)
-            self.taken += 1
-        return gated
-
-    def let(self, steps: int = 1) -> None:
-        target = self.taken + steps
-        self.allowed.release(steps)
-        _wait_for(lambda: self.taken >= target)
-
-    def open(self) -> None:
-        self.free.set()
-        self.allowed.release(1000)
 
 
 # ---- the events ----
