@@ -35,8 +35,8 @@ _NOISE = (
     ("zenml", "Initializing the ZenML global configuration"), ("zenml", "Creating database tables"),
     ("zenml", "Creating default project"), ("zenml", "Creating default stack"),
     ("zenml", "Setting the global active"), ("zenml", "Registered new pipeline"),
-    ("zenml", "Initiating a new run for the pipeline"), ("zenml", "Failed to load CPU gemm_4bit_forward"),
-    ("bitsandbytes", "Failed to load CPU gemm_4bit_forward"),
+    ("zenml", "Initiating a new run for the pipeline"),
+    ("bitsandbytes", "Failed to load CPU gemm_4bit_forward"),  # (its cpu backend, through ZenML's handler)
     ("great_expectations", "for ephemeral docs site"),  # a temp folder the gate removes again
 )
 
