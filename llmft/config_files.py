@@ -203,19 +203,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 # ---- where a config named on the command line is: a file, else one shipped with the package ----
 
-def shipped_configs_dir() -> Path | None:
-    """The configs shipped with llmft: package data `llmft.configs` (a wheel, or an editable install,
-    which maps it to the checkout's top-level configs/), else the checkout's configs/ beside the package."""
+def shipped_dir(package: str, checkout: str, marker: str) -> Path | None:
+    """A folder shipped as package data `llmft.<package>` (a wheel, or an editable install, which maps it to
+    the checkout's top-level folder), else the checkout's `<checkout>/` beside the package: the first that
+    holds `marker`."""
     import importlib.util
 
     try:
-        spec = importlib.util.find_spec("llmft.configs")
+        spec = importlib.util.find_spec(f"llmft.{package}")
     except ImportError:
         spec = None
     here = Path(__file__).resolve().parent
     found = list(spec.submodule_search_locations or []) if spec else []
-    places = [*found, here / "configs", here.parent / "configs"]
-    return next((Path(p) for p in places if (Path(p) / "finetune.yaml").is_file()), None)
+    places = [*found, here / package, here.parent / checkout]
+    return next((Path(p) for p in places if (Path(p) / marker).is_file()), None)
+
+
+def shipped_configs_dir() -> Path | None:
+    """The configs shipped with llmft (the checkout's configs/)."""
+    return shipped_dir("configs", "configs", "finetune.yaml")
 
 
 def shipped_config_names() -> list[str]:

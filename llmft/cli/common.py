@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from llmft.config import Config
-from llmft.config_files import load_config, resolve_config_path
+from llmft.config_files import load_config, resolve_config_path, shipped_dir
 from llmft.credentials import mask
 
 STARTED = time.perf_counter()  # wall_seconds in a summary covers imports and stack setup too
@@ -38,16 +38,7 @@ def setup_console(quiet: bool = False, verbose: bool = False) -> None:
 def shipped_data_dir() -> Path | None:
     """The demo data the shipped configs name (`data/products.jsonl`): package data `llmft.demo_data`, or
     the checkout's data/ folder beside the package."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("llmft.demo_data")
-    except ImportError:
-        spec = None
-    here = Path(__file__).resolve().parents[1]
-    found = list(spec.submodule_search_locations or []) if spec else []
-    places = [*found, here / "demo_data", here.parent / "data"]
-    return next((Path(p) for p in places if (Path(p) / "products.jsonl").is_file()), None)
+    return shipped_dir("demo_data", "data", "products.jsonl")
 
 
 def with_shipped_data(cfg: Config) -> Config:
