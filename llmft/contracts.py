@@ -148,11 +148,14 @@ class ModelEvaluation(BaseModel):
     extras: dict[str, Any] = Field(default_factory=dict)
 
 
+MISSING_SLICE = "(missing)"  # the slice of rows without a value of `eval.slice_by`
+
+
 class SliceScores(BaseModel):
     """One value of `eval.slice_by`: its rows in the evaluation sample and each model's primary metric
     recomputed on those rows alone."""
 
-    name: str  # the value ("(missing)": rows without one)
+    name: str  # the value (MISSING_SLICE: rows without one)
     key: str  # the name as MLflow metric keys spell it (slice/<key>/<role>/<metric>)
     rows: int
     values: dict[str, float | None]  # role -> metric on these rows (None: not computable without the model)

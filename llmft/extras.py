@@ -9,7 +9,6 @@ tests/test_install.py holds every import of these packages to one of the two for
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
 
 from llmft.errors import UserFacingError
 
@@ -49,19 +48,3 @@ def missing(exc: ModuleNotFoundError, extra: str, what: str) -> ImportError:
     """For a module-level import: MissingExtra when the missing module is one of `extra`'s, else `exc`."""
     return MissingExtra(message(extra, what)) if (exc.name or "").split(".")[0] in EXTRAS[extra] else exc
 
-
-def run_problem(pipeline: str, cfg: Any, schedule: bool = False) -> str | None:
-    """Before a run starts (no model loaded yet): the first extra the run needs and lacks, as one line."""
-    from llmft.train.methods import get_method
-
-    needs: list[tuple[str, str, str]] = []
-    if pipeline == "deploy" or (pipeline in ("finetune", "sweep") and cfg.deploy.on_promotion):
-        what = "llmft deploy" if pipeline == "deploy" else "deploy.on_promotion"
-        needs += [("fastapi", "serve", what), ("uvicorn", "serve", what)]
-    if pipeline == "sweep":
-        needs.append(("optuna", "sweep", "llmft sweep"))
-    if pipeline in ("finetune", "sweep") and get_method(cfg.train.method).loads_four_bit(cfg.train):
-        needs.append(("bitsandbytes", "qlora", f"train.method={cfg.train.method} (a 4-bit base)"))
-    if schedule:
-        needs.append(("croniter", "schedule", "llmft finetune --schedule"))
-    return next((message(extra, what) for module, extra, what in needs if not installed(module)), None)

@@ -1,8 +1,12 @@
-"""Figures logged to MLflow: what people would rather see than read."""
+"""Figures logged to MLflow: what people would rather see than read (the data stage's own, token lengths and
+class balance, are in `data/figures.py`)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from llmft.evaluate.slices import ROLE_NAMES, roles
+from llmft.evaluate.text_metrics import LOWER_IS_BETTER
 
 
 def loss_curve(history: list[dict[str, float]]) -> Any:
@@ -34,8 +38,6 @@ def metric_comparison(metrics: dict[str, dict[str, float]], names: list[str]) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmft.evaluate.text_metrics import LOWER_IS_BETTER
-
     models = [m for m, values in metrics.items() if values]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) * max(len(models), 1) / 2 + 1.5))
     height = 0.8 / max(len(models), 1)
@@ -51,45 +53,6 @@ def metric_comparison(metrics: dict[str, dict[str, float]], names: list[str]) ->
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Test split: " + " vs ".join(models))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=max(len(models), 1), frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def token_lengths(lengths: dict[str, list[int]], max_seq_length: int) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, values in lengths.items():
-        if values:
-            ax.hist(values, bins=30, alpha=0.6, label=f"{name} ({len(values)})")
-    ax.axvline(max_seq_length, color="red", linestyle="--", label=f"max_seq_length {max_seq_length}")
-    ax.set_xlabel("tokens per example (chat template applied)")
-    ax.set_ylabel("examples")
-    ax.set_title("Token lengths by split")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def class_balance(counts: dict[str, dict[str, int]]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = sorted({label for split in counts.values() for label in split}, key=str)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.8 / max(len(counts), 1)
-    for i, (name, split) in enumerate(counts.items()):
-        ax.bar([j + i * width for j in range(len(labels))], [split.get(label, 0) for label in labels],
-               width=width, label=name)
-    ax.set_xticks([j + width * (len(counts) - 1) / 2 for j in range(len(labels))], labels)
-    ax.set_ylabel("examples")
-    ax.set_title("Class balance by split")
-    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -151,8 +114,6 @@ def slice_metric(report: Any) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from llmft.evaluate.slices import ROLE_NAMES, roles
 
     models = roles(report)
     slices = report.slices

@@ -22,6 +22,7 @@ from llmft.contracts import (
 )
 from llmft.credentials import mask
 from llmft.evaluate.slices import ROLE_NAMES, left_out_line, roles, worst_line
+from llmft.sweep import SweepResult
 
 UI_URL = "http://127.0.0.1:5000"
 TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
@@ -101,8 +102,6 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
 
 def sweep_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
     """The finetune summary of the best trial's candidate, plus every trial of the study."""
-    from llmft.sweep import SweepResult
-
     result: SweepResult = _load(run, "sweep", "sweep")
     return {**finetune_summary(run, tracking_uri, wall_seconds), "pipeline": "sweep", "sweep": result.model_dump()}
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from llmft.base_model import load_tokenizer, resolve_base_model
 from llmft.config import ModelConfig, SweepConfig, SweepRange, TrainConfig
 from llmft.contracts import SplitInfo
 from llmft.credentials import mask
@@ -189,8 +190,6 @@ def _rows(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: Spli
           model: ModelConfig, train: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                                            list[str] | None]:
     """The rows the finetune stage trains and validates on, built the same way."""
-    from llmft.base_model import load_tokenizer, resolve_base_model
-
     labels = split.labels if get_task(spec.name).classifier else None
     pairs = ((load_tokenizer(resolve_base_model(model)), train.max_seq_length) if get_method(train.method).needs_pairs
              else None)
@@ -226,8 +225,6 @@ def run_trials(train_split: pd.DataFrame, validation_split: pd.DataFrame, split:
     require("optuna", "sweep", "llmft sweep")
     import optuna
 
-    from llmft.base_model import resolve_base_model
-
     if validation_split.empty:
         raise SweepError("the validation split is empty and a sweep scores on it; raise data.validation_fraction")
     if train.num_processes > 1:
@@ -262,7 +259,7 @@ def _objective(base_path: str, train_rows: list[dict[str, Any]], validation_rows
     import mlflow
     import optuna
 
-    from llmft.train.launch import run_training
+    from llmft.train.launch import run_training  # start-up: torch
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, sweep.space, train)

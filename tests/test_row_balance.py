@@ -12,7 +12,8 @@ import torch
 from llmft.chat_format import IGNORE_INDEX, PadToLongest
 from llmft.config import DataConfig, MixSource, TrainConfig
 from llmft.data import mix
-from llmft.data.shapes import Example
+from llmft.data.ingest import RawRow
+from llmft.data.shapes import Example, compact_entity_lists, to_examples
 from llmft.loss import balanced_group_weights, masked_lm_loss, row_weighted_lm_loss
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
@@ -80,6 +81,26 @@ def test_the_instruction_asks_for_empty_lists_when_the_targets_use_them() -> Non
     text = instruction_for(examples)
     assert "person is a list." in text and "Use an empty list for a key the text has nothing for." in text
     assert "null" not in text
+
+
+def test_entity_list_targets_leave_their_empty_lists_out_by_default() -> None:
+    assert compact_entity_lists(FULL) == '{"person": ["Ada"]}'
+    assert compact_entity_lists(EMPTY) == "{}"
+    assert compact_entity_lists('{"person": ["Ada"]}') is None  # nothing to drop
+    assert compact_entity_lists('{"brand": "Lumora", "tags": []}') is None  # not every value a list
+    assert compact_entity_lists("not json {") is None and compact_entity_lists("{broken") is None
+    rows = [RawRow(where=f"f:{i}", data={"text": text, "entities": json.loads(target)})
+            for i, (text, target) in enumerate([("Ada went to Rome", FULL), ("nothing here", EMPTY)])]
+    dropped, _ = to_examples(rows, DataConfig())
+    assert [e.target for e in dropped] == ['{"person": ["Ada"]}', "{}"]
+    kept, _ = to_examples(rows, DataConfig(empty_lists="keep"))
+    assert [json.loads(e.target) for e in kept] == [json.loads(FULL), json.loads(EMPTY)]
+    text = instruction_for(dropped)
+    assert "Leave out a type the text has none of; answer {} when it has none." in text
+    assert "among person, each" in text and "is a list." not in text  # one sentence, not one per key
+    # (a type no row names, location here, is not offered: nothing would teach it)
+    assert get_task("extraction").balance_groups([e.target for e in dropped]) == ["states", "empty"]
+    assert get_task("extraction").primary_for([{"response": e.target} for e in dropped]) == "entity_f1"
 
 
 def test_replay_joins_generative_runs_only_and_never_classifiers_or_pairs() -> None:

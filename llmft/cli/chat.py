@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmft.cli.common import add_config_args, fail, load_run_config, setup_console
+from llmft.config import ConfigError, ModelConfig
 from llmft.errors import UserFacingError
 
 PROMPT, ANSWER = "you> ", "assistant> "
@@ -38,8 +39,6 @@ def register(verbs: Any) -> None:
 
 def run_chat(args: argparse.Namespace) -> int:
     setup_console()
-    from llmft.config import ConfigError
-
     try:
         cfg = load_run_config(args.config, list(args.overrides))
         served = load_for_chat(args.model_uri or champion_uri(cfg), cfg.model.trust_remote_code)
@@ -57,7 +56,7 @@ def champion_uri(cfg: Any) -> str:
     """models:/<the config's registered model>@champion (the name derived from the data when not set)."""
     name = cfg.registry.model_name
     if name is None:
-        from llmft.resolve import resolve_run
+        from llmft.resolve import resolve_run  # start-up: llmft.resolve
 
         name = resolve_run(cfg).cfg.registry.model_name
     return f"models:/{name}@champion"
@@ -66,7 +65,7 @@ def champion_uri(cfg: Any) -> str:
 def load_for_chat(uri: str, trust_remote_code: bool) -> Any:
     """A registered version as the server loads it (with its trained instruction), or a model folder,
     hub id or the embedded base as it is."""
-    from llmft.serve.loading import Served, load_served
+    from llmft.serve.loading import Served, load_served  # start-up: mlflow
 
     if uri.startswith("models:/"):
         try:
@@ -75,8 +74,7 @@ def load_for_chat(uri: str, trust_remote_code: bool) -> Any:
             raise
         except Exception as exc:  # an unknown alias or version, an unreachable store: one line
             raise UserFacingError(f"{uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    from llmft.base_model import load_model, load_tokenizer, resolve_base_model
-    from llmft.config import ModelConfig
+    from llmft.base_model import load_model, load_tokenizer, resolve_base_model  # start-up: llmft.base_model
 
     path = resolve_base_model(ModelConfig(base=uri, trust_remote_code=trust_remote_code))
     model, tokenizer = load_model(path).eval(), load_tokenizer(path)
@@ -98,10 +96,10 @@ def _lines() -> Iterator[str]:
 
 def converse(served: Any, limits: Any, args: argparse.Namespace, lines: Iterator[str]) -> None:
     """The conversation: each line a user turn, each answer printed and kept for the next turn."""
-    from llmft.generation import complete_batch
-    from llmft.serve.bodies import RequestError
-    from llmft.serve.inference import classify
-    from llmft.serve.parsing import parse_chat, parse_texts
+    from llmft.generation import complete_batch  # start-up: llmft.generation
+    from llmft.serve.bodies import RequestError  # start-up: jinja2
+    from llmft.serve.inference import classify  # start-up: torch
+    from llmft.serve.parsing import parse_chat, parse_texts  # start-up: torch
 
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict[str, str]] = []

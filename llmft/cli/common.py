@@ -10,6 +10,7 @@ from pathlib import Path
 from llmft.config import Config
 from llmft.config_files import load_config, resolve_config_path, shipped_dir
 from llmft.credentials import mask
+from llmft.errors import hide_user_error_tracebacks
 
 STARTED = time.perf_counter()  # wall_seconds in a summary covers imports and stack setup too
 DEFAULT_CONFIG = "configs/finetune.yaml"  # a file of that path here, else the shipped finetune config
@@ -25,11 +26,10 @@ def fail(message: str, code: int = 2) -> int:
 
 def setup_console(quiet: bool = False, verbose: bool = False) -> None:
     """Environment and logging before zenml, transformers or mlflow are imported."""
-    from llmft.errors import hide_user_error_tracebacks
-    from llmft.stack import configure_environment
+    from llmft.stack import configure_environment  # start-up: llmft.stack
 
     configure_environment()
-    from llmft import console
+    from llmft import console  # start-up: llmft.console
 
     console.configure(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
     hide_user_error_tracebacks()

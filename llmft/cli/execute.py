@@ -11,9 +11,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmft import console, locations, retrain
+from llmft.base_model import base_identity
 from llmft.cli.common import STARTED, fail, load_run_config, setup_console
+from llmft.cli.server_actions import open_ui, show_status, stop_server
 from llmft.config import ConfigError
-from llmft.resolve import ResolvedRun
+from llmft.data.ingest import DataError
+from llmft.extras import installed, message
+from llmft.registry.promotion import drop_unregistered_zenml_version
+from llmft.registry.versions import champion_ref
+from llmft.resolve import ResolvedRun, code_version, resolve_run
+from llmft.retrain import ScheduleError, check_cron
+from llmft.stack import StackError, ensure_experiment, ensure_stack
+from llmft.train.methods import get_method
 
 
 @dataclass
@@ -48,22 +58,33 @@ def execute(req: RunRequest) -> int:
         cfg = load_run_config(req.config, req.overrides + (["train.resume=false"] if req.no_resume else []))
     except ConfigError as exc:
         return fail(str(exc))
-    from llmft.extras import run_problem
-
     # an optional package the run needs (the serve, sweep, qlora or schedule extra): one line, before any work
     starts = not (req.ui or req.status or req.stop)
     problem = (run_problem(req.pipeline, cfg, bool(req.schedule)) if starts else None) or request_problem(req)
     if problem:
         return fail(problem)
-    from llmft.cli import server
-
     if req.ui:
-        return server.open_ui(req.ui_port)
+        return open_ui(req.ui_port)
     if req.pipeline == "deploy" and req.status:
-        return server.show_status(req.summary)
+        return show_status(req.summary)
     if req.pipeline == "deploy" and req.stop:
-        return server.stop_server(req.summary)
+        return stop_server(req.summary)
     return run_resolved(req, cfg)
+
+
+def run_problem(pipeline: str, cfg: Any, schedule: bool = False) -> str | None:
+    """Before a run starts (no model loaded yet): the first extra the run needs and lacks, as one line."""
+    needs: list[tuple[str, str, str]] = []
+    if pipeline == "deploy" or (pipeline in ("finetune", "sweep") and cfg.deploy.on_promotion):
+        what = "llmft deploy" if pipeline == "deploy" else "deploy.on_promotion"
+        needs += [("fastapi", "serve", what), ("uvicorn", "serve", what)]
+    if pipeline == "sweep":
+        needs.append(("optuna", "sweep", "llmft sweep"))
+    if pipeline in ("finetune", "sweep") and get_method(cfg.train.method).loads_four_bit(cfg.train):
+        needs.append(("bitsandbytes", "qlora", f"train.method={cfg.train.method} (a 4-bit base)"))
+    if schedule:
+        needs.append(("croniter", "schedule", "llmft finetune --schedule"))
+    return next((message(extra, what) for module, extra, what in needs if not installed(module)), None)
 
 
 def request_problem(req: RunRequest) -> str | None:
@@ -73,8 +94,6 @@ def request_problem(req: RunRequest) -> str | None:
     if (req.schedule or req.tick) and req.pipeline != "finetune":
         return "--schedule and --tick are for --pipeline finetune"
     if req.schedule:
-        from llmft.retrain import ScheduleError, check_cron
-
         try:
             check_cron(req.schedule)
         except ScheduleError as exc:
@@ -84,18 +103,12 @@ def request_problem(req: RunRequest) -> str | None:
 
 def run_resolved(req: RunRequest, cfg: Any) -> int:
     """Resolve the run (task, registry name), set up the stack, run the pipeline, print its summary."""
-    from llmft import console
-    from llmft.data.ingest import DataError
-    from llmft.resolve import resolve_run
-
     try:
         resolved = resolve_run(cfg)
     except (ConfigError, DataError) as exc:
         return fail(str(exc))
     if req.pipeline in ("finetune", "data", "sweep"):
         print(resolved.spec.announce(), flush=True)
-    from llmft.stack import StackError, ensure_experiment, ensure_stack
-
     console.attach_noise_filter()
     try:
         uri = ensure_stack(resolved.cfg.compute.stack)
@@ -116,7 +129,7 @@ def run_resolved(req: RunRequest, cfg: Any) -> int:
 
 def print_summary(req: RunRequest, run: Any, uri: str) -> None:
     """The closing table (or lines) of a finished run, and its JSON summary where --summary asks."""
-    from llmft import locations, report
+    from llmft import report  # start-up: pandas
 
     wall = time.perf_counter() - STARTED
     if req.pipeline in ("finetune", "sweep"):
@@ -128,7 +141,7 @@ def print_summary(req: RunRequest, run: Any, uri: str) -> None:
         summary = report.data_summary(run, uri, wall)
         print(report.data_table(summary))
     elif req.pipeline == "export":
-        from llmft.export.stage import export_lines, export_summary
+        from llmft.export.stage import export_lines, export_summary  # start-up: numpy
 
         summary = export_summary(run, uri, wall)
         print("\n".join(export_lines(summary)))
@@ -176,12 +189,8 @@ def _training_run(name: str, run: ResolvedRun, schedule: str | None) -> Any:
     import mlflow
     from zenml import Model
 
-    from llmft.base_model import base_identity
-    from llmft.locations import tracking_uri
-    from llmft.registry.versions import champion_ref
-    from llmft.resolve import code_version
-    from pipelines.finetune import finetune_pipeline
-    from pipelines.sweep import sweep_pipeline
+    from pipelines.finetune import finetune_pipeline  # start-up: zenml
+    from pipelines.sweep import sweep_pipeline  # start-up: zenml
 
     cfg, spec = run.cfg, run.spec
     model_name = str(cfg.registry.model_name)
@@ -195,43 +204,39 @@ def _training_run(name: str, run: ResolvedRun, schedule: str | None) -> Any:
         from zenml.config.schedule import Schedule
 
         options["schedule"] = Schedule(name=f"{model_name}-retrain", cron_expression=schedule)
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(locations.tracking_uri())
     champion = champion_ref(model_name)
     try:
         return (sweep_pipeline if name == "sweep" else finetune_pipeline).with_options(**options)(
             cfg=cfg, task=spec, champion=champion, base_identity=base_identity(cfg.model.base, cfg.model.revision),
             code_version=code_version())
     except Exception:
-        from llmft.registry.promotion import drop_unregistered_zenml_version
-
         drop_unregistered_zenml_version(run_name)
         raise
 
 
 def run_pipeline(name: str, run: ResolvedRun, req: RunRequest, schedule: str | None = None) -> Any:
     """Start pipeline `name` for the resolved run; returns ZenML's run response."""
-    from llmft.resolve import code_version
-
     cfg, spec = run.cfg, run.spec
     model_name = str(cfg.registry.model_name)
     if name in ("finetune", "sweep"):
         return _training_run(name, run, schedule)
     if name == "promote":
-        from pipelines.promote import promote_pipeline
+        from pipelines.promote import promote_pipeline  # start-up: zenml
 
         return promote_pipeline(model_name=model_name, version=req.version,
                                 rollback_to_previous=req.rollback, by=req.by, reason=req.reason)
     if name == "export":
-        from pipelines.export import export_pipeline
+        from pipelines.export import export_pipeline  # start-up: zenml
 
         export = cfg.export.model_copy(update={"version": req.version or cfg.export.version})
         return export_pipeline(model_name=model_name, export=export)
     if name == "data":
-        from pipelines.data import data_pipeline
+        from pipelines.data import data_pipeline  # start-up: zenml
 
         return data_pipeline.with_options(settings=_tracker_settings(cfg))(cfg=cfg, task=spec,
                                                                            code_version=code_version())
-    from pipelines.deploy import deploy_pipeline
+    from pipelines.deploy import deploy_pipeline  # start-up: zenml
 
     return deploy_pipeline.with_options(settings=_tracker_settings(cfg))(
         model_name=model_name, deploy=cfg.deploy, trust_remote_code=cfg.model.trust_remote_code)
@@ -240,8 +245,6 @@ def run_pipeline(name: str, run: ResolvedRun, req: RunRequest, schedule: str | N
 def _retrain(resolved: ResolvedRun, req: RunRequest) -> int:
     """Scheduled retraining: ZenML's schedule where the orchestrator has one, else ticks run here."""
     from zenml.client import Client
-
-    from llmft import retrain
 
     cfg = resolved.cfg
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 
+from llmft.base_model import load_tokenizer, resolve_base_model
 from llmft.cli.common import fail, load_run_config, overrides_of, setup_console
 from llmft.config import ConfigError
-from llmft.resolve import ResolvedRun
+from llmft.data import gate
+from llmft.data.gate import DataGateError
+from llmft.data.ingest import DataError
+from llmft.resolve import ResolvedRun, resolve_run
+from llmft.tasks import get_task
+from llmft.train.budget import example_tokens, plan_training
+from llmft.train.methods import get_method
 
 
 def dry_run(args: argparse.Namespace) -> int:
     setup_console(args.quiet, args.verbose)
-    from llmft.data.gate import DataGateError
-    from llmft.data.ingest import DataError
-    from llmft.resolve import resolve_run
-
     try:
         cfg = load_run_config(args.config, overrides_of(args))
         resolved = resolve_run(cfg)
@@ -41,11 +44,8 @@ def dry_run(args: argparse.Namespace) -> int:
 
 def plan_lines(resolved: ResolvedRun) -> list[str]:
     """The data gate's verdict, the split and the training plan, as the pipeline would compute them."""
-    from llmft.data import gate, stages
-    from llmft.tasks import get_task
-    from llmft.train.budget import example_tokens, plan_training
-    from llmft.train.methods import get_method
-    from llmft.train.stage import training_examples
+    from llmft.data import stages  # start-up: pandas
+    from llmft.train.stage import training_examples  # start-up: pandas
 
     cfg, spec = resolved.cfg, resolved.spec
     examples, rejections = stages.ingest_frames(cfg.data, cfg.validation, cfg.eval.slice_by)
@@ -66,8 +66,6 @@ def plan_lines(resolved: ResolvedRun) -> list[str]:
     labels = info.labels if get_task(spec.name).classifier else None
     pairs = None
     if get_method(cfg.train.method).needs_pairs:
-        from llmft.base_model import load_tokenizer, resolve_base_model
-
         pairs = (load_tokenizer(resolve_base_model(cfg.model)), cfg.train.max_seq_length)
     rows = training_examples(train, labels, pairs)
     plan = plan_training(cfg.train, [example_tokens(r) for r in rows], len(validation), None,

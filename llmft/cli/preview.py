@@ -16,7 +16,9 @@ import sys
 from itertools import groupby
 from typing import Any
 
+from llmft.chat_format import IGNORE_INDEX
 from llmft.cli.common import add_config_args, fail, load_run_config, setup_console
+from llmft.config import ConfigError
 from llmft.errors import UserFacingError
 
 OPEN, CLOSE = "[[", "]]"
@@ -37,8 +39,7 @@ def register(verbs: Any) -> None:
 
 def run_preview(args: argparse.Namespace) -> int:
     setup_console()
-    from llmft.config import ConfigError
-    from llmft.resolve import resolve_run
+    from llmft.resolve import resolve_run  # start-up: llmft.resolve
 
     try:
         cfg = load_run_config(args.config, list(args.overrides))
@@ -58,11 +59,11 @@ def run_preview(args: argparse.Namespace) -> int:
 
 def encode_rows(resolved: Any) -> tuple[Any, Any, int]:
     """(tokenizer, the gate's row-rule result with every kept row encoded, rows of no known shape)."""
-    from llmft.base_model import load_tokenizer, resolve_base_model
-    from llmft.data import stages
-    from llmft.data.gate import run_gate
-    from llmft.data.shapes import Example
-    from llmft.tasks import get_task
+    from llmft.base_model import load_tokenizer, resolve_base_model  # start-up: llmft.base_model
+    from llmft.data import stages  # start-up: pandas
+    from llmft.data.gate import run_gate  # start-up: llmft.data.gate
+    from llmft.data.shapes import Example  # start-up: llmft.data.shapes
+    from llmft.tasks import get_task  # start-up: llmft.tasks
 
     cfg, spec = resolved.cfg, resolved.spec
     task = get_task(spec.name)
@@ -76,8 +77,6 @@ def encode_rows(resolved: Any) -> tuple[Any, Any, int]:
 
 def _counts(row: Any) -> tuple[int, int]:
     """(masked, trained) tokens of an encoded row; a classifier's row trains its label, not its tokens."""
-    from llmft.chat_format import IGNORE_INDEX
-
     if not row.labels:
         return len(row.input_ids), 0
     masked = sum(1 for label in row.labels if label == IGNORE_INDEX)
@@ -86,8 +85,6 @@ def _counts(row: Any) -> tuple[int, int]:
 
 def row_text(number: int, row: Any, tokenizer: Any, color: bool) -> str:
     """A header with the row's token counts, then its tokens decoded, masked spans marked."""
-    from llmft.chat_format import IGNORE_INDEX
-
     masked, trained = _counts(row)
     cut = ", input truncated to fit" if row.truncated else ""
     if not row.labels:  # a classifier: the text is the head's input, its label is the target

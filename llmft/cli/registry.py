@@ -40,7 +40,7 @@ def _who_and_why(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(pipeline: str, args: argparse.Namespace, **request: Any) -> int:
-    from llmft.cli.execute import RunRequest, execute
+    from llmft.cli.execute import RunRequest, execute  # start-up: llmft.resolve
 
     return execute(RunRequest(pipeline=pipeline, config=args.config, overrides=list(args.overrides),
                               summary=args.summary, quiet=args.quiet, verbose=args.verbose, stop_hint="llmft stop",

@@ -1,14 +1,13 @@
-"""The serving verbs: `llmft deploy`, `llmft stop`, `llmft status`, and `llmft ui` (the MLflow UI)."""
+"""The serving verbs: `llmft deploy`, `llmft stop`, `llmft status`, and `llmft ui` (the MLflow UI); what the
+last three do is in `cli/server_actions.py`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from typing import Any
 
-from llmft.cli.common import add_config_args, add_run_args
+from llmft.cli.common import add_config_args, add_run_args, setup_console
+from llmft.cli.server_actions import open_ui, show_status, stop_server
 
 
 def register(verbs: Any) -> None:
@@ -37,46 +36,12 @@ def register(verbs: Any) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from llmft.cli.execute import RunRequest, execute
+    from llmft.cli.execute import RunRequest, execute  # start-up: llmft.resolve
 
     return execute(RunRequest(pipeline="deploy", config=args.config, overrides=list(args.overrides),
                               summary=args.summary, quiet=args.quiet, verbose=args.verbose, stop_hint="llmft stop"))
 
 
 def _local(action: Any, summary: str | None) -> int:
-    from llmft.cli.common import setup_console
-
     setup_console()
     return action(summary)
-
-
-def show_status(summary_path: str | None) -> int:
-    from llmft import report
-    from llmft.serve import deploy as serving
-
-    state = serving.status()
-    print(json.dumps(state, indent=2))
-    report.write_summary({"pipeline": "deploy", **state}, summary_path)
-    return 0 if state.get("healthy") else 1
-
-
-def stop_server(summary_path: str | None) -> int:
-    from llmft import report
-    from llmft.serve import deploy as serving
-
-    stopped = serving.stop()
-    print(f"stopped server pid {stopped.pid} ({stopped.endpoint})" if stopped else "no server running")
-    report.write_summary({"pipeline": "deploy", "stopped": bool(stopped)}, summary_path)
-    return 0
-
-
-def open_ui(port: int) -> int:
-    """`mlflow ui` on the project's store, in place of this process; a server's address is printed."""
-    from llmft import locations
-
-    uri = locations.tracking_uri()
-    print(locations.ui_command(uri, port), flush=True)
-    ui = locations.ui_args(uri, port)
-    if ui:
-        os.execvp(sys.executable, [sys.executable, "-m", *ui])
-    return 0

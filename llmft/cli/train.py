@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import yaml
+
 from llmft.cli.common import add_config_args, add_run_args, fail, load_run_config, overrides_of
 from llmft.config import ConfigError
 from llmft.config_files import resolve_config_path
+from llmft.credentials import mask
 
 
 def register(verbs: Any) -> None:
@@ -55,10 +58,6 @@ def _common(parser: argparse.ArgumentParser, resume: bool) -> None:
 
 def print_config(args: argparse.Namespace) -> int:
     """The config a run would use (file or shipped config, then --set), validated, as YAML."""
-    import yaml
-
-    from llmft.credentials import mask
-
     try:
         cfg = load_run_config(args.config, overrides_of(args))
         source = resolve_config_path(args.config)
@@ -76,7 +75,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.max_ticks is not None and not args.schedule:
         return fail("--max-ticks goes with --schedule")
     if args.dry_run:
-        from llmft.cli.plan import dry_run
+        from llmft.cli.plan import dry_run  # start-up: llmft.resolve
 
         return dry_run(args)
     return _pipeline("finetune", args, schedule=args.schedule, max_ticks=args.max_ticks, tick=args.tick)
@@ -85,7 +84,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _pipeline(name: str, args: argparse.Namespace, **extra: Any) -> int:
     if args.print_config:
         return print_config(args)
-    from llmft.cli.execute import RunRequest, execute
+    from llmft.cli.execute import RunRequest, execute  # start-up: llmft.resolve
 
     return execute(RunRequest(pipeline=name, config=args.config, overrides=list(args.overrides),
                               summary=args.summary, no_resume=getattr(args, "no_resume", False), quiet=args.quiet,

@@ -16,7 +16,9 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from llmft.chat_format import render_generation_prompt
 from llmft.data.shapes import Example, normalise_text
+from llmft.generation import Sampling, generate
 
 REQUEST = ("Rewrite the text below in different words. Keep its meaning and every fact, name and number. "
            "Reply with the rewritten text only.\n\nText: {text}")
@@ -83,9 +85,6 @@ def paraphrase(examples: list[Example], model: Any, tokenizer: Any, per_row: int
     """(faithful paraphrased examples, dropped counts by reason, paraphrases generated). Inputs longer
     than the generation budget are skipped (a cut-off paraphrase would lose their end)."""
     import torch
-
-    from llmft.chat_format import render_generation_prompt
-    from llmft.generation import Sampling, generate
 
     dropped: Counter[str] = Counter()
     todo = []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llmft.config import ConfigError, DataConfig, MixSource
 from llmft.data.ingest import read_rows
+from llmft.data.replay import REPLAY_DIR
 from llmft.data.shapes import Example, to_examples
 from llmft.tasks.base import Task
 
@@ -20,7 +21,6 @@ BUILTIN_PREFIX = "builtin:"
 
 
 def builtin_sources() -> dict[str, Path]:
-    from llmft.data.replay import REPLAY_DIR
 
     return {f"{BUILTIN_PREFIX}{p.stem}": p for p in sorted(REPLAY_DIR.glob("*.jsonl"))}
 

@@ -18,8 +18,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
+from llmft.chat_format import render_generation_prompt, with_system
 from llmft.config import Config
+from llmft.data.ingest import DataError, read_rows, source_fingerprint
 from llmft.data.shapes import Example, normalise_text, pair_conversations, to_examples
+from llmft.generation import generate
+from llmft.locations import model_cache
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +33,6 @@ def self_play_pairs(examples: list[Example], model: Any, tokenizer: Any, system:
                     batch_size: int) -> list[dict[str, Any]]:
     """One pairs row per supervised example: its prompt turns, the reference as chosen, the model's
     greedy answer as rejected (examples the model already answers exactly are dropped)."""
-    from llmft.chat_format import render_generation_prompt, with_system
-    from llmft.generation import generate
-
     conversations = [pair_conversations(ex.messages)[0] for ex in examples]
     prompts = [render_generation_prompt(tokenizer, with_system(system, conv[:-1])) for conv in conversations]
     answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="self-play")
@@ -43,8 +45,6 @@ def self_play_pairs(examples: list[Example], model: Any, tokenizer: Any, system:
 
 
 def _key(cfg: Config, fingerprint: str) -> str:
-    from llmft.base_model import base_identity
-
     settings = {"source": fingerprint, "model": base_identity(cfg.model.base, cfg.model.revision),
                 "max_new_tokens": cfg.data.self_play_max_new_tokens, "system": cfg.data.system_prompt,
                 "max_rows": cfg.data.max_rows, "format": cfg.data.format, "columns": cfg.data.columns.model_dump()}
@@ -56,9 +56,6 @@ def materialise(cfg: Config) -> Config:
     pointing at the (cached) pairs dataset built from them; any other config unchanged."""
     if cfg.data.preference_pairs != "self_play":
         return cfg
-    from llmft.data.ingest import DataError, read_rows, source_fingerprint
-    from llmft.locations import model_cache
-
     rows = read_rows(cfg.data.source, limit=cfg.data.max_rows)
     examples, _ = to_examples(rows, cfg.data)
     if any(ex.shape == "preference" for ex in examples):
@@ -69,8 +66,6 @@ def materialise(cfg: Config) -> Config:
     stem = Path(cfg.data.source.rstrip("/")).stem.split(":", 1)[0] or "data"
     out = model_cache() / "self_play" / _key(cfg, source_fingerprint(cfg.data.source)) / f"{stem}-pairs.jsonl"
     if not out.is_file():
-        from llmft.base_model import load_model, load_tokenizer, resolve_base_model
-
         base = resolve_base_model(cfg.model)
         log.info("self-play: generating the rejected answers for %d rows with %s", len(examples), cfg.model.base)
         pairs = self_play_pairs(examples, load_model(base), load_tokenizer(base), cfg.data.system_prompt,

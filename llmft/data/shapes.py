@@ -397,6 +397,9 @@ def to_examples(rows: list[RawRow], cfg: DataConfig) -> tuple[list[Example], lis
     for row in rows:
         result = to_example(row, cfg)
         (examples if isinstance(result, Example) else rejections).append(result)
+    if cfg.empty_lists == "drop":
+        for example in examples:
+            _drop_empty_lists(example)
     if cfg.format == "auto":
         _refuse_feedback_labels(rows, examples)
     kinds = {_kind(e) for e in examples}
@@ -411,6 +414,33 @@ def to_examples(rows: list[RawRow], cfg: DataConfig) -> tuple[list[Example], lis
         raise DataError(f"{rejections[0].where}: no row has a usable shape ({len(rejections)} rows rejected: "
                         f"{'; '.join(reasons[:3])}); {_shape_hint(rejections[0].data, cfg)}")
     return examples, rejections
+
+
+def compact_entity_lists(text: str) -> str | None:
+    """The target without its empty lists when it is a JSON object whose every value is a list (entity
+    lists: `{"person": [], "geo-loc": ["Paris"]}` -> `{"geo-loc": ["Paris"]}`, `{}` when all are empty);
+    None for any other target, or one with no empty list."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, list) for v in obj.values()):
+        return None
+    if all(obj.values()):
+        return None
+    return json.dumps({k: v for k, v in obj.items() if v}, ensure_ascii=False)
+
+
+def _drop_empty_lists(example: Example) -> None:
+    """`data.empty_lists: drop` on a conversation's final answer (preference pairs and labels untouched)."""
+    if example.shape in ("text_label", "preference") or not example.messages:
+        return
+    last = example.messages[-1]
+    compact = compact_entity_lists(last["content"]) if last["role"] == "assistant" else None
+    if compact is not None:
+        example.messages[-1] = {**last, "content": compact}
 
 
 def _refuse_feedback_labels(rows: list[RawRow], examples: list[Example]) -> None:

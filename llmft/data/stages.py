@@ -6,15 +6,18 @@ Each pipeline step in `steps/data.py` wraps one of these; tests call them withou
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
+from llmft.base_model import load_model, load_tokenizer, resolve_base_model
 from llmft.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, ValidationConfig
-from llmft.contracts import DatasetInfo, ExtraRows, GateReport, SplitInfo
-from llmft.data import pii
+from llmft.contracts import MISSING_SLICE, DatasetInfo, ExtraRows, GateReport, SplitInfo
+from llmft.data import augment as paraphrasing
+from llmft.data import figures, mix, pii
 from llmft.data.export import export_dir, public_row, write_jsonl
 from llmft.data.gate import DataGateError, GateResult, run_gate
 from llmft.data.ingest import RawRow, read_rows
@@ -25,7 +28,6 @@ from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 
 EXAMPLE_COLUMNS = ["where", "shape", "messages", "text", "label", "prompt", "response", "fields", "slice", "origin"]
-MISSING_SLICE = "(missing)"
 ENCODED_COLUMNS = [*EXAMPLE_COLUMNS, "input_ids", "labels", "truncated"]
 REJECTION_COLUMNS = ["where", "kind", "reason", "data"]
 PII_COLUMN = "pii"  # per example: JSON list of [field, kind] found at ingest (values already redacted if asked)
@@ -105,8 +107,6 @@ def gate_and_tokenize(examples: pd.DataFrame, shape_rejections: pd.DataFrame, sp
                       data: DataConfig, validation: ValidationConfig, max_seq_length: int,
                       ) -> tuple[pd.DataFrame, pd.DataFrame, GateReport]:
     """The data gate; kept rows come back encoded by the task (input fitted to the token budget)."""
-    from llmft.base_model import load_tokenizer, resolve_base_model
-
     task = get_task(spec.name)
     tokenizer = load_tokenizer(resolve_base_model(model))
     docs = scratch_dir("data-docs-")
@@ -155,8 +155,6 @@ def admit_extra_rows(examples: list[Example], splits: list[pd.DataFrame], spec: 
     """Training-only rows through the gate's row rules (empty, length, personal data, duplicates among
     themselves), encoded like training rows; a row whose input any split already has is dropped (a
     replayed or paraphrased copy of a test prompt would leak it), as is a label the run does not train."""
-    from llmft.base_model import load_tokenizer, resolve_base_model
-
     task, encoder = get_task(spec.name), get_task(encode_with)
     system = spec.instruction if encode_with == spec.name else None  # replayed chat keeps its own (no) system
     tokenizer = load_tokenizer(resolve_base_model(model))
@@ -182,8 +180,6 @@ def mix_training(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFra
                  max_seq_length: int) -> tuple[pd.DataFrame, list[ExtraRows]]:
     """The training split with each `data.mix` source's rows added (weight x the user's training rows,
     seeded by data.split_seed); validation and test are untouched."""
-    from llmft.data import mix
-
     task = get_task(spec.name)
     sources = mix.with_replay(data, task)
     if not sources:
@@ -214,11 +210,6 @@ def augment_training(train: pd.DataFrame, validation: pd.DataFrame, test: pd.Dat
                      validation_cfg: ValidationConfig, max_seq_length: int, batch_size: int,
                      ) -> tuple[pd.DataFrame, ExtraRows | None]:
     """The training split plus faithful paraphrases of (a seeded sample of) its rows' inputs."""
-    import random
-
-    from llmft.base_model import load_model, load_tokenizer, resolve_base_model
-    from llmft.data import augment as paraphrasing
-
     if not augment.enabled:
         return train, None
     task = get_task(spec.name)
@@ -254,9 +245,6 @@ def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
     """This run's dataset as files, and its lineage in the active MLflow run (inputs, gate, plots): the
     training split's rows from data.source, each mix source and the synthetic rows are separate inputs."""
     import mlflow
-
-    from llmft import plots
-    from llmft.data import mix
 
     out = export_dir(run_name)
     splits = {"train": train, "validation": validation, "test": test}
@@ -295,9 +283,9 @@ def export_dataset(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
     if (out / "data_docs").is_dir():
         mlflow.log_artifacts(str(out / "data_docs"), "data/data_docs")
     lengths = {k: [len(ids) for ids in v["input_ids"]] for k, v in splits.items()}
-    mlflow.log_figure(plots.token_lengths(lengths, max_seq_length), "plots/token_lengths.png")
+    mlflow.log_figure(figures.token_lengths(lengths, max_seq_length), "plots/token_lengths.png")
     if split.label_counts:
-        mlflow.log_figure(plots.class_balance(split.label_counts), "plots/class_balance.png")
+        mlflow.log_figure(figures.class_balance(split.label_counts), "plots/class_balance.png")
     run = mlflow.active_run()
     info.mlflow_run_id = run.info.run_id if run else None
     return info

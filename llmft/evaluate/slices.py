@@ -14,9 +14,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from llmft.contracts import MISSING_SLICE as MISSING  # ingest names rows without a value
 from llmft.contracts import ModelEvaluation, SliceReport, SliceScores
-from llmft.data.stages import MISSING_SLICE as MISSING  # ingest names rows without a value
 from llmft.evaluate import text_metrics
+from llmft.tasks import classification
 from llmft.tasks.base import GenerativeTask, Task
 
 MAX_SHOWN = 20
@@ -49,7 +50,6 @@ def _row_values(model: ModelEvaluation, idx: list[int], key: str) -> list[float]
 def subset_scorer(task: Task, metric: str, rows: list[dict[str, Any]]) -> SubsetScorer:
     """How `metric` is recomputed on a subset of the evaluation rows, for any model scored on them."""
     if task.classifier:
-        from llmft.tasks import classification
 
         references = [str(r["label"]) for r in rows]
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from llmft import plots
+from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
 from llmft.config import EvalConfig, ModelConfig
 from llmft.contracts import (
     ChampionRef,
@@ -32,11 +34,16 @@ from llmft.contracts import (
 )
 from llmft.evaluate import few_shot, simple_baselines
 from llmft.evaluate.collapse import collapse_warning
+from llmft.evaluate.forgetting import load_probe, run_probe
 from llmft.evaluate.genai_tables import log_genai_evaluations
 from llmft.evaluate.sampling import sample_rows
 from llmft.evaluate.slices import left_out_line, metric_key, slice_names, slice_report, worst_line
+from llmft.locations import tracking_uri
+from llmft.registry import versions
+from llmft.resolve import code_version
 from llmft.tasks import get_task, primary_metric
 from llmft.tasks.base import EvalSettings, TaskSpec
+from llmft.train.methods import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,6 @@ def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame 
     """The pretrained (instruct) model prompted for the task on the evaluation rows: zero-shot
     without `shots`, else with them as earlier turns. A classifier's base is the language model told
     the label set and scored by each label's likelihood (never a randomly initialised head)."""
-    from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
 
     task = get_task(spec.name)
     base = resolve_base_model(model)
@@ -175,7 +181,6 @@ def scores_key(sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig, max_seq_le
     generation settings and the project's code (greedy decoding is deterministic)."""
     import hashlib
 
-    from llmft.resolve import code_version
 
     digest = hashlib.sha256()
     for row in sample[["messages", "response", "text", "label"]].itertuples(index=False):
@@ -215,23 +220,19 @@ def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRe
         return ModelEvaluation(role="champion", available=False, note=why_not or "no current champion")
     import mlflow
 
-    from llmft.locations import tracking_uri
-    from llmft.registry.versions import load_components
 
     mlflow.set_tracking_uri(tracking_uri())  # no experiment tracker on this (cached) step
     reused = _scores_from_its_own_run(champion, scores_key(sample, spec, cfg, max_seq_length))
     if reused is not None:
         return reused
     return score_model("champion", f"models:/{champion.name}/{champion.version}",
-                       lambda: load_components(champion.name, champion.version, trust_remote_code), sample, spec,
-                       cfg, max_seq_length, labels, version=champion.version,
+                       lambda: versions.load_components(champion.name, champion.version, trust_remote_code), sample,
+                       spec, cfg, max_seq_length, labels, version=champion.version,
                        note=f"champion v{champion.version} re-evaluated on this run's rows")
 
 
 def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd.DataFrame, spec: TaskSpec,
                        model: ModelConfig, cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
-    from llmft.base_model import resolve_base_model
-    from llmft.train.methods import load_trained
 
     base = resolve_base_model(model)
     return score_model("finetuned", str(trained_model), lambda: load_trained(base, trained_model, training.labels),
@@ -247,7 +248,6 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
     the non-LLM baseline (`evaluate_simple_baseline`)."""
     import mlflow
 
-    from llmft import plots
 
     task = get_task(spec.name)
     rows = sample.to_dict(orient="records")
@@ -323,7 +323,6 @@ def _log_model_metrics(m: ModelEvaluation, rows: int) -> None:
     """One model's metrics, per-class scores and confusion matrix (with its plot) in the active run."""
     import mlflow
 
-    from llmft import plots
 
     mlflow.log_metrics({f"{m.role}/{k}": v for k, v in m.metrics.items() if math.isfinite(v)})
     for label, scores in m.extras.get("per_class", {}).items():
@@ -340,7 +339,6 @@ def _log_slices(report: SliceReport) -> None:
     as a tag and metrics, the whole report as JSON and the bars as a plot."""
     import mlflow
 
-    from llmft import plots
 
     for s in report.slices:
         mlflow.log_metrics({f"slice/{s.key}/rows": float(s.rows),
@@ -369,7 +367,6 @@ def _last_user(row: dict[str, Any]) -> str:
 # ---- forgetting probe ----
 
 def probe(load: Loader, cfg: EvalConfig, desc: str) -> ProbeRun:
-    from llmft.evaluate.forgetting import load_probe, run_probe
 
     model, tokenizer = load()
     result = run_probe(model, tokenizer, load_probe(), cfg.probe_max_new_tokens, cfg.batch_size, desc=desc)
@@ -382,7 +379,6 @@ def probe_base(spec: TaskSpec, model: ModelConfig, cfg: EvalConfig) -> ProbeRun:
     if not get_task(spec.name).probe_applies:
         return ProbeRun(applicable=False, reason="a classifier has no generative head: the forgetting probe does "
                                                  "not apply")
-    from llmft.base_model import load_model, load_tokenizer, resolve_base_model
 
     base = resolve_base_model(model)
     return probe(lambda: (load_model(base), load_tokenizer(base)), cfg, "probe base")
@@ -393,8 +389,6 @@ def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: P
     """The candidate on the same probe as the base (not applicable where the base's was not)."""
     if not base_probe.applicable:
         return base_probe
-    from llmft.base_model import resolve_base_model
-    from llmft.train.methods import load_trained
 
     base = resolve_base_model(model)
     return probe(lambda: load_trained(base, trained_model, training.labels), cfg, "probe finetuned")
@@ -407,7 +401,6 @@ def forgetting(base_probe: ProbeRun, tuned: ProbeRun, max_forgetting: float) -> 
         return Forgetting(applicable=False, reason=base_probe.reason or tuned.reason, max_allowed=max_forgetting)
     import mlflow
 
-    from llmft.evaluate.forgetting import load_probe
 
     assert base_probe.accuracy is not None and tuned.accuracy is not None
     drop = base_probe.accuracy - tuned.accuracy

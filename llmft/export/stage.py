@@ -21,6 +21,9 @@ from llmft.contracts import Export
 from llmft.export.gguf_writer import ExportError, architecture_of, check_supported, tokenizer_metadata, write_gguf
 from llmft.export.ollama import modelfile
 from llmft.export.verify import round_trip
+from llmft.locations import project_home
+from llmft.registry.prompts import trained_instruction
+from llmft.registry.versions import CHAMPION, current_alias_version, load_components, set_version_tags
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +140,6 @@ def export_model(model: Any, tokenizer: Any, out_dir: Path, name: str, version: 
 
 
 def resolve_version(name: str, version: str | None) -> str:
-    from llmft.registry.versions import CHAMPION, current_alias_version
-
     if version:
         return str(version)
     found = current_alias_version(name, CHAMPION)
@@ -151,10 +152,6 @@ def export_version(name: str, cfg: ExportConfig, out_root: Path | None = None) -
     """Export `models:/<name>/<cfg.version or @champion>`; log the files to its run and tag the version."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from llmft.locations import project_home
-    from llmft.registry.prompts import trained_instruction
-    from llmft.registry.versions import load_components, set_version_tags
 
     version = resolve_version(name, cfg.version)
     client = MlflowClient()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmft.chat_format import with_system
 from llmft.contracts import GGUFCheck
 
 
@@ -56,8 +57,6 @@ CHECK_CONVERSATIONS: list[list[dict[str, str]]] = [
 
 def check_texts(tokenizer: Any, system_prompt: str | None = None) -> list[str]:
     """The check conversations rendered with the model's own template (and trained system prompt)."""
-    from llmft.chat_format import with_system
-
     return [tokenizer.apply_chat_template(with_system(system_prompt, conv), tokenize=False)
             for conv in CHECK_CONVERSATIONS]
 

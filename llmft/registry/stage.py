@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from llmft.base_model import resolve_base_model
 from llmft.config import ModelConfig, PromotionConfig, TrainConfig
 from llmft.contracts import (
     DatasetInfo,
@@ -29,6 +30,8 @@ from llmft.registry.promotion import (
 from llmft.registry.prompts import link_to_run, register_training_prompt
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
+from llmft.train.methods import is_adapter, load_trained
+from llmft.train.stage import log_training_summary
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,6 @@ def register_candidate(trained_model: Path, training: TrainingResult, evaluation
     import json
 
     import mlflow
-
-    from llmft.base_model import resolve_base_model
-    from llmft.train.methods import is_adapter, load_trained
-    from llmft.train.stage import log_training_summary
 
     run_id = mlflow.active_run().info.run_id
     reused = training.trained_in_run if training.trained_in_run not in (None, run_id) else None

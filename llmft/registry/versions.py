@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from llmft.contracts import ChampionRef
 from llmft.errors import UserFacingError
 from llmft.locations import ensure_tracking_uri
+from llmft.model_loading import custom_code_reason
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +174,6 @@ def load_registered(model_uri: str, trust_remote_code: bool = False) -> dict[str
 def remote_code_reason(local: Path) -> str | None:
     """Why loading this MLflow transformers model would import code shipped with it, or None."""
     import transformers
-    import yaml
-
-    from llmft.base_model import custom_code_reason
 
     try:
         flavors = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]

@@ -57,11 +57,11 @@ except ModuleNotFoundError as exc:
 
 from llmft.config_serving import ServerLimits
 from llmft.generation import Completion
-from llmft.serve.__main__ import serve
 from llmft.serve.admin import LOAD_URI, LoadGuard, check_load_uri, load_deadline_s
 from llmft.serve.admission import BoundedPool, ByteBudget, body_reservation, parse_workers, read_body
 from llmft.serve.batcher import Batcher, QueueFull
 from llmft.serve.bodies import RequestError, one_line, parse_json
+from llmft.serve.command import serve
 from llmft.serve.inference import classify, smoke
 from llmft.serve.loading import Served, load_served
 from llmft.serve.parsing import ChatRequest, parse_chat, parse_texts, serving_prompt
@@ -318,7 +318,7 @@ def create_app(served: Served, limits: ServerLimits, admin_token: str | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line (serve/__main__.py) with this module's loader, smoke test and app, looked up
+    """The command line (serve/command.py) with this module's loader, smoke test and app, looked up
     when called."""
     serve(argv, load_served, smoke, create_app)
 

@@ -36,7 +36,9 @@ from llmft.config_serving import ServerLimits
 from llmft.contracts import Deployment
 from llmft.errors import UserFacingError
 from llmft.locations import project_home, tracking_uri, write_atomic
+from llmft.registry.versions import CHAMPION, current_alias_version, version_tags
 from llmft.serve.admin import client_deadline_s
+from llmft.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +339,6 @@ def deploy_champion(name: str, cfg: DeployConfig, trust_remote_code: bool = Fals
     """Serve the current champion (pinned to its version), health-checked and smoke-tested with a
     request its task must answer."""
     import mlflow
-
-    from llmft.registry.versions import CHAMPION, current_alias_version, version_tags
-    from llmft.tasks import get_task
 
     # a step without the experiment tracker may run after one that reset MLflow's URI
     mlflow.set_tracking_uri(tracking_uri())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmft.chat_format import CHARS_PER_TOKEN_BOUND, encode_to_fit
+from llmft.chat_format import CHARS_PER_TOKEN_BOUND, PadToLongest, encode_to_fit, render_chat, render_generation_prompt
 from llmft.data.shapes import Example
 from llmft.evaluate.few_shot import fit_shots, prepare_shots, shot_budget, usage
 from llmft.tasks.base import Encoded, EvalSettings, ModelScores, Task, no_shot_fits
@@ -63,8 +63,6 @@ def predict(model: Any, input_ids: list[list[int]], pad_token_id: int, batch_siz
     """Class indices and probabilities, batched (right padding: the head reads the last real token)."""
     import torch
     from tqdm.auto import tqdm
-
-    from llmft.chat_format import PadToLongest
 
     pad = PadToLongest(pad_token_id)
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))  # less padding per batch
@@ -120,8 +118,6 @@ def label_instruction(system: str | None, labels: list[str]) -> str:
 def label_completions(tokenizer: Any, prompt: list[dict[str, str]], labels: list[str]) -> list[list[int]]:
     """Each label as the assistant's whole answer: its tokens and the end-of-turn token, as the chat
     template renders it (so "tech" and "technology" are different answers, not prefixes)."""
-    from llmft.chat_format import render_chat, render_generation_prompt
-
     prefix = render_generation_prompt(tokenizer, prompt)
     out = []
     for label in labels:
@@ -138,8 +134,6 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]
     runs once, its cache is repeated for the labels, which then run together."""
     import torch
     from tqdm.auto import tqdm
-
-    from llmft.chat_format import render_generation_prompt
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()

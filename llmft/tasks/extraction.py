@@ -156,6 +156,10 @@ def instruction_for(examples: list[Example]) -> str:
     """An instruction naming the keys, enumerable values and numeric fields seen in the targets."""
     objs = objects(examples)
     ordered = list(dict.fromkeys(k for obj in objs for k in obj))  # first-seen order, as the data writes them
+    if list_targets(objs) and leaves_keys_out(objs):  # entity lists, empty ones left out (data.empty_lists)
+        return (f"Extract the entities from the text. Answer with only a JSON object whose keys are among "
+                f"{', '.join(ordered)}, each with the list of the text's entities of that type. Leave out a type "
+                "the text has none of; answer {} when it has none.")
     lines = [f"Extract the fields from the text. Answer with only a JSON object with the keys {', '.join(ordered)}."]
     for key in ordered:
         values = [obj[key] for obj in objs if obj.get(key) is not None]

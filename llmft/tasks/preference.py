@@ -25,6 +25,7 @@ from llmft.data.shapes import REJECTED_ROLE, Example, pair_conversations
 from llmft.evaluate import text_metrics
 from llmft.evaluate.scoring import ModelScores, score_generative
 from llmft.tasks.base import Encoded, EvalSettings, GenerativeTask
+from llmft.train.preference import pair_logps
 
 
 def pair_example(tokenizer: Any, messages: list[dict[str, str]], max_seq_length: int) -> dict[str, list[int]]:
@@ -73,8 +74,6 @@ class PreferenceTask(GenerativeTask):
 
     def evaluate(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], system: str | None,
                  settings: EvalSettings, labels: list[str] | None, desc: str) -> ModelScores:
-        from llmft.train.preference import pair_logps
-
         conversations = [with_system(system, json.loads(r["messages"])) for r in rows]
         pairs = [pair_example(tokenizer, conv, settings.max_seq_length) for conv in conversations]
         chosen, rejected = pair_logps(model, tokenizer, pairs, settings.batch_size)

@@ -22,8 +22,8 @@ weights (`merge`). Nothing else branches on method names; `get_method(name)` is 
 Classification uses the same base with a sequence-classification head (`score`), which trains in
 every method.
 
-This module imports neither llmft.config nor llmft.base_model at its top, so `llmft.config` can take
-the method names from `METHOD_NAMES` without an import cycle.
+This module imports neither llmft.config nor llmft.base_model (it loads models through llmft/model_loading.py),
+so `llmft.config` can take the method names from `METHOD_NAMES` without an import cycle.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmft.chat_format import PadToLongest
+from llmft.model_loading import load_model, load_tokenizer
 from llmft.train.preference import PairTerms, PreferenceBatches, dpo_terms, orpo_terms, preference_loss
 
 if TYPE_CHECKING:
@@ -263,8 +264,6 @@ def load_trained(base_path: str, trained_dir: str | Path, labels: list[str] | No
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from llmft.base_model import load_model, load_tokenizer  # not at the top: llmft.config may import this module
 
     trained_dir = Path(trained_dir)
     if not is_adapter(trained_dir):

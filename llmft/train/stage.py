@@ -15,12 +15,15 @@ from typing import Any
 
 import pandas as pd
 
+from llmft import plots
+from llmft.base_model import load_tokenizer, resolve_base_model
 from llmft.config import ModelConfig, TrainConfig
 from llmft.contracts import SplitInfo, TrainingResult
 from llmft.locations import claim_checkpoint_dir, scratch_dir
 from llmft.loss import balanced_group_weights
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
+from llmft.tasks.preference import pair_example
 from llmft.train.methods import get_method
 from llmft.train.overfitting import overfitting_onset
 
@@ -32,8 +35,6 @@ def training_examples(frame: pd.DataFrame, labels: list[str] | None,
     """Rows as the trainer takes them: token ids with token labels, or with a class index; with
     `pairs` (tokenizer, max_seq_length), preference pairs: the chosen and the rejected conversation."""
     if pairs is not None:
-        from llmft.tasks.preference import pair_example
-
         return [pair_example(pairs[0], json.loads(r.messages), pairs[1]) for r in frame.itertuples()]
     if labels is None:
         return [{"input_ids": list(map(int, r.input_ids)), "labels": list(map(int, r.labels))}
@@ -71,16 +72,12 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
              model: ModelConfig, train: TrainConfig) -> tuple[Path, TrainingResult]:
     import mlflow
 
-    from llmft import plots
-    from llmft.base_model import resolve_base_model
-    from llmft.train.launch import run_training
+    from llmft.train.launch import run_training  # start-up: torch
 
     labels = split.labels if get_task(spec.name).classifier else None
     method = get_method(train.method)
     pairs = None
     if method.needs_pairs:  # the rejected conversation is encoded from the gate's fitted messages
-        from llmft.base_model import load_tokenizer
-
         pairs = (load_tokenizer(resolve_base_model(model)), train.max_seq_length)
     train_rows = training_examples(train_split, labels, pairs)
     row_weights, group_weights = balance_weights(train_split, spec, train)
