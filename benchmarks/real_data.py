@@ -42,7 +42,12 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "wnut16_ner": ("wnut16_ner", "extraction (tweets -> JSON lists of 10 entity types, 62% entity-free)", ()),
     "wnut16_ner_balanced": ("wnut16_ner", "the same with entity-free rows balanced against the rest",
                             ("train.balance_empty_targets=true",)),
-    "wnut16_ner_replay": ("wnut16_ner", "the same with replay against forgetting", ("data.replay=0.1",)),
+    "wnut16_ner_balanced_replay": ("wnut16_ner", "the same, balanced, with replay against forgetting",
+                                   ("train.balance_empty_targets=true", "data.replay=0.1")),
+    "wnut16_ner_all_keys": ("wnut16_ner", "the same with every key in every answer (empty lists kept)",
+                            ("data.empty_lists=keep",)),
+    "wnut16_ner_all_keys_balanced": ("wnut16_ner", "every key kept, entity-free rows balanced",
+                                     ("data.empty_lists=keep", "train.balance_empty_targets=true")),
     "llamafactory_dpo": ("llamafactory_dpo", "preference: 300 real pairs in ShareGPT style (JSON array), DPO",
                          ("train.method=dpo",)),
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "

@@ -11,45 +11,11 @@ from llmft.config_base import ConfigError, Section
 
 
 class ServerLimits(Section):
-    """What the model server accepts; the values come from `deploy.*` (one set of defaults)."""
+    """What the model server accepts: the `deploy.*` limits (`DeployConfig` adds where and how to deploy)."""
 
     # inf/nan are never a limit: batch_wait_ms=inf would park the batcher forever
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    max_tokens: int = Field(256, ge=1)
-    default_max_tokens: int = Field(128, ge=1)
-    max_input_tokens: int = Field(1024, ge=1)
-    max_messages: int = Field(64, ge=1)
-    max_inputs: int = Field(64, ge=1)
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_ms: float = Field(10.0, ge=0.0, le=10_000.0)
-    max_body_bytes: int = Field(4_000_000, ge=1024, le=1_000_000_000)
-    max_queue: int = Field(256, ge=1)
-    max_bodies_in_flight: int = Field(4, ge=1, le=10_000)
-    request_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
-    engine: Literal["continuous", "static"] = "continuous"
-    share_prefixes: bool = True
-    tracing: bool = False
-
-    @classmethod
-    def checked(cls, values: dict[str, Any] | str) -> ServerLimits:
-        """Validated limits (a dict or JSON), or a one-line ConfigError naming the `deploy.<key>` at fault."""
-        try:
-            return cls.model_validate_json(values) if isinstance(values, str) else cls.model_validate(values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or "(root)"
-            raise ConfigError(f"deploy.{key}: {err['msg']} (got {err.get('input')!r})") from None
-
-
-class DeployConfig(Section):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    host: str = "127.0.0.1"
-    port: int = Field(5055, ge=1, le=65535)
-    startup_timeout_s: int = Field(180, ge=5)
-    smoke_max_tokens: int = Field(48, ge=1)
-    on_promotion: bool = Field(False, description="redeploy at the end of a finetune run that promoted")
     max_tokens: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(128, ge=1, description="when a request names none")
     max_input_tokens: int = Field(1024, ge=1, description="longest prompt (chat template applied) accepted")
@@ -73,6 +39,26 @@ class DeployConfig(Section):
                                                    "turn) is prefilled once and kept; false: every prompt whole")
     tracing: bool = Field(False, description="log each chat request as an MLflow trace (tokens, latency, model "
                                              "version) in the served version's experiment")
+
+    @classmethod
+    def checked(cls, values: dict[str, Any] | str) -> ServerLimits:
+        """Validated limits (a dict or JSON), or a one-line ConfigError naming the `deploy.<key>` at fault."""
+        try:
+            return cls.model_validate_json(values) if isinstance(values, str) else cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            raise ConfigError(f"deploy.{key}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+class DeployConfig(ServerLimits):
+    """`deploy.*`: where the server runs and when it is redeployed, plus the limits it enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5055, ge=1, le=65535)
+    startup_timeout_s: int = Field(180, ge=5)
+    smoke_max_tokens: int = Field(48, ge=1)
+    on_promotion: bool = Field(False, description="redeploy at the end of a finetune run that promoted")
 
     def server_limits(self) -> ServerLimits:
         return ServerLimits.model_validate(self.model_dump(include=set(ServerLimits.model_fields)))

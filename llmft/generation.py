@@ -73,24 +73,3 @@ def complete_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_token
                                   prompt_tokens=int(sum(mask)), completion_tokens=len(tokens) + (end is not None),
                                   finish_reason=finish))
     return results
-
-
-def generate(model: Any, tokenizer: Any, prompt_texts: list[str], max_new_tokens: int,
-             batch_size: int, desc: str = "generate", sampling: Sampling = Sampling()) -> list[str]:
-    """Outputs (greedy unless `sampling` says otherwise) for many prompts, `batch_size` at a time over
-    length-sorted prompts (less padding), in the caller's order, with a progress bar. batch_size=1 is
-    the unbatched path."""
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(prompt_texts)), key=lambda i: len(prompt_texts[i]))
-    outputs: list[str] = [""] * len(prompt_texts)
-    model.eval()
-    with tqdm(total=len(order), desc=desc, unit="row", dynamic_ncols=True) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            done = complete_batch(model, tokenizer, [prompt_texts[i] for i in idx], [max_new_tokens] * len(idx),
-                                  sampling)
-            for i, completion in zip(idx, done, strict=True):
-                outputs[i] = completion.text
-            bar.update(len(idx))
-    return outputs

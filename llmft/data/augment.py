@@ -18,7 +18,8 @@ from typing import Any
 
 from llmft.chat_format import render_generation_prompt
 from llmft.data.shapes import Example, normalise_text
-from llmft.generation import Sampling, generate
+from llmft.generation import Sampling
+from llmft.offline_generation import generate
 
 REQUEST = ("Rewrite the text below in different words. Keep its meaning and every fact, name and number. "
            "Reply with the rewritten text only.\n\nText: {text}")

@@ -23,8 +23,8 @@ from llmft.chat_format import render_generation_prompt, with_system
 from llmft.config import Config
 from llmft.data.ingest import DataError, read_rows, source_fingerprint
 from llmft.data.shapes import Example, normalise_text, pair_conversations, to_examples
-from llmft.generation import generate
 from llmft.locations import model_cache
+from llmft.offline_generation import generate
 
 log = logging.getLogger(__name__)
 

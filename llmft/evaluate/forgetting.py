@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft.chat_format import render_generation_prompt
-from llmft.generation import generate
+from llmft.offline_generation import generate
 
 PROBE_FILE = Path(__file__).parent / "probes" / "general_knowledge.jsonl"
 

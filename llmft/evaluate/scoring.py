@@ -4,8 +4,9 @@ Every generative task also gets the hallucination signal here, once for all of t
 `unsupported_output_rate`, the share of outputs stating something (a number, a name, a quote, a
 JSON field value) that the prompt the model saw does not contain.
 
-Generation is left-padded and batched over length-sorted prompts (order restored afterwards), with
-a progress bar; `batch_size=1` is the one-prompt-at-a-time path the benchmark compares against.
+Generation runs on the continuous batcher with shared prompt starts prefilled once
+(`offline_generation`), with a progress bar; `engine="static"`, `batch_size=1` is the
+one-prompt-at-a-time path the benchmark compares against.
 Eval loss is the mean cross-entropy over response tokens, the same tokens training learns.
 """
 
@@ -25,21 +26,25 @@ from llmft.chat_format import (
     truncate,
     with_system,
 )
-from llmft.evaluate import text_metrics
-from llmft.generation import generate
+from llmft.evaluate import shared_start, text_metrics
 from llmft.loss import masked_lm_loss
+from llmft.offline_generation import generate
 
 # predictions, references, sources -> (aggregate metrics, per-row scores)
 TaskScorer = Callable[[list[str], list[str], list[str]], tuple[dict[str, float], list[dict[str, float]]]]
 
 
 def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int) -> float:
-    """Mean cross-entropy over labelled tokens: the loss training minimises, on held-out rows."""
+    """Mean cross-entropy over labelled tokens: the loss training minimises, on held-out rows (a start
+    the rows share computed once, `shared_start`)."""
     import torch
 
+    model.eval()
+    shared = shared_start.loss_sums(model, tokenizer.pad_token_id, examples, batch_size)
+    if shared is not None:
+        return shared[0] / shared[1] if shared[1] else math.nan
     collate = PadToLongest(tokenizer.pad_token_id)
     total_loss, total_tokens = 0.0, 0
-    model.eval()
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}

@@ -92,8 +92,8 @@ class PrefixCache:
     prompt shares at least PREFIX_MIN_TOKENS leading tokens with recent prompts: the part all of those
     share, so one start serves every prompt with the same system turn."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any, max_tokens: int = PREFIX_MAX_TOKENS) -> None:
+        self.model, self.max_tokens = model, max_tokens
         self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.recent: deque[list[int]] = deque(maxlen=RECENT_PROMPTS)
 
@@ -104,7 +104,7 @@ class PrefixCache:
         key = max(found, key=len) if found else None
         if key is None:
             shared = [n for n in (_common_start(ids, other) for other in self.recent) if n >= PREFIX_MIN_TOKENS]
-            length = min(min(shared, default=0), len(ids) - 1, PREFIX_MAX_TOKENS)
+            length = min(min(shared, default=0), len(ids) - 1, self.max_tokens)
             if length >= PREFIX_MIN_TOKENS:
                 key = tuple(ids[:length])
                 self._keep(key)
@@ -129,9 +129,9 @@ class DecodeBatch:
     """The active sequences and their shared, right-aligned KV cache."""
 
     def __init__(self, model: Any, tokenizer: Any, generator: torch.Generator | None = None,
-                 share_prefixes: bool = True) -> None:
+                 share_prefixes: bool = True, prefix_max_tokens: int = PREFIX_MAX_TOKENS) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.prefixes = PrefixCache(model) if share_prefixes else None
+        self.prefixes = PrefixCache(model, prefix_max_tokens) if share_prefixes else None
         self.stops = stop_ids(model, tokenizer)
         self.pad_id = pad_id(tokenizer)
         self.top_k = model.generation_config.top_k  # None in transformers 5 unless the model sets it
@@ -305,4 +305,25 @@ def generate_continuous(model: Any, tokenizer: Any, requests: list[tuple[list[in
             done += len(batch.retire())
         elif waiting:
             batch.steps = join_after[waiting[0]]  # nothing to decode: the next request joins now
+    return [s.completion(tokenizer) for s in seqs]
+
+
+def complete_all(model: Any, tokenizer: Any, prompts: list[list[int]], max_tokens: int, sampling: Sampling,
+                 max_active: int, prefix_max_tokens: int, done: Callable[[int], None] = lambda n: None,
+                 ) -> list[Completion]:
+    """Every prompt through one DecodeBatch, shortest first, at most `max_active` decoding at once; a
+    finished row's place goes to the next prompt at once (no wait for the longest row of a batch),
+    and a start the prompts share (the instruction, few-shot worked examples) is prefilled once.
+    `done(n)` reports progress. The offline path of evaluation, probes, self-play and augmentation."""
+    seqs = [Sequence(ids, max_tokens, sampling, handle=i) for i, ids in enumerate(prompts)]
+    waiting = deque(sorted(seqs, key=lambda s: len(s.prompt_ids)))
+    batch = DecodeBatch(model, tokenizer, prefix_max_tokens=prefix_max_tokens)
+    while waiting or batch.rows:
+        room = max_active - len(batch)
+        if room > 0 and waiting:
+            batch.admit([waiting.popleft() for _ in range(min(room, len(waiting)))])
+            done(len(batch.retire()))  # a row can finish on its first token
+        if batch.rows:
+            batch.step()
+            done(len(batch.retire()))
     return [s.completion(tokenizer) for s in seqs]
