@@ -38,6 +38,7 @@ from llmft.extras import require
 from llmft.locations import project_home, scratch_dir
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
+from llmft.train.launch import run_training
 from llmft.train.methods import get_method
 from llmft.train.stage import training_examples
 
@@ -259,7 +260,6 @@ def _objective(base_path: str, train_rows: list[dict[str, Any]], validation_rows
     import mlflow
     import optuna
 
-    from llmft.train.launch import run_training  # start-up: torch
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, sweep.space, train)

@@ -24,6 +24,7 @@ from llmft.loss import balanced_group_weights
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
 from llmft.tasks.preference import pair_example
+from llmft.train.launch import run_training
 from llmft.train.methods import get_method
 from llmft.train.overfitting import overfitting_onset
 
@@ -72,7 +73,6 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
              model: ModelConfig, train: TrainConfig) -> tuple[Path, TrainingResult]:
     import mlflow
 
-    from llmft.train.launch import run_training  # start-up: torch
 
     labels = split.labels if get_task(spec.name).classifier else None
     method = get_method(train.method)
