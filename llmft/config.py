@@ -164,6 +164,9 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without validation-loss improvement; best weights kept")
     early_stopping_min_delta: float = Field(0.0, ge=0.0)
+    keep_best: bool = Field(True, description="when training ends, put back the trainable weights of the validation "
+                                              "with the lowest loss (every train.eval_steps), as early stopping "
+                                              "does; false: the final step's weights")
     save_steps: int = Field(20, ge=1, description="checkpoint every N steps, for resuming a killed run")
     resume: bool = Field(True, description="continue from this run's last checkpoint if one exists")
     reuse: bool = Field(True, description="an earlier run's training with the same data, settings, base model and "

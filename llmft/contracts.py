@@ -120,6 +120,7 @@ class TrainingResult(BaseModel):
     plan: str | None = None  # the plan line printed before training (rows, epochs, steps, tokens, minutes)
     epochs_seen: float | None = None  # training examples trained on / training rows
     budget_note: str | None = None  # why the time budget (train.max_minutes) cut training, when it did
+    kept_step: int | None = None  # the step whose weights were kept (train.keep_best: lowest validation loss)
     # loss weight per label (classification) or per group of rows (extraction: entity-free or not), from
     # train.class_weights
     class_weights: dict[str, float] | None = None

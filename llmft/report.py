@@ -28,7 +28,7 @@ UI_URL = "http://127.0.0.1:5000"
 TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
               "stopped_early", "resumed_from_step", "tokens_per_second", "padding_fraction", "wall_seconds",
               "trainable_parameters", "num_processes", "overfitting_step", "planned_steps", "epochs_seen", "plan",
-              "budget_note", "class_weights")
+              "budget_note", "class_weights", "kept_step")
 
 
 def _load(run: Any, step_name: str, output: str) -> Any:
@@ -213,6 +213,9 @@ def training_lines(train: dict[str, Any]) -> list[str]:
     if train.get("epochs_seen") is None:
         return []
     line = f"training: {train['steps']} steps, {train['epochs_seen']:.2f} epochs of the training rows"
+    kept = train.get("kept_step")
+    if kept is not None and kept != train["steps"]:
+        line += f"; the weights of step {kept} kept (lowest validation loss, train.keep_best)"
     if train.get("budget_note"):
         line += f"; {train['budget_note']}"
     weights = train.get("class_weights")

@@ -147,6 +147,23 @@ def test_early_stopping_stops_after_patience_and_restores_the_best() -> None:
     assert never.kept(7) == (7, "the final step") and not never.stopped
 
 
+def test_keep_best_restores_the_lowest_validation_loss_without_stopping() -> None:
+    """train.keep_best (the default): an overfitting run ends on its best validation weights, not its last."""
+    model = torch.nn.Linear(2, 1)
+    keep = EarlyStopping(patience=None, keep_best=True)
+    control = SimpleNamespace(should_training_stop=False)
+    for step, loss in enumerate([1.0, 0.7, 0.9, 1.2, 1.5], start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        keep.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_loss": loss}, model=model)
+    assert not control.should_training_stop and not keep.stopped
+    assert keep.kept(5) == (2, "lowest validation loss 0.7000 (restored when training ended)")
+    assert all(v.device.type == "cpu" for v in keep.best_state.values())
+    keep.restore_best(model)
+    assert model.weight.tolist() == [[2.0, 2.0]]
+    assert TrainConfig().keep_best
+
+
 def test_progress_shows_the_latest_losses_on_rank_zero_only() -> None:
     bar = Progress()
     bar.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, max_steps=4, global_step=0), None)

@@ -156,6 +156,11 @@ def test_summary_records_epochs_seen_and_budget():
                             "class_weights": {"ham": 0.57, "spam": 3.9}})
     assert lines == ["training: 135 steps, 0.27 epochs of the training rows; the 1-min budget ...",
                      "class weights (train.class_weights): ham 0.57, spam 3.9"]
+    kept = training_lines({"steps": 945, "epochs_seen": 1.0, "kept_step": 720})
+    assert kept == ["training: 945 steps, 1.00 epochs of the training rows; the weights of step 720 kept (lowest "
+                    "validation loss, train.keep_best)"]
+    assert "kept_step" in TRAIN_KEYS and training_lines({"steps": 9, "epochs_seen": 1.0, "kept_step": 9}) == [
+        "training: 9 steps, 1.00 epochs of the training rows"]
 
 
 # ---- real training on the tiny model ------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def build_trainer(model: Any, args: TrainingArguments, cfg: TrainConfig, method:
     (with MLflow) and one progress bar in place of the Trainer's."""
     counter = TokenCounter()
     metrics = Metrics(counter, log_to_mlflow)
-    early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
+    early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.keep_best)
     trainer = LLMTrainer(model=model, args=args, train_dataset=train_examples,
                          eval_dataset=validation_examples or None, data_collator=collator,
                          callbacks=[metrics, early, *(extra_callbacks or [])], counter=counter, method=method,
@@ -210,7 +210,7 @@ def plan_steps(trainer: LLMTrainer, collator: Any, train_examples: list[dict[str
 
 def run(trainer: LLMTrainer, metrics: Metrics, early: EarlyStopping, plan: Plan, budget: Any,
         resume_from: str | None) -> Ran:
-    """Train (from `resume_from` when given), then put the best weights back when early stopping kept some."""
+    """Train (from `resume_from` when given), then put the best validation weights back (train.keep_best)."""
     resumed_from_step = int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -269,7 +269,7 @@ def summarise(ran: Ran, cfg: TrainConfig, method: Method, train_rows: int, label
         tokens_per_second=seen / train_seconds if train_seconds > 0 else 0.0, wall_seconds=ran.wall_seconds,
         trainable_parameters=parameters[0], total_parameters=parameters[1],
         num_processes=world_size, planned_steps=ran.plan.steps, plan="\n".join(ran.plan.lines()),
-        epochs_seen=round(epochs_seen, 4), budget_note=note,
+        epochs_seen=round(epochs_seen, 4), budget_note=note, kept_step=ran.early.kept(int(ran.output.global_step))[0],
         class_weights={name: round(w, 4) for name, w in zip(labels, class_weights, strict=True)}
         if labels is not None and class_weights is not None else None,
         history=history)

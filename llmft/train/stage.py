@@ -73,7 +73,6 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
              model: ModelConfig, train: TrainConfig) -> tuple[Path, TrainingResult]:
     import mlflow
 
-
     labels = split.labels if get_task(spec.name).classifier else None
     method = get_method(train.method)
     pairs = None
@@ -99,9 +98,13 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
         mlflow.log_figure(plots.preference_rewards(result.history), "plots/preference_rewards.png")
     log_training_summary(result)
     onset = overfitting_onset(result.history)
-    if onset is not None:
+    if onset is not None and train.keep_best:
+        log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; the "
+                    "weights of the lowest validation loss were kept (train.keep_best); "
+                    "train.early_stopping_patience would stop training there", onset)
+    elif onset is not None:
         log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; "
-                    "set train.early_stopping_patience (or fewer train.max_steps) to keep the best weights", onset)
+                    "set train.keep_best (or fewer train.max_steps) to keep the best weights", onset)
     mlflow.set_tags({"train.resumed_from_step": str(result.resumed_from_step),
                      "train.stopped_early": str(result.stopped_early), "train.overfitting_from_step": str(onset),
                      **({"train.budget_note": result.budget_note[:5000]} if result.budget_note else {})})

@@ -80,11 +80,13 @@ class Metrics(TrainerCallback):
 
 class EarlyStopping(TrainerCallback):
     """Stop after `patience` evaluations without an improvement of more than `min_delta` (None: never);
-    `restore_best` puts the best trainable weights back."""
+    with `keep_best` (or a patience) the trainable weights of the lowest validation loss are held (on
+    the CPU) and `restore_best` puts them back."""
 
-    def __init__(self, patience: int | None, min_delta: float = 0.0) -> None:
+    def __init__(self, patience: int | None, min_delta: float = 0.0, keep_best: bool = False) -> None:
         self.patience = patience
         self.min_delta = min_delta
+        self.keep_best = keep_best or patience is not None
         self.best: float | None = None
         self.best_state: dict[str, Any] | None = None
         self.bad_evals = 0
@@ -100,14 +102,15 @@ class EarlyStopping(TrainerCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     model: Any = None, **kwargs: Any) -> None:
         loss = (metrics or {}).get("eval_loss")
-        if loss is None or self.patience is None:
+        if loss is None or not self.keep_best:
             return
         if self.best is None or loss < self.best - self.min_delta:
             self.best, self.bad_evals, self.best_step = loss, 0, state.global_step
-            self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                               if p.requires_grad}
             return
         self.bad_evals += 1
-        if self.bad_evals >= self.patience:
+        if self.patience is not None and self.bad_evals >= self.patience:
             log.info("early stopping at step %d: validation loss %.4f, best %.4f", state.global_step, loss, self.best)
             self.stopped = control.should_training_stop = True
 
