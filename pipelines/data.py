@@ -3,7 +3,7 @@ dataset before paying for training."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from zenml import pipeline
 from zenml.enums import ExecutionMode
@@ -21,8 +21,19 @@ from steps.data import (
 )
 
 
-def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, Any, Any, Any, Any, Any]:
-    """The data stages, shared by the data and finetune pipelines."""
+class PreparedData(NamedTuple):
+    """What the data stages hand on (step outputs: artifacts once the pipeline runs)."""
+
+    fingerprint: Any  # the source's fingerprint (str)
+    train: Any  # the split rows (DataFrames), training with any augmented or mixed-in rows
+    validation: Any
+    test: Any
+    split: Any  # SplitInfo
+    dataset: Any  # DatasetInfo: what the run records about its data
+
+
+def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> PreparedData:
+    """The data stages, shared by the data, finetune and sweep pipelines."""
     fingerprint = fingerprint_data(cfg.data.source)
     examples, shape_rejections = ingest_data(fingerprint, cfg.data, code_version, cfg.validation, cfg.eval.slice_by)
     clean, rejected, report = gate_and_tokenize(examples, shape_rejections, task, cfg.model, cfg.data, cfg.validation,
@@ -39,7 +50,7 @@ def prepare_data(cfg: Config, task: TaskSpec, code_version: str) -> tuple[Any, A
                                      cfg.train.max_seq_length, augmentation)
     dataset = export_dataset(train, validation, test, rejected, report, split, task, fingerprint, cfg.data.source,
                              cfg.train.max_seq_length, extras)
-    return fingerprint, train, validation, test, split, dataset
+    return PreparedData(fingerprint, train, validation, test, split, dataset)
 
 
 @pipeline(name="data", execution_mode=ExecutionMode.FAIL_FAST)

@@ -18,7 +18,7 @@ from zenml.enums import ExecutionMode
 from llmft.config import Config
 from llmft.contracts import ChampionRef
 from llmft.tasks.base import TaskSpec
-from pipelines.data import prepare_data
+from pipelines.data import PreparedData, prepare_data
 from steps.deploy import deploy_if_promoted
 from steps.evaluate import (
     compare_models,
@@ -48,11 +48,11 @@ def finetune_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None,
 
 
 def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, base_identity: str,
-                    code_version: str, prepared: tuple[Any, ...], train_cfg: Any) -> None:
+                    code_version: str, prepared: PreparedData, train_cfg: Any) -> None:
     """Everything after the data stages, shared by the finetune and sweep pipelines; `train_cfg` is
     `cfg.train` or the sweep's best settings (an artifact)."""
     name = cfg.registry.model_name
-    fingerprint, train, validation, test, split, dataset = prepared
+    train, validation, test, split = prepared.train, prepared.validation, prepared.test, prepared.split
     base_key = f"{base_identity} code {code_version}"  # prompting, training and scoring live in the library
     trained, training = finetune(train, validation, split, task, cfg.model, train_cfg, base_key)
     rows, sample = sample_test(test, task, cfg.eval)
@@ -70,8 +70,8 @@ def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, b
     base_answers = probe_base(task, cfg.model, cfg.eval, base_key)
     candidate_answers = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, base_key)
     forgetting = measure_forgetting(base_answers, candidate_answers, cfg.promotion.max_forgetting)
-    registration = register(trained, training, evaluation, task, cfg.model, name, fingerprint)
-    decision = promote(registration, evaluation, forgetting, training, dataset, task, cfg.promotion, train_cfg,
-                       champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)
+    registration = register(trained, training, evaluation, task, cfg.model, name, prepared.fingerprint)
+    decision = promote(registration, evaluation, forgetting, training, prepared.dataset, task, cfg.promotion,
+                       train_cfg, champion.version if champion else None, cfg.model.base, cfg.eval.max_new_tokens)
     deploy_if_promoted(decision, name, cfg.deploy, cfg.model.trust_remote_code)
     export_if_promoted(decision, name, cfg.export)

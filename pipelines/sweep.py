@@ -31,8 +31,8 @@ def sweep_pipeline(cfg: Config, task: TaskSpec, champion: ChampionRef | None, ba
                    code_version: str) -> None:
     track_config(cfg, task)
     prepared = prepare_data(cfg, task, code_version)
-    _, train, validation, _, split, _ = prepared
-    inputs = (train, validation, split, task, cfg.model, cfg.train, cfg.sweep, str(cfg.registry.model_name))
+    inputs = (prepared.train, prepared.validation, prepared.split, task, cfg.model, cfg.train, cfg.sweep,
+              str(cfg.registry.model_name))
     options = cfg.finetune_step_options()  # trials train like the finetune step: same machine and resources
     workers = [sweep_trials.with_options(**options)(*inputs, id=f"sweep_trials_{i}")
                for i in range(cfg.sweep.parallel_steps if cfg.sweep.parallel_steps > 1 else 0)]
