@@ -48,14 +48,16 @@ def _timed(run: Any) -> tuple[Any, float]:
 
 def measure(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int,
             max_new_tokens: int) -> dict[str, Any]:
-    from llmft.chat_format import encode_messages, render_generation_prompt
+    from llmft.chat_format import render_generation_prompt
     from llmft.evaluate import shared_start
-    from llmft.evaluate.scoring import eval_loss
+    from llmft.evaluate.scoring import _own_turns_only, eval_loss
     from llmft.offline_generation import generate
 
     prompts = [render_generation_prompt(tokenizer, conv[:-1]) for conv in conversations]
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    examples = [encode_messages(tokenizer, conv) for conv in conversations]
+    # as the evaluate step encodes them: a few-shot prompt's worked examples (all but the row's own two
+    # turns) carry no labels, so eval loss is on the row's own answer
+    examples = [_own_turns_only(tokenizer, conv, len(conv) - 2) for conv in conversations]
     out: dict[str, Any] = {"rows": len(prompts), "prompt_tokens_mean": round(sum(map(len, ids)) / len(ids), 1),
                            "shared_start_tokens": shared_start.shared_start(examples)}
     runs = {"one_at_a_time": ("static", 1), "static_batches": ("static", batch_size),

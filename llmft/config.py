@@ -326,7 +326,8 @@ class EvalConfig(Section):
     max_samples: int | None = Field(100, ge=1, description="cap on test rows scored (a seeded sample, stratified by "
                                                           "label); null = the whole test split")
     max_new_tokens: int = Field(72, ge=1)
-    batch_size: int = Field(16, ge=1, description="prompts generated together (left padding)")
+    batch_size: int = Field(16, ge=1, description="rows decoding together (continuous batching where the model "
+                                                  "allows, else left-padded batches)")
     sample_seed: int = Field(0, description="seed of the capped evaluation sample (eval.max_samples)")
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
