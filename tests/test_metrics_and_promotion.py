@@ -131,6 +131,7 @@ def test_gate_passes_only_when_every_check_passes():
     # forgot too much
     forgot = decide("field_accuracy", True, 0.9, 0.1, None, None, 0.25, CFG)
     assert not forgot.promoted and forgot.reasons[2].startswith("FAIL forgetting")
+    assert "data.replay" in forgot.reasons[2] and "data.replay" not in " ".join(forgot.reasons[:2])
     # no probe (classification) and no champion pass
     assert decide("macro_f1", True, 0.9, 0.3, None, None, None, CFG).promoted
     # champion comparison can be switched off

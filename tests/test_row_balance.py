@@ -46,7 +46,8 @@ def test_balance_weights_apply_to_extraction_rows_only_when_balanced() -> None:
     rows, per_group = balance_weights(frame, spec, TrainConfig(balance_empty_targets=True))
     assert per_group == {"empty": pytest.approx(0.6667, abs=1e-4), "states": 2.0}
     assert rows == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
-    assert balance_weights(frame, spec, TrainConfig()) == ([], {})  # off by default (measured on WNUT16)
+    assert balance_weights(frame, spec, TrainConfig()) == (rows, per_group)  # on by default (measured on WNUT16)
+    assert balance_weights(frame, spec, TrainConfig(balance_empty_targets=False)) == ([], {})
     chat = TaskSpec(name="chat", reason="test")
     assert balance_weights(frame, chat, TrainConfig(balance_empty_targets=True)) == ([], {})
 

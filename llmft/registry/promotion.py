@@ -149,6 +149,11 @@ def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: P
     return decision, used
 
 
+FORGETTING_ADVICE = ("the model lost general answers it had: mix general rows back into training (data.replay, "
+                     "e.g. 0.1 rows of builtin:general per training row), train fewer steps (train.max_steps) or "
+                     "at a lower train.learning_rate, or allow more (promotion.max_forgetting)")
+
+
 def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,
            champion_version: str | None, forgetting_drop: float | None, cfg: PromotionConfig,
            champion_note: str = "no current champion", baseline: str = "base") -> Decision:
@@ -170,8 +175,10 @@ def decide(metric: str, higher_is_better: bool, candidate: float, base: float, c
     if forgetting_drop is None:
         checks.append((True, "forgetting", "probe not applicable to this task"))
     else:
-        checks.append((forgetting_drop <= cfg.max_forgetting, "forgetting",
-                       f"probe accuracy drop {forgetting_drop:+.4f} <= max_forgetting {cfg.max_forgetting}"))
+        kept = forgetting_drop <= cfg.max_forgetting
+        checks.append((kept, "forgetting",
+                       f"probe accuracy drop {forgetting_drop:+.4f} <= max_forgetting {cfg.max_forgetting}"
+                       + ("" if kept else f"; {FORGETTING_ADVICE}")))
     return Decision(promoted=all(ok for ok, _, _ in checks), reasons=[_verdict(*c) for c in checks])
 
 
