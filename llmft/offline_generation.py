@@ -15,7 +15,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llmft.generation import Sampling, complete_batch
-from llmft.serve import scheduler
 
 SHARED_START_TOKENS = 4096  # a few-shot prompt's worked examples (eval.few_shot_max_tokens) fit under it
 
@@ -25,6 +24,9 @@ def generate(model: Any, tokenizer: Any, prompt_texts: list[str], max_new_tokens
              engine: str = "auto") -> list[str]:
     """Outputs for `prompt_texts`, in their order, with a progress bar; at most `batch_size` rows
     decode at once. engine: auto (continuous where supported), continuous or static."""
+    # the forgetting probe's answer matching (and the replay set through it) imports without torch
+    from llmft.serve import scheduler  # start-up: torch
+
     sampling = sampling or Sampling()
     model.eval()
     continuous = engine == "continuous" or (engine == "auto" and scheduler.supports(model))

@@ -105,8 +105,8 @@ def test_extraction_instruction_for_entity_lists():
     # NER-style targets: list values, keys present only when the sentence has such an entity
     targets = ['{"PER": ["Ann"], "LOC": ["Rome"]}', '{"LOC": ["Oslo", "Bergen"]}', '{"PER": ["Bo"]}', "{}"] * 3
     text = instruction_for(examples([{"prompt": f"s{i}", "response": t} for i, t in enumerate(targets)]))
-    assert "one of ." not in text and "PER is a list." in text and "LOC is a list." in text
-    assert text.endswith("Leave out any key the text does not state.")
+    assert "one of ." not in text and "keys are among PER, LOC, each with the list" in text
+    assert text.endswith("Leave out a type the text has none of; answer {} when it has none.")
 
 
 def test_every_task_reports_its_primary_metric():

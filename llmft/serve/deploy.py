@@ -125,9 +125,14 @@ def _admin_token() -> Path:
             if path.stat().st_mode & 0o077:
                 path.chmod(0o600)
             return path
+        broken = True  # there, but empty
+    except FileNotFoundError:
+        # missing, or a dangling link; a token another deploy links in after this read is kept (below), never
+        # replaced: checking `exists()` now could see it and overwrite it
+        broken = path.is_symlink()
     except (OSError, UnicodeDecodeError):
-        pass
-    if path.exists() or path.is_symlink():  # empty or broken: replaced whole
+        broken = True
+    if broken:  # empty or unreadable: replaced whole
         write_atomic(path, secrets.token_urlsafe(32), mode=0o600)
         return path
     tmp = _state_dir() / f".admin.token.{os.getpid()}.{secrets.token_hex(4)}"
