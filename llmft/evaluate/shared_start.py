@@ -13,7 +13,7 @@ from transformers import DynamicCache
 
 from llmft.chat_format import IGNORE_INDEX, PadToLongest
 from llmft.loss import masked_lm_loss
-from llmft.serve.scheduler import PREFIX_MIN_TOKENS, supports
+from llmft.serve.scheduler import PREFIX_MIN_TOKENS, common_start, supports
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -25,11 +25,7 @@ def shared_start(examples: list[dict[str, list[int]]]) -> int:
     if len(examples) < 2:
         return 0
     first = examples[0]["input_ids"]
-    common = len(first)
-    for ex in examples[1:]:
-        ids = ex["input_ids"]
-        common = min(common, next((i for i, (a, b) in enumerate(zip(first, ids, strict=False)) if a != b),
-                                  min(len(first), len(ids))))
+    common = min(common_start(first, ex["input_ids"]) for ex in examples[1:])
     labelled = min(next((i for i, t in enumerate(ex["labels"]) if t != IGNORE_INDEX), len(ex["labels"]))
                    for ex in examples)
     length = min(common, labelled - 1, min(len(ex["input_ids"]) for ex in examples) - 1)

@@ -82,7 +82,8 @@ class Sequence:
                           finish_reason=self.finish or "length")
 
 
-def _common_start(a: list[int], b: list[int]) -> int:
+def common_start(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = min(len(a), len(b))
     return next((i for i in range(n) if a[i] != b[i]), n)
 
@@ -103,7 +104,7 @@ class PrefixCache:
         found = [key for key in self.entries if len(key) < len(ids) and tuple(ids[:len(key)]) == key]
         key = max(found, key=len) if found else None
         if key is None:
-            shared = [n for n in (_common_start(ids, other) for other in self.recent) if n >= PREFIX_MIN_TOKENS]
+            shared = [n for n in (common_start(ids, other) for other in self.recent) if n >= PREFIX_MIN_TOKENS]
             length = min(min(shared, default=0), len(ids) - 1, self.max_tokens)
             if length >= PREFIX_MIN_TOKENS:
                 key = tuple(ids[:length])
