@@ -4,8 +4,11 @@ step outputs."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from llmft.contracts import (
     ChampionMove,
@@ -22,13 +25,11 @@ from llmft.contracts import (
 )
 from llmft.credentials import mask
 from llmft.evaluate.slices import ROLE_NAMES, left_out_line, roles, worst_line
+from llmft.run_summary import RegisteredModelRef, RunSummary, SummaryDataset, SweepRunSummary, TrainSummary
 from llmft.sweep import SweepResult
 
 UI_URL = "http://127.0.0.1:5000"
-TRAIN_KEYS = ("method", "steps", "first_loss", "last_loss", "validation_loss", "best_validation_loss",
-              "stopped_early", "resumed_from_step", "tokens_per_second", "padding_fraction", "wall_seconds",
-              "trainable_parameters", "num_processes", "overfitting_step", "planned_steps", "epochs_seen", "plan",
-              "budget_note", "class_weights", "kept_step")
+TRAIN_KEYS = tuple(TrainSummary.model_fields)  # what the summary keeps of TrainingResult, in the summary's order
 
 
 def _load(run: Any, step_name: str, output: str) -> Any:
@@ -48,7 +49,7 @@ def step_seconds(run: Any) -> dict[str, float]:
     return out
 
 
-def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> RunSummary:
     evaluation: Evaluation = _load(run, "compare_models", "evaluation")
     registered: Registration = _load(run, "register", "registration")
     promotion: PromotionDecision = _load(run, "promote", "promotion")
@@ -58,80 +59,82 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[s
     deployment: Deployment = _load(run, "deploy_if_promoted", "deployment")
     champion: ModelEvaluation = _load(run, "evaluate_champion", "champion_evaluation")
     cached = cached_steps(run)
-    return {
-        "pipeline": "finetune",
-        "task": evaluation.task,
-        "task_reason": dataset.task_reason,
-        "zenml_run_id": str(run.id),
-        "mlflow_run_id": evaluation.mlflow_run_id,
-        "tracking_uri": tracking_uri,
-        "primary_metric": evaluation.primary_metric,
-        "higher_is_better": evaluation.higher_is_better,
-        "metrics": evaluation.metrics,
-        "eval_sample": evaluation.sample.model_dump(),
-        "eval_samples": evaluation.sample.n,
-        "champion_evaluated": evaluation.champion_version,
-        "champion_note": evaluation.champion_note,
-        "champion_identity": champion.identity or None,
-        "forgetting": forgetting.model_dump(),
-        "registered_model": {"name": registered.name, "version": registered.version, "uri": registered.model_uri,
-                             "reused_from_run": registered.reused_from_run},
-        "training_reused_from_run": training.trained_in_run if "finetune" in cached else None,
-        "promoted": promotion.promoted,
-        "already_champion": promotion.already_champion,
-        "promotion_reasons": promotion.reasons,
-        "baseline_used": promotion.baseline_used,
-        "simple_baseline_method": evaluation.simple_baseline_method,
-        "simple_baseline_note": evaluation.simple_baseline_note,
-        "warnings": [*evaluation.warnings, *evaluation.table_warnings],
-        "few_shot": evaluation.few_shot,
-        "few_shot_used_per_row": evaluation.few_shot_used,
-        "few_shot_note": evaluation.few_shot_note,
-        "slices": evaluation.slices.model_dump() if evaluation.slices else None,
-        "champion_version": promotion.champion,
-        "previous_champion": promotion.previous_champion,
-        "dataset": dataset.model_dump(exclude={"mlflow_run_id"}),
-        "labels": training.labels,
-        "deployment": deployment.model_dump(),
-        "cached_steps": cached,
-        "step_seconds": step_seconds(run),
-        "train": {k: getattr(training, k) for k in TRAIN_KEYS},
-        "wall_seconds": round(wall_seconds, 1),
-    }
+    return RunSummary(
+        task=evaluation.task,
+        task_reason=dataset.task_reason,
+        zenml_run_id=str(run.id),
+        mlflow_run_id=evaluation.mlflow_run_id,
+        tracking_uri=tracking_uri,
+        primary_metric=evaluation.primary_metric,
+        higher_is_better=evaluation.higher_is_better,
+        metrics=evaluation.metrics,
+        eval_sample=evaluation.sample,
+        eval_samples=evaluation.sample.n,
+        champion_evaluated=evaluation.champion_version,
+        champion_note=evaluation.champion_note,
+        champion_identity=champion.identity or None,
+        forgetting=forgetting,
+        registered_model=RegisteredModelRef(name=registered.name, version=registered.version,
+                                            uri=registered.model_uri, reused_from_run=registered.reused_from_run),
+        training_reused_from_run=training.trained_in_run if "finetune" in cached else None,
+        promoted=promotion.promoted,
+        already_champion=promotion.already_champion,
+        promotion_reasons=promotion.reasons,
+        baseline_used=promotion.baseline_used,
+        simple_baseline_method=evaluation.simple_baseline_method,
+        simple_baseline_note=evaluation.simple_baseline_note,
+        warnings=[*evaluation.warnings, *evaluation.table_warnings],
+        few_shot=evaluation.few_shot,
+        few_shot_used_per_row=evaluation.few_shot_used,
+        few_shot_note=evaluation.few_shot_note,
+        slices=evaluation.slices,
+        champion_version=promotion.champion,
+        previous_champion=promotion.previous_champion,
+        dataset=SummaryDataset.model_validate(dataset.model_dump(exclude={"mlflow_run_id"})),
+        labels=training.labels,
+        deployment=deployment,
+        cached_steps=cached,
+        step_seconds=step_seconds(run),
+        train=TrainSummary(**{k: getattr(training, k) for k in TRAIN_KEYS}),
+        wall_seconds=round(wall_seconds, 1),
+    )
 
 
-def sweep_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[str, Any]:
+def sweep_summary(run: Any, tracking_uri: str, wall_seconds: float) -> SweepRunSummary:
     """The finetune summary of the best trial's candidate, plus every trial of the study."""
     result: SweepResult = _load(run, "sweep", "sweep")
-    return {**finetune_summary(run, tracking_uri, wall_seconds), "pipeline": "sweep", "sweep": result.model_dump()}
+    # every field as set (not re-validated), then the two that differ; field order keeps "sweep" last
+    best = dict(finetune_summary(run, tracking_uri, wall_seconds))
+    return SweepRunSummary(**{**best, "pipeline": "sweep", "sweep": result})
 
 
-def sweep_lines(sweep: dict[str, Any]) -> list[str]:
+def sweep_lines(sweep: SweepResult | dict[str, Any]) -> list[str]:
     """One line per trial (parameters, validation metric, state), then the best."""
     def params(values: dict[str, Any]) -> str:
         return ", ".join(f"{k.removeprefix('train.')}={v:.3g}" if isinstance(v, float) else
                          f"{k.removeprefix('train.')}={v}" for k, v in values.items())
 
-    trials = sweep["trials"]
-    pruned = sum(t["state"] == "PRUNED" for t in trials)
-    head = (f"sweep {sweep['study_name']}: {len(trials)} trials ({pruned} pruned), {sweep['metric']} on the "
-            f"validation split, {sweep['direction']}")
-    if sweep["finished_before"]:
-        head += f"; resumed: {sweep['finished_before']} finished before, {sweep['ran_now']} run now"
+    study = sweep if isinstance(sweep, SweepResult) else SweepResult.model_validate(sweep)
+    trials = study.trials
+    pruned = sum(t.state == "PRUNED" for t in trials)
+    head = (f"sweep {study.study_name}: {len(trials)} trials ({pruned} pruned), {study.metric} on the "
+            f"validation split, {study.direction}")
+    if study.finished_before:
+        head += f"; resumed: {study.finished_before} finished before, {study.ran_now} run now"
     lines = ["", head]
     for t in trials:
-        if t["state"] == "PRUNED":
-            state = f"pruned at step {t['pruned_at_step']}"
-        elif t["state"] == "COMPLETE":
-            state = f"{t['value']:.4f}"
+        if t.state == "PRUNED":
+            state = f"pruned at step {t.pruned_at_step}"
+        elif t.state == "COMPLETE":
+            state = f"{t.value:.4f}"
         else:
-            state = t["state"].lower()
-        mark = " <- best" if t["number"] == sweep["best_trial"] else ""
-        lines.append(f"  trial {t['number']:>3}  {state:<22} {params(t['params'])}{mark}")
-    lines.append(f"best trial {sweep['best_trial']}: {sweep['metric']} {sweep['best_value']:.4f} with "
-                 f"{params(sweep['best_params'])}; the candidate below was trained with these settings")
-    if sweep["plots_skipped"]:
-        lines.append("plots skipped: " + "; ".join(f"{k}: {v}" for k, v in sweep["plots_skipped"].items()))
+            state = t.state.lower()
+        mark = " <- best" if t.number == study.best_trial else ""
+        lines.append(f"  trial {t.number:>3}  {state:<22} {params(t.params)}{mark}")
+    lines.append(f"best trial {study.best_trial}: {study.metric} {study.best_value:.4f} with "
+                 f"{params(study.best_params)}; the candidate below was trained with these settings")
+    if study.plots_skipped:
+        lines.append("plots skipped: " + "; ".join(f"{k}: {v}" for k, v in study.plots_skipped.items()))
     return lines
 
 
@@ -172,17 +175,20 @@ def promote_summary(run: Any, tracking_uri: str, wall_seconds: float) -> dict[st
             "wall_seconds": round(wall_seconds, 1)}
 
 
-def write_summary(summary: dict[str, Any], path: str | None) -> None:
+def write_summary(summary: BaseModel | dict[str, Any], path: str | None) -> None:
+    """The summary as JSON (a RunSummary, or the other pipelines' dicts). Python-mode dump, then json.dumps
+    as before: the same text (mode="json" would write inf/nan as null, json.dumps writes Infinity/NaN)."""
     if path:
+        data = summary.model_dump() if isinstance(summary, BaseModel) else summary
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(mask(json.dumps(summary, indent=2, default=str)) + "\n")
+        Path(path).write_text(mask(json.dumps(data, indent=2, default=str)) + "\n")
 
 
-def slice_lines(slices: dict[str, Any] | None) -> list[str]:
+def slice_lines(slices: SliceReport | dict[str, Any] | None) -> list[str]:
     """The bias check (eval.slice_by): the primary metric per slice and model, then the worst slice."""
     if not slices:
         return []
-    report = SliceReport.model_validate(slices)
+    report = slices if isinstance(slices, SliceReport) else SliceReport.model_validate(slices)
     head = f"{report.metric} by {report.column}" + (f" ({report.note})" if report.note else "")
     columns = roles(report)
     lines = ["", head, f"{'slice':<28}{'rows':>6}" + "".join(f"{ROLE_NAMES[r]:>15}" for r in columns)]
@@ -207,18 +213,18 @@ def few_shot_line(shots: dict[str, float], note: str) -> str:
             f"(min {shots['used_min']:.0f}, max {shots['used_max']:.0f})")
 
 
-def training_lines(train: dict[str, Any]) -> list[str]:
+def training_lines(train: TrainSummary | Mapping[str, Any] | None) -> list[str]:
     """How much training the candidate had: steps, epochs seen, why the time budget cut it; the class
     weights of a classifier's loss. Nothing for a summary from before these were recorded."""
-    if train.get("epochs_seen") is None:
+    t = train if isinstance(train, TrainSummary) else TrainSummary.model_validate(train or {})
+    if t.epochs_seen is None:
         return []
-    line = f"training: {train['steps']} steps, {train['epochs_seen']:.2f} epochs of the training rows"
-    kept = train.get("kept_step")
-    if kept is not None and kept != train["steps"]:
-        line += f"; the weights of step {kept} kept (lowest validation loss, train.keep_best)"
-    if train.get("budget_note"):
-        line += f"; {train['budget_note']}"
-    weights = train.get("class_weights")
+    line = f"training: {t.steps} steps, {t.epochs_seen:.2f} epochs of the training rows"
+    if t.kept_step is not None and t.kept_step != t.steps:
+        line += f"; the weights of step {t.kept_step} kept (lowest validation loss, train.keep_best)"
+    if t.budget_note:
+        line += f"; {t.budget_note}"
+    weights = t.class_weights
     if not weights:
         return [line]
     shown = ", ".join(f"{name} {w:.3g}" for name, w in list(weights.items())[:12])
@@ -229,21 +235,24 @@ def training_lines(train: dict[str, Any]) -> list[str]:
 BASELINE_WORDS = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "simple": "the simple baseline"}
 
 
-def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
-    metrics = summary["metrics"]
+def finetune_table(summary: RunSummary | dict[str, Any], ui_command: str) -> str:
+    """The closing table: every metric for every model on the same rows, then the footer. Takes a
+    RunSummary, or a summary's dict (validated: an older one's missing fields take their defaults)."""
+    run = summary if isinstance(summary, RunSummary) else RunSummary.model_validate(summary)
+    metrics = run.metrics
     base, tuned, champion = metrics["base"], metrics["finetuned"], metrics.get("champion")
     few = metrics.get("base_few_shot") or {}
-    shots = summary.get("few_shot") or {}
+    shots = run.few_shot
     # measured shots but not one fitted a row: the column is not applicable, not a repeat of zero-shot
     few_na = not few and bool(shots) and shots.get("used_max", 1) == 0
     simple = metrics.get("simple_baseline") or {}
-    with_simple = "simple_baseline" in metrics  # a summary from before the simple baseline has no column
-    used = summary.get("baseline_used") or "zero_shot"
+    # keyed on the role being there (even as None): a summary from before the simple baseline has no column
+    with_simple = "simple_baseline" in metrics
+    used = run.baseline_used or "zero_shot"
     # delta: fine-tuned minus the baseline the gate used
     against = {"few_shot": few, "simple": simple}.get(used) or base
     delta_of = used if against is not base else "zero_shot"
-    primary = summary["primary_metric"]
-    champ_head = f"champion v{summary['champion_evaluated']}" if champion else "champion"
+    champ_head = f"champion v{run.champion_evaluated}" if champion else "champion"
     width = 22 + 10 + 16 + (10 if with_simple else 0) + 12 + 10 + 16
     lines = ["", f"{'metric':<22}{'base':>10}{'base few-shot':>16}" + (f"{'simple':>10}" if with_simple else "")
              + f"{'fine-tuned':>12}{'delta':>10}{champ_head:>16}", "-" * width]
@@ -253,60 +262,56 @@ def finetune_table(summary: dict[str, Any], ui_command: str) -> str:
         return f"{value:>{size}.4f}" if value is not None else f"{missing:>{size}}"
 
     for name in tuned:
-        mark = " *" if name == primary else ""
+        mark = " *" if name == run.primary_metric else ""
         ref = against.get(name)
         delta = f"{tuned[name] - ref:>+10.4f}" if ref is not None else f"{'-':>10}"
         lines.append(f"{name + mark:<22}{cell(base, name, 10)}{cell(few, name, 16, 'n/a' if few_na else '-')}"
                      + (cell(simple, name, 10) if with_simple else "")
                      + f"{tuned[name]:>12.4f}{delta}{cell(champion, name, 16)}")
-    lines += _finetune_footer(summary, width, with_simple, shots, delta_of, ui_command)
+    lines += _finetune_footer(run, width, with_simple, delta_of, ui_command)
     return "\n".join(lines)
 
-def _finetune_footer(summary: dict[str, Any], width: int, with_simple: bool, shots: dict[str, float], delta_of: str,
-                     ui_command: str) -> list[str]:
+
+def _finetune_footer(run: RunSummary, width: int, with_simple: bool, delta_of: str, ui_command: str) -> list[str]:
     """Below the metric table: what the columns are, the data, training, warnings, the gate's decision."""
-    reg = summary["registered_model"]
-    dataset = summary["dataset"]
-    rows = dataset["rows"]
-    sample = summary["eval_sample"]
-    forgetting = summary["forgetting"]
-    if summary.get("already_champion"):
-        decision = f"unchanged: v{reg['version']} already is @champion"
+    reg, dataset, sample, forgetting, deployment = (run.registered_model, run.dataset, run.eval_sample,
+                                                    run.forgetting, run.deployment)
+    rows = dataset.rows
+    if run.already_champion:
+        decision = f"unchanged: v{reg.version} already is @champion"
     else:
-        decision = "PROMOTED to @champion" if summary["promoted"] else "NOT promoted (stays @challenger)"
-    reused = summary.get("training_reused_from_run")
-    deployment = summary["deployment"]
+        decision = "PROMOTED to @champion" if run.promoted else "NOT promoted (stays @challenger)"
+    reused = run.training_reused_from_run
     return [
         "-" * width,
-        f"* primary metric ({'higher' if summary['higher_is_better'] else 'lower'} is better); {sample['n']} of "
-        f"{sample['of']} test rows ({sample['how']}), the same rows for every column",
+        f"* primary metric ({'higher' if run.higher_is_better else 'lower'} is better); {sample.n} of "
+        f"{sample.of} test rows ({sample.how}), the same rows for every column",
         f"delta: fine-tuned minus {BASELINE_WORDS[delta_of]}, the baseline the promotion gate compared with "
         "(promotion.baseline)",
-        *([f"simple baseline (no LLM, fitted on the training split): {summary.get('simple_baseline_note') or '-'}"]
+        *([f"simple baseline (no LLM, fitted on the training split): {run.simple_baseline_note or '-'}"]
           if with_simple else []),
-        "base few-shot: " + few_shot_line(shots, summary.get("few_shot_note", "")),
-        *slice_lines(summary.get("slices")),
-        f"task {summary['task']} ({summary['task_reason']}); rows in {dataset['rows_in']}, train/validation/test = "
-        f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset['duplicates_removed']}, "
-        f"rejected {dataset['rejected']}, truncated {dataset['truncated']}",
-        *[ExtraRows.model_validate(e).line() for e in dataset.get("extras", [])],
-        *training_lines(summary.get("train") or {}),
-        *[f"warning: {w}" for w in [*dataset["warnings"], *summary.get("warnings", [])]],
-        f"champion: {summary['champion_note']}",
-        ("forgetting probe: " + (f"base {forgetting['base']:.3f} -> fine-tuned {forgetting['finetuned']:.3f} on "
-                                 f"{forgetting['questions']} questions" if forgetting["applicable"]
-                                 else forgetting["reason"])),
+        "base few-shot: " + few_shot_line(run.few_shot, run.few_shot_note),
+        *slice_lines(run.slices),
+        f"task {run.task} ({run.task_reason}); rows in {dataset.rows_in}, train/validation/test = "
+        f"{rows['train']}/{rows['validation']}/{rows['test']}; duplicates removed {dataset.duplicates_removed}, "
+        f"rejected {dataset.rejected}, truncated {dataset.truncated}",
+        *[extra.line() for extra in dataset.extras],
+        *training_lines(run.train),
+        *[f"warning: {w}" for w in [*dataset.warnings, *run.warnings]],
+        f"champion: {run.champion_note}",
+        ("forgetting probe: " + (f"base {forgetting.base:.3f} -> fine-tuned {forgetting.finetuned:.3f} on "
+                                 f"{forgetting.questions} questions" if forgetting.applicable
+                                 else forgetting.reason)),
         *([f"training: reused from MLflow run {reused} (same data, settings, base model and code; "
             "--set train.reuse=false trains again)"] if reused else []),
-        (f"registered: nothing new, {reg['name']} version {reg['version']} is this very model (registered by run "
-         f"{reg['reused_from_run']})" if reg.get("reused_from_run")
-         else f"registered: {reg['name']} version {reg['version']} (@challenger)"),
+        (f"registered: nothing new, {reg.name} version {reg.version} is this very model (registered by run "
+         f"{reg.reused_from_run})" if reg.reused_from_run
+         else f"registered: {reg.name} version {reg.version} (@challenger)"),
         f"promotion: {decision}",
-        *[f"  {reason}" for reason in summary["promotion_reasons"]],
-        ("deployed: " + f"{deployment['action']} at {deployment['endpoint']}"
-         if deployment["deployed"] else f"not deployed ({deployment['reason']})"),
-        f"served from cache: {', '.join(summary['cached_steps']) or 'nothing'}",
-        f"wall time: {summary['wall_seconds']:.0f} s",
+        *[f"  {reason}" for reason in run.promotion_reasons],
+        ("deployed: " + f"{deployment.action} at {deployment.endpoint}"
+         if deployment.deployed else f"not deployed ({deployment.reason})"),
+        f"served from cache: {', '.join(run.cached_steps) or 'nothing'}",
+        f"wall time: {run.wall_seconds:.0f} s",
         f"MLflow UI: {ui_command}" + (f"   (then open {UI_URL})" if ui_command.startswith("mlflow") else ""),
     ]
-

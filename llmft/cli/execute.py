@@ -135,7 +135,7 @@ def print_summary(req: RunRequest, run: Any, uri: str) -> None:
     if req.pipeline in ("finetune", "sweep"):
         summary = (report.sweep_summary if req.pipeline == "sweep" else report.finetune_summary)(run, uri, wall)
         if req.pipeline == "sweep":
-            print("\n".join(report.sweep_lines(summary["sweep"])))
+            print("\n".join(report.sweep_lines(summary.sweep)))
         print(report.finetune_table(summary, locations.ui_command(uri)))
     elif req.pipeline == "data":
         summary = report.data_summary(run, uri, wall)
