@@ -9,13 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from llmft.chat_format import IGNORE_INDEX, PadToLongest
 from llmft.loss import masked_lm_loss
-from llmft.serve.scheduler import PREFIX_MIN_TOKENS, common_start, supports
-
-Layers = list[tuple[torch.Tensor, torch.Tensor]]
+from llmft.serve.scheduler import PREFIX_MIN_TOKENS, common_start, expanded_cache, start_layers, supports
 
 
 def shared_start(examples: list[dict[str, list[int]]]) -> int:
@@ -30,25 +27,6 @@ def shared_start(examples: list[dict[str, list[int]]]) -> int:
                    for ex in examples)
     length = min(common, labelled - 1, min(len(ex["input_ids"]) for ex in examples) - 1)
     return length if length >= PREFIX_MIN_TOKENS else 0
-
-
-def start_layers(model: Any, ids: list[int]) -> Layers:
-    """Keys and values of `ids` (one forward, nothing kept but the cache)."""
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
-              logits_to_keep=1)
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def copied_cache(model: Any, layers: Layers, rows: int) -> DynamicCache:
-    """A cache holding the start for `rows` rows (expanded views: the forward's update copies them)."""
-    cache = DynamicCache(config=model.config)
-    for layer, (keys, values) in zip(cache.layers, layers, strict=True):
-        layer.lazy_initialization(keys, values)
-        layer.keys = keys.expand(rows, -1, -1, -1)
-        layer.values = values.expand(rows, -1, -1, -1)
-    return cache
 
 
 def loss_sums(model: Any, pad_id: int, examples: list[dict[str, list[int]]], batch_size: int,
@@ -72,7 +50,7 @@ def loss_sums(model: Any, pad_id: int, examples: list[dict[str, list[int]]], bat
             mask = torch.cat([batch["attention_mask"].new_ones(rows, start), batch["attention_mask"]], dim=1)
             positions = torch.arange(start, start + width, device=model.device).expand(rows, width)
             loss, count, _ = masked_lm_loss(model, batch["input_ids"], mask, batch["labels"],
-                                            past_key_values=copied_cache(model, layers, rows),
+                                            past_key_values=expanded_cache(model, layers, rows),
                                             position_ids=positions, use_cache=True)
             total_loss, total_tokens = total_loss + float(loss), total_tokens + int(count)
     return total_loss, total_tokens

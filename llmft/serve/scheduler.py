@@ -88,6 +88,33 @@ def common_start(a: list[int], b: list[int]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
+Layers = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def start_layers(model: Any, ids: list[int] | tuple[int, ...]) -> Layers:
+    """Keys and values of a prompt start `ids`, per layer (one forward, nothing kept but the cache)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([list(ids)], device=model.device), past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def expanded_cache(model: Any, layers: Layers | None, rows: int) -> Any:
+    """A `DynamicCache` for `rows` rows, holding the kept start `layers` when given (expanded views: the
+    forward's update copies them per row, so the kept start is never written to); empty otherwise."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer, (keys, values) in zip(cache.layers, layers or [], strict=bool(layers)):
+        layer.lazy_initialization(keys, values)
+        layer.keys = keys.expand(rows, -1, -1, -1)
+        layer.values = values.expand(rows, -1, -1, -1)
+    return cache
+
+
 class PrefixCache:
     """Keys and values of prompt starts that requests share, computed once. A start is kept when a
     prompt shares at least PREFIX_MIN_TOKENS leading tokens with recent prompts: the part all of those
@@ -95,7 +122,7 @@ class PrefixCache:
 
     def __init__(self, model: Any, max_tokens: int = PREFIX_MAX_TOKENS) -> None:
         self.model, self.max_tokens = model, max_tokens
-        self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], Layers] = OrderedDict()
         self.recent: deque[list[int]] = deque(maxlen=RECENT_PROMPTS)
 
     def match(self, ids: list[int]) -> tuple[int, ...] | None:
@@ -115,13 +142,7 @@ class PrefixCache:
         return key
 
     def _keep(self, key: tuple[int, ...]) -> None:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
-            self.model(input_ids=torch.tensor([key], device=self.model.device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
-        self.entries[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        self.entries[key] = start_layers(self.model, key)
         while len(self.entries) > PREFIX_ENTRIES:
             self.entries.popitem(last=False)
 
@@ -174,17 +195,11 @@ class DecodeBatch:
 
     def _prefill(self, group: list[Sequence], start: tuple[int, ...] = ()) -> None:
         """Left-padded prompts (after `start`, whose kept keys and values come first) in one forward."""
-        from transformers import DynamicCache
-
         ids, mask = left_padded([s.prompt_ids[len(start):] for s in group], self.pad_id)
         ids, mask = ids.to(self.model.device), mask.to(self.model.device)
-        cache = DynamicCache(config=self.model.config)
+        kept = self.prefixes.entries[start] if start and self.prefixes is not None else None
+        cache = expanded_cache(self.model, kept, len(group))
         if start:
-            assert self.prefixes is not None
-            for layer, (keys, values) in zip(cache.layers, self.prefixes.entries[start], strict=True):
-                layer.lazy_initialization(keys, values)
-                layer.keys = keys.expand(len(group), -1, -1, -1)  # the forward's update copies it per row
-                layer.values = values.expand(len(group), -1, -1, -1)
             mask = torch.cat([mask.new_ones(len(group), len(start)), mask], dim=1)
             for s in group:
                 s.reused = len(start)
