@@ -8,11 +8,17 @@
     # at 10 and 100 clients; without --model-uri the base model is registered into a temporary store
     python benchmarks/serve_load.py --compare-mlflow --clients 10 100 --min-requests 30 --max-tokens 16 \
         --markdown benchmarks/results-serve-load-cpu-2core.md
+    # ours against llama.cpp's server on GGUFs (f16, q8_0) that llmft's exporter writes from the same
+    # version (needs xllamacpp: pip install 'llmft[bench]')
+    python benchmarks/serve_load.py --compare-mlflow --servers continuous llamacpp-f16 llamacpp-q8_0 \
+        --clients 10 100 --min-requests 30 --max-tokens 16
 
 Each client sends its requests one after another; all clients start together (with --min-requests,
 each client sends enough that a level has at least that many). Requests are product listings with an
 extraction instruction as the system turn, greedy, `--max-tokens` each (mlflow's server gets no
-`temperature`: it refuses 0, and its default is greedy). Prints p50/p95/max latency, requests/s,
+`temperature`: it refuses 0, and its default is greedy; llama.cpp's gets temperature 0 like ours, and
+the same messages, rendered by the GGUF's copy of the trained chat template and checked token for token
+against our rendering before it is measured). Prints p50/p95/max latency, requests/s,
 generated tokens/s and errors (anything but HTTP 200 with a chat.completion). One server runs at a
 time, each after a warm-up request.
 """
@@ -33,12 +39,15 @@ import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # llamacpp_server, next to this script, also when imported
+import llamacpp_server as llamacpp
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 
 # the extraction task's instruction for data/products.jsonl (what tasks/extraction.instruction_for writes)
 INSTRUCTION = ("Extract the fields from the text. Answer with only a JSON object with the keys brand, category, "
@@ -138,6 +147,23 @@ def _start_mlflow(model_uri: str) -> tuple[subprocess.Popen, str]:
     return proc, _wait_up(proc, f"http://127.0.0.1:{port}", f"{model_uri} (mlflow; log {log})", path="/ping")
 
 
+LLAMACPP = {"llama.cpp f16": "f16", "llama.cpp q8_0": "q8_0"}  # server name -> GGUF type exported for it
+
+
+def _start_llamacpp(gguf: Path, parallel: int, ctx_size: int, threads: int) -> tuple[subprocess.Popen, str]:
+    """llama.cpp's server (benchmarks/llamacpp_server.py) on `gguf`, in its own process like the others,
+    so its CPU time is measured the same way; --starts-only: it keeps the shared system turn as ours
+    does, but answers no prompt this benchmark repeats (across levels) from a cache of whole prompts."""
+    port = _free_port()
+    log = Path(tempfile.gettempdir()) / f"llamacpp-serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "llamacpp_server.py"), "--model", str(gguf),
+                                 "--port", str(port), "--parallel", str(parallel), "--ctx-size", str(ctx_size),
+                                 "--threads", str(threads), "--starts-only"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc, _wait_up(proc, f"http://127.0.0.1:{port}", f"{gguf.name} (llama.cpp; log {log})")
+
+
 def _wait_up(proc: subprocess.Popen, base: str, what: str, path: str = "/health") -> str:
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -205,31 +231,77 @@ def _register_base(home: Path) -> str:
 
 
 SERVERS = {"continuous": "ours continuous", "unshared": "ours continuous, whole prompts", "static": "ours static",
-           "mlflow": "mlflow models serve"}  # --servers choice -> name in the tables
+           "mlflow": "mlflow models serve", "llamacpp-f16": "llama.cpp f16",
+           "llamacpp-q8_0": "llama.cpp q8_0"}  # --servers choice -> name in the tables
+OTHERS = {"mlflow models serve": "mlflow", "llama.cpp f16": "llama.cpp f16",
+          "llama.cpp q8_0": "llama.cpp q8_0"}  # servers ours is compared with -> name in the ratios
 
 
 def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, max_tokens: int,
                    max_batch_size: int, only: list[str], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Each server in `only` in turn (ours continuous, ours static, mlflow models serve) under each load
-    level; `earlier`: results of a previous run whose other servers' rows are kept."""
-    starters: dict[str, tuple[Any, dict[str, Any]]] = {
-        "ours continuous": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"),
-                            {"temperature": 0}),
-        "ours continuous, whole prompts": (  # the ablation: no shared prompt starts kept
-            lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous", False), {"temperature": 0}),
-        "ours static": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "static"), {"temperature": 0}),
-        "mlflow models serve": (lambda: _start_mlflow(model_uri), {})}
-    servers = [(name, *starters[name]) for name in SERVERS.values() if name in only]
+    """Each server in `only` in turn (ours continuous, ours static, mlflow models serve, llama.cpp on
+    GGUFs of the same version) under each load level; `earlier`: results of a previous run whose other
+    servers' rows are kept."""
     results: dict[str, Any] = earlier or {"model_uri": model_uri, "max_tokens": max_tokens,
                                           "max_batch_size": max_batch_size, "cpu_count": os.cpu_count(),
                                           "load_average_at_start": os.getloadavg()[0],
                                           "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"), "runs": {}}
-    for name, start, greedy in servers:
+    with ExitStack() as stack:
+        quants = [LLAMACPP[name] for name in LLAMACPP if name in only]
+        gguf: dict[str, Any] = {}
+        if quants:  # exported once per type before any server runs, so no measurement pays for it
+            out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-load-gguf-")))
+            every = _prompts(len((ROOT / "data" / "products.jsonl").read_text().splitlines()))
+            gguf = llamacpp.prepare(model_uri, quants, out_dir, every, max_tokens, max_batch_size)
+            results["llamacpp"] = {k: v for k, v in gguf.items() if k not in ("tokenizer", "gguf")}  # gguf: temp paths
+            print(f"GGUF export ({', '.join(quants)}): {gguf['export_s']} s", flush=True)
+        _run_servers(results, model_uri, client_levels, min_requests, max_tokens, max_batch_size, only, gguf)
+    results["ratios"] = {}
+    for clients in client_levels:
+        for other, short in OTHERS.items():
+            theirs = results["runs"].get(f"{other} @ {clients}")
+            for name in [n for n in SERVERS.values() if n.startswith("ours")]:
+                ours = results["runs"].get(f"{name} @ {clients}")
+                if ours and theirs and theirs["requests_per_s"] and ours["p50_s"]:
+                    results["ratios"][f"{name} / {short} @ {clients}"] = {
+                        "requests_per_s": round(ours["requests_per_s"] / theirs["requests_per_s"], 2),
+                        "tokens_per_s": round(ours["tokens_per_s"] / max(theirs["tokens_per_s"], 1e-9), 2),
+                        "p50": round(ours["p50_s"] / theirs["p50_s"], 2),
+                        "requests_per_cpu_s": round(ours["requests_per_cpu_s"] / theirs["requests_per_cpu_s"], 2),
+                        "p95": round(ours["p95_s"] / theirs["p95_s"], 2)}
+    return results
+
+
+def _run_servers(results: dict[str, Any], model_uri: str, client_levels: list[int], min_requests: int,
+                 max_tokens: int, max_batch_size: int, only: list[str], gguf: dict[str, Any]) -> None:
+    """Start each server in `only` in turn, warm it up, measure each load level into results["runs"]."""
+    ours = {"temperature": 0}
+    # name -> (start, what makes a request greedy there, chat path)
+    starters: dict[str, tuple[Any, dict[str, Any], str]] = {
+        "ours continuous": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"), ours,
+                            "/invocations"),
+        "ours continuous, whole prompts": (  # the ablation: no shared prompt starts kept
+            lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous", False), ours,
+            "/invocations"),
+        "ours static": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "static"), ours, "/invocations"),
+        "mlflow models serve": (lambda: _start_mlflow(model_uri), {}, "/invocations")}
+    for name, quant in LLAMACPP.items():
+        if quant in gguf.get("gguf", {}):  # as many slots as our largest batch, on our thread count
+            starters[name] = (lambda q=quant: _start_llamacpp(Path(gguf["gguf"][q]), gguf["parallel"],
+                                                              gguf["ctx_size"], gguf["threads"]),
+                              ours, "/v1/chat/completions")
+    most = max(max(1, math.ceil(min_requests / c)) * c for c in client_levels)  # prompts the largest level sends
+    for name in [n for n in SERVERS.values() if n in only]:
+        start, greedy, path = starters[name]
         started = time.perf_counter()
         proc, base = start()
         print(f"{name}: up in {time.perf_counter() - started:.0f} s", flush=True)
         try:
-            endpoint = f"{base}/invocations"
+            if name in LLAMACPP:
+                checked = llamacpp.check_prompts(base, gguf["tokenizer"], _prompts(most))
+                results["llamacpp"]["prompts_checked"] = checked
+                print(f"{name}: {checked} prompts rendered and tokenized as ours does", flush=True)
+            endpoint = f"{base}{path}"
             warm = load(endpoint, 1, 1, max_tokens, greedy)  # first-call costs (threads, caches) out of the numbers
             if warm["errors"]:
                 raise SystemExit(f"{name}: warm-up request failed: {warm['error_examples']}")
@@ -247,19 +319,6 @@ def compare_mlflow(model_uri: str, client_levels: list[int], min_requests: int, 
                 _print(f"{name} @{clients}", r)
         finally:
             _stop(proc)
-    results["ratios"] = {}
-    for clients in client_levels:
-        theirs = results["runs"].get(f"mlflow models serve @ {clients}")
-        for name in [n for n in SERVERS.values() if n.startswith("ours")]:
-            ours = results["runs"].get(f"{name} @ {clients}")
-            if ours and theirs and theirs["requests_per_s"] and ours["p50_s"]:
-                results.setdefault("ratios", {})[f"{name} / mlflow @ {clients}"] = {
-                    "requests_per_s": round(ours["requests_per_s"] / theirs["requests_per_s"], 2),
-                    "tokens_per_s": round(ours["tokens_per_s"] / max(theirs["tokens_per_s"], 1e-9), 2),
-                    "p50": round(ours["p50_s"] / theirs["p50_s"], 2),
-                    "requests_per_cpu_s": round(ours["requests_per_cpu_s"] / theirs["requests_per_cpu_s"], 2),
-                    "p95": round(ours["p95_s"] / theirs["p95_s"], 2)}
-    return results
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -271,13 +330,21 @@ def markdown(results: dict[str, Any]) -> str:
              "| server @ clients | requests | errors | wall s | requests/s | tokens/s | p50 s | p95 s | max s "
              "| largest batch | server CPU s | requests/CPU-s | tokens/CPU-s | load avg |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if results.get("llamacpp"):
+        lc = results["llamacpp"]
+        lines[1:1] = ["", f"llama.cpp rows: llama-server (xllamacpp {lc['xllamacpp']}) on GGUFs that llmft's exporter "
+                      f"wrote from the same version ({', '.join(f'{q} {mb} MB' for q, mb in lc['gguf_mb'].items())}), "
+                      f"threads {lc['threads']} (as ours), {lc['parallel']} slots (our max_batch_size), "
+                      f"context {lc['ctx_size']} tokens, temperature 0; the same messages, "
+                      f"{lc.get('prompts_checked', '?')} distinct prompts checked to reach it as the same tokens "
+                      "as ours (the GGUF's copy of the trained chat template)."]
     for name, r in results["runs"].items():
         lines.append(f"| {name} | {r['requests']} | {r['errors']} | {r['wall_s']} | {r['requests_per_s']} | "
                      f"{r['tokens_per_s']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
                      f"{r.get('largest_batch', '')} | {r['server_cpu_s']} | {r['requests_per_cpu_s']} | "
                      f"{r['tokens_per_cpu_s']} | {r['load_average']} |")
     if results.get("ratios"):
-        lines += ["", "| ours / mlflow | requests/s | tokens/s | p50 | p95 | requests per CPU-second |",
+        lines += ["", "| ours / other server | requests/s | tokens/s | p50 | p95 | requests per CPU-second |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, q in results["ratios"].items():
             lines.append(f"| {name} | {q['requests_per_s']}x | {q['tokens_per_s']}x | {q['p50']}x | {q['p95']}x | "
@@ -300,10 +367,13 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32, help="for servers this script starts")
     parser.add_argument("--compare-batching", action="store_true", help="also run with batching off (batch 1)")
     parser.add_argument("--compare-mlflow", action="store_true",
-                        help="ours (continuous, static) against `mlflow models serve` on the same registered model")
+                        help="ours (continuous, static) against `mlflow models serve` (and llama.cpp, see --servers) "
+                             "on the same registered model")
     parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=["continuous", "static", "mlflow"],
                         help="with --compare-mlflow: which servers run (unshared: continuous without kept shared "
-                             "prompt starts, deploy.share_prefixes=false)")
+                             "prompt starts, deploy.share_prefixes=false; llamacpp-*: llama.cpp's server on a GGUF "
+                             "exported from the same version, --parallel = --max-batch-size, threads = ours; needs "
+                             "pip install 'llmft[bench]')")
     parser.add_argument("--merge", help="with --compare-mlflow: a previous --json whose other servers' rows are kept "
                                         "(rerun one server without rerunning all)")
     parser.add_argument("--torch-threads", type=int, default=0,
@@ -331,7 +401,8 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         if args.markdown:
             commands = "".join(f"    {c}\n" for c in results["commands"])
-            Path(args.markdown).write_text(f"# Serving load: ours vs `mlflow models serve`\n\n{commands}\n"
+            others = " and llama.cpp" if results.get("llamacpp") else ""
+            Path(args.markdown).write_text(f"# Serving load: ours vs `mlflow models serve`{others}\n\n{commands}\n"
                                            + markdown(results))
         return
     args.clients = args.clients[0]
