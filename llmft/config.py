@@ -84,8 +84,9 @@ class DataConfig(Section):
     replay: float = Field(0.0, ge=0.0, le=10.0, description="against forgetting: rows of builtin:general (general "
                           "questions with the base model's own answers) added per training row of a generative "
                           "task (chat, summarization, extraction); 0 (default): none; on WNUT16, 0.1 kept the "
-                          "forgetting probe within 0.02 and cost entity-F1 0.08 (benchmarks/README.md); a data.mix "
-                          "entry of builtin:general sets the share instead")
+                          "forgetting probe within 0.02 and cost entity-F1 0.08; on the default demo it did not "
+                          "keep the probe within 0.10 (benchmarks/README.md); a data.mix entry of builtin:general "
+                          "sets the share instead")
     mix: list[MixSource] = Field([], description="extra sources sampled into the training split only (replay "
                                                  "against forgetting, weighted mixing); never into validation or "
                                                  "test")

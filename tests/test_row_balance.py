@@ -105,7 +105,7 @@ def test_entity_list_targets_leave_their_empty_lists_out_by_default() -> None:
 
 
 def test_replay_joins_generative_runs_only_and_never_classifiers_or_pairs() -> None:
-    assert DataConfig().replay == 0.0  # opt-in: on WNUT16 it kept the probe but cost entity-F1 (benchmarks/README.md)
+    assert DataConfig().replay == 0.0  # opt-in: it kept WNUT16's probe but cost entity-F1, and did not keep the demo's
     data = DataConfig(replay=0.1)
     assert [(s.source, s.weight) for s in mix.with_replay(data, get_task("extraction"))] == [(mix.REPLAY_SOURCE, 0.1)]
     assert [s.source for s in mix.with_replay(data, get_task("chat"))] == [mix.REPLAY_SOURCE]
