@@ -19,6 +19,10 @@ from typing import Any
 from llmft.errors import UserFacingError
 
 IGNORE_INDEX = -100
+# padded tokens per no-grad scoring forward (eval loss, preference log-probs): its logits at labelled
+# positions (4096 x a 49k vocabulary, float32: 0.8 GB, and as much again for the log-softmax) stay bounded
+# however long the rows are; rows of a few hundred tokens still go eval.batch_size at a time
+SCORE_TOKENS = 4096
 
 
 class MaskingError(UserFacingError, ValueError):
@@ -181,6 +185,19 @@ def check_labels(example: dict[str, list[int]], eos_token_id: int) -> None:
         raise MaskingError("every label is -100: the model would learn nothing (check the chat template)")
     if eos_token_id not in labels:
         raise MaskingError(f"EOS token {eos_token_id} is not among the labels: the model would never learn to stop")
+
+
+def token_batches(lengths: list[int], max_rows: int, max_tokens: int = SCORE_TOKENS) -> list[list[int]]:
+    """Indices of rows grouped for forward passes, shortest first: at most `max_rows` rows, and at most
+    `max_tokens` once padded to the group's longest row (a longer row goes alone)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        group = groups[-1] if groups else None
+        if group is not None and len(group) < max_rows and (len(group) + 1) * lengths[i] <= max_tokens:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class PadToLongest:

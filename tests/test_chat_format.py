@@ -9,6 +9,7 @@ from llmft.chat_format import (
     encode_messages,
     encode_to_fit,
     render_generation_prompt,
+    token_batches,
 )
 
 INSTRUCTION = "Extract the fields from the text. Answer with only a JSON object with the keys brand, price."
@@ -128,3 +129,15 @@ def test_special_token_text_in_content_is_escaped_the_same_for_training_and_serv
     assert [t for t in trained["input_ids"][len(ids):] if t in special] == [tokenizer.eos_token_id]
     assert escape_special_tokens(tokenizer, "no specials here") == "no specials here"
     assert escape_special_tokens(tokenizer, "<|endoftext|>") == "<\u200b|endoftext|>"
+
+
+def test_token_batches_bound_rows_and_padded_tokens_shortest_first():
+    lengths = [300, 10, 5000, 40, 40, 1000, 12]
+    groups = token_batches(lengths, max_rows=3, max_tokens=1000)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every row once
+    assert [lengths[g[0]] for g in groups] == sorted(lengths[g[0]] for g in groups)  # shortest first
+    for g in groups:
+        assert len(g) <= 3
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 1000  # a longer row goes alone
+    assert [2] in groups and [5] in groups  # 5000 and 1000 tokens: alone
+    assert token_batches([], 4) == [] and token_batches([7, 7, 7], 16) == [[0, 1, 2]]

@@ -166,6 +166,34 @@ def test_sequence_logps_sum_to_the_masked_lm_loss(tiny_model_path: str, tokenize
     assert logps[0].item() == pytest.approx(alone[0].item(), abs=1e-3)  # padding changes nothing
 
 
+def test_pair_log_probs_are_the_same_whatever_the_token_budget(tiny_model_path: str, tokenizer,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """Long pairs are scored a few at a time (chat_format.SCORE_TOKENS bounds a forward's logits: 16 few-shot
+    preference pairs of 2k tokens in one forward ran a 24 GB machine out of memory), in the caller's order."""
+    from llmft.base_model import load_model
+    from llmft.chat_format import build_messages, encode_messages
+    from llmft.train import preference
+
+    def pair(prompt: str, good: str, bad: str) -> dict[str, list[int]]:
+        chosen = encode_messages(tokenizer, build_messages(None, prompt, good))
+        rejected = encode_messages(tokenizer, build_messages(None, prompt, bad))
+        return {**chosen, "rejected_input_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
+
+    pairs = [pair("Capital of France? " * n, "Paris. " * n, "Rome.") for n in (9, 1, 4, 2, 7)]
+    model = load_model(tiny_model_path).eval()
+    together = preference.pair_logps(model, tokenizer, pairs, batch_size=16)
+    alone = [preference.pair_logps(model, tokenizer, [p], batch_size=1) for p in pairs]
+    calls = []
+    real = preference.token_batches
+    monkeypatch.setattr(preference, "token_batches",
+                        lambda lengths, rows: calls.append(real(lengths, rows, max_tokens=160)) or calls[-1])
+    budgeted = preference.pair_logps(model, tokenizer, pairs, batch_size=16)
+    assert len(calls[0]) > 1  # the budget split the pairs
+    for got in (together, budgeted):
+        assert got[0] == pytest.approx([c for (c,), _ in alone], abs=1e-3)  # same pair, same place
+        assert got[1] == pytest.approx([r for _, (r,) in alone], abs=1e-3)
+
+
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
 def test_preference_methods_train(method: str, tiny_model_path: str, tokenizer, tmp_path: Path):
     from llmft.tasks.preference import pair_example

@@ -23,6 +23,7 @@ from llmft.chat_format import (
     PadToLongest,
     encode_messages,
     render_generation_prompt,
+    token_batches,
     truncate,
     with_system,
 )
@@ -46,8 +47,8 @@ def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], 
     collate = PadToLongest(tokenizer.pad_token_id)
     total_loss, total_tokens = 0.0, 0
     with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}
+        for group in token_batches([len(ex["input_ids"]) for ex in examples], batch_size):
+            batch = {k: v.to(model.device) for k, v in collate([examples[i] for i in group]).items()}
             if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
                 continue
             loss, count, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])

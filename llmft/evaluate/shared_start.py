@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from llmft.chat_format import IGNORE_INDEX, PadToLongest
+from llmft.chat_format import IGNORE_INDEX, PadToLongest, token_batches
 from llmft.loss import masked_lm_loss
 from llmft.serve.scheduler import PREFIX_MIN_TOKENS, common_start, expanded_cache, start_layers, supports
 
@@ -40,9 +40,9 @@ def loss_sums(model: Any, pad_id: int, examples: list[dict[str, list[int]]], bat
     collate = PadToLongest(pad_id)
     total_loss, total_tokens = 0.0, 0
     with torch.inference_mode():
-        for first in range(0, len(examples), batch_size):
-            chunk = [{"input_ids": ex["input_ids"][start:], "labels": ex["labels"][start:]}
-                     for ex in examples[first:first + batch_size]]
+        for group in token_batches([len(ex["input_ids"]) - start for ex in examples], batch_size):
+            chunk = [{"input_ids": examples[i]["input_ids"][start:], "labels": examples[i]["labels"][start:]}
+                     for i in group]
             batch = {k: v.to(model.device) for k, v in collate(chunk).items()}
             if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
                 continue

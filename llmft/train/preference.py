@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmft.chat_format import PadToLongest
+from llmft.chat_format import PadToLongest, token_batches
 from llmft.loss import sequence_logps
 
 # (model, batch, summed answer log-probs, answer token counts) -> (loss, chosen rewards, rejected rewards)
@@ -118,14 +118,15 @@ def pair_logps(model: Any, tokenizer: Any, pairs: list[dict[str, list[int]]], ba
     import torch
 
     collate = PreferenceBatches(tokenizer.pad_token_id)
-    chosen: list[float] = []
-    rejected: list[float] = []
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+    # a pair is two rows (chosen, rejected) padded to the longer: the token budget counts both
+    lengths = [2 * max(len(p["input_ids"]), len(p["rejected_input_ids"])) for p in pairs]
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(pairs), batch_size):
-            part = pairs[start:start + batch_size]
+        for group in token_batches(lengths, batch_size):
+            part = [pairs[i] for i in group]
             batch = {k: v.to(model.device) for k, v in collate(part).items()}
             logps, _, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            chosen += logps[:len(part)].tolist()
-            rejected += logps[len(part):].tolist()
+            for i, c, r in zip(group, logps[:len(part)].tolist(), logps[len(part):].tolist(), strict=True):
+                chosen[i], rejected[i] = c, r
     return chosen, rejected
