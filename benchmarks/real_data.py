@@ -86,7 +86,9 @@ def run_one(name: str, source: Path, steps: str, workdir: Path, extra: tuple[str
     row: dict = {"corpus": label or name, "kind": ZOO[label or name][1], "source": source.name,
                  "overrides": list(extra), "wall_seconds": round(wall, 1), "exit_code": proc.returncode}
     if proc.returncode != 0 or not summary_file.is_file():
-        row["error"] = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:600]
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:600]
+        # a process killed by a signal (the kernel's out-of-memory killer sends 9) leaves no error line of its own
+        row["error"] = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else last
         return row
     s = json.loads(summary_file.read_text())
     d, metric = s["dataset"], s["primary_metric"]
