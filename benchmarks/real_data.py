@@ -53,6 +53,9 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "
                        "the base model's answer), DPO",
                        ("data.preference_pairs=self_play", "train.method=dpo")),
+    "chatterbot_dpo_lr1e-4": ("chatterbot_english", "the same DPO at a tenth of the default learning rate (the "
+                              "default's run forgot every probe answer)",
+                              ("data.preference_pairs=self_play", "train.method=dpo", "train.learning_rate=1e-4")),
     "chatterbot_orpo": ("chatterbot_english", "preference: the same self-play pairs, ORPO",
                         ("data.preference_pairs=self_play", "train.method=orpo")),
 }
