@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from conftest import REAL_GUARD, TINY_AND_REAL
+from test_simple_baselines import summary_dict
 
 from llmft.chat_format import IGNORE_INDEX, encode_messages
 from llmft.config import PromotionConfig
@@ -178,23 +179,13 @@ def test_gate_beats_the_best_baseline_and_says_which():
 def test_report_table_has_the_four_columns_and_the_baseline_used():
     from llmft.report import finetune_table
 
-    summary = {
-        "metrics": {"base": {"macro_f1": 0.2, "eval_loss": 1.5}, "base_few_shot": {"macro_f1": 0.4, "eval_loss": 1.2},
-                    "finetuned": {"macro_f1": 0.9, "eval_loss": 0.3}, "champion": None},
-        "primary_metric": "macro_f1", "higher_is_better": True, "champion_evaluated": None,
-        "zenml_run_id": "z", "mlflow_run_id": "r", "tracking_uri": "file:///m",
-        "baseline_used": "few_shot", "few_shot": {"k": 3.0, "used_mean": 1.5, "used_min": 0.0, "used_max": 3.0},
-        "eval_sample": {"n": 20, "of": 20, "seed": None, "how": "whole test split"}, "task": "classification",
-        "task_reason": "r",
-        "dataset": {"fingerprint": "f", "source": "d.jsonl", "task": "classification", "task_reason": "r",
-                    "rows_in": 100, "rows": {"train": 70, "validation": 10, "test": 20}, "unused": 0,
-                    "duplicates_removed": 0, "rejected": 0, "truncated": 3, "warnings": [], "export_dir": "/x",
-                    "verdict": "passed"},
-        "champion_note": "no current champion",
-        "forgetting": {"applicable": False, "reason": "a classifier", "max_allowed": 0.05},
-        "registered_model": {"name": "m", "version": "1", "uri": "models:/m/1"}, "promoted": True,
-        "promotion_reasons": ["PASS base: x"],
-        "deployment": {"deployed": False, "reason": "off"}, "cached_steps": [], "wall_seconds": 1.0}
+    # the simple-baseline test's summary, from before the simple baseline: no such column, few-shot the gate's
+    summary = {k: v for k, v in summary_dict().items()
+               if k not in ("simple_baseline_method", "simple_baseline_note", "warnings")}
+    summary.update(metrics={"base": {"macro_f1": 0.2, "eval_loss": 1.5},
+                            "base_few_shot": {"macro_f1": 0.4, "eval_loss": 1.2},
+                            "finetuned": {"macro_f1": 0.9, "eval_loss": 0.3}, "champion": None},
+                   baseline_used="few_shot", promoted=True, promotion_reasons=["PASS base: x"])
     table = finetune_table(summary, "mlflow ui")
     header = next(line for line in table.splitlines() if line.startswith("metric"))
     assert header.split()[1:6] == ["base", "base", "few-shot", "fine-tuned", "delta"] and "champion" in header

@@ -286,7 +286,8 @@ def test_compare_logs_the_simple_baseline_and_warns_of_a_collapse(tmp_path):
         "evaluation.warnings"]
 
 
-def _summary() -> dict:
+def summary_dict() -> dict:
+    """A classification run's summary as the closing table reads it (also tests/test_baselines.py's)."""
     return {
         "metrics": {"base": {"macro_f1": 0.2, "eval_loss": 1.5}, "base_few_shot": {"macro_f1": 0.4, "eval_loss": 1.2},
                     "simple_baseline": {"macro_f1": 0.6, "eval_loss": 0.9},
@@ -313,7 +314,7 @@ def _summary() -> dict:
 def test_console_table_has_the_simple_column_and_deltas_against_it():
     from llmft.report import finetune_table
 
-    table = finetune_table(_summary(), "mlflow ui")
+    table = finetune_table(summary_dict(), "mlflow ui")
     header = next(line for line in table.splitlines() if line.startswith("metric"))
     assert header.split()[1:7] == ["base", "base", "few-shot", "simple", "fine-tuned", "delta"]
     row = next(line for line in table.splitlines() if line.startswith("macro_f1 *")).split()
