@@ -166,32 +166,69 @@ def test_sequence_logps_sum_to_the_masked_lm_loss(tiny_model_path: str, tokenize
     assert logps[0].item() == pytest.approx(alone[0].item(), abs=1e-3)  # padding changes nothing
 
 
-def test_pair_log_probs_are_the_same_whatever_the_token_budget(tiny_model_path: str, tokenizer,
-                                                               monkeypatch: pytest.MonkeyPatch):
-    """Long pairs are scored a few at a time (chat_format.SCORE_TOKENS bounds a forward's logits: 16 few-shot
-    preference pairs of 2k tokens in one forward ran a 24 GB machine out of memory), in the caller's order."""
-    from llmft.base_model import load_model
-    from llmft.chat_format import build_messages, encode_messages
-    from llmft.train import preference
+def test_pair_log_probs_equal_each_row_alone_whatever_the_grouping_and_token_budget(
+        tiny_model_path: str, tokenizer, monkeypatch: pytest.MonkeyPatch):
+    """Pairs are scored with the starts they share computed once (a pair's prompt, a few-shot prompt's
+    worked examples) and a few at a time (chat_format.SCORE_TOKENS bounds a forward's logits: 16 few-shot
+    preference pairs of 2k tokens in one forward ran a 24 GB machine out of memory), in the caller's order,
+    with each row's log-probs those of a plain forward of that row alone."""
+    import torch
 
-    def pair(prompt: str, good: str, bad: str) -> dict[str, list[int]]:
-        chosen = encode_messages(tokenizer, build_messages(None, prompt, good))
-        rejected = encode_messages(tokenizer, build_messages(None, prompt, bad))
+    from llmft.base_model import load_model
+    from llmft.chat_format import PadToLongest, build_messages, encode_messages
+    from llmft.evaluate import shared_start
+    from llmft.loss import sequence_logps
+
+    shots = [{"role": "user", "content": "Capital of Italy? " * 6}, {"role": "assistant", "content": "Rome."}]
+
+    def pair(prompt: str, good: str, bad: str, few_shot: bool) -> dict[str, list[int]]:
+        head = [{"role": "system", "content": "Answer briefly."}, *shots] if few_shot else []
+        chosen = encode_messages(tokenizer, [*head, *build_messages(None, prompt, good)])
+        rejected = encode_messages(tokenizer, [*head, *build_messages(None, prompt, bad)])
         return {**chosen, "rejected_input_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
 
-    pairs = [pair("Capital of France? " * n, "Paris. " * n, "Rome.") for n in (9, 1, 4, 2, 7)]
+    pairs = [pair("Capital of France? " * n, "Paris. " * n, "Rome.", few_shot=n % 2 == 1) for n in (9, 1, 4, 2, 7, 3)]
     model = load_model(tiny_model_path).eval()
-    together = preference.pair_logps(model, tokenizer, pairs, batch_size=16)
-    alone = [preference.pair_logps(model, tokenizer, [p], batch_size=1) for p in pairs]
+    rows = [{"input_ids": p["input_ids"], "labels": p["labels"]} for p in pairs]
+    rows += [{"input_ids": p["rejected_input_ids"], "labels": p["rejected_labels"]} for p in pairs]
+    groups = shared_start.start_groups(rows)
+    assert sorted(i for _, members in groups for i in members) == list(range(len(rows)))
+    assert sum(1 for start, _ in groups if start) >= 2  # the few-shot rows, and a long prompt's pair
+    with torch.inference_mode():
+        plain = [sequence_logps(model, **PadToLongest(tokenizer.pad_token_id)([row])) for row in rows]
+    together = shared_start.pair_logps(model, tokenizer.pad_token_id, pairs, batch_size=16)
     calls = []
-    real = preference.token_batches
-    monkeypatch.setattr(preference, "token_batches",
-                        lambda lengths, rows: calls.append(real(lengths, rows, max_tokens=160)) or calls[-1])
-    budgeted = preference.pair_logps(model, tokenizer, pairs, batch_size=16)
-    assert len(calls[0]) > 1  # the budget split the pairs
+    real = shared_start.token_batches
+    monkeypatch.setattr(shared_start, "token_batches",
+                        lambda lengths, size: calls.append(real(lengths, size, max_tokens=160)) or calls[-1])
+    budgeted = shared_start.pair_logps(model, tokenizer.pad_token_id, pairs, batch_size=16)
+    assert any(len(c) > 1 for c in calls)  # the budget split a group
     for got in (together, budgeted):
-        assert got[0] == pytest.approx([c for (c,), _ in alone], abs=1e-3)  # same pair, same place
-        assert got[1] == pytest.approx([r for _, (r,) in alone], abs=1e-3)
+        assert got.chosen == pytest.approx([p[0].item() for p in plain[:len(pairs)]], abs=1e-3)  # same pair, same place
+        assert got.rejected == pytest.approx([p[0].item() for p in plain[len(pairs):]], abs=1e-3)
+        assert got.chosen_tokens == [p[1].item() for p in plain[:len(pairs)]]
+
+
+def test_start_groups_give_each_family_of_rows_its_own_start():
+    """Rows sorted and cut where that computes fewest tokens: two families sharing long starts get one
+    group each, a row that shares nothing worth it goes plainly, and no row is ever trained on a shared
+    token (nor is the token before its first labelled one shared)."""
+    from llmft.chat_format import IGNORE_INDEX
+    from llmft.evaluate.shared_start import start_groups
+
+    def row(start: list[int], own: list[int], answer: list[int]) -> dict[str, list[int]]:
+        unlabelled = start + own
+        return {"input_ids": unlabelled + answer, "labels": [IGNORE_INDEX] * len(unlabelled) + answer}
+
+    a, b = list(range(100, 140)), list(range(100, 120)) + list(range(500, 540))  # b shares 20 tokens with a
+    rows = [row(a, [1, 2], [7, 8]), row(b, [3], [9]), row(a, [4], [7]), row([5] * 10, [6], [7]),
+            row(b, [2, 2], [8]), row(a, [9, 9, 9], [9])]
+    groups = dict((tuple(members), start) for start, members in start_groups(rows))
+    assert groups == {(0, 2, 5): 40, (1, 4): 60, (3,): 0}
+    assert start_groups(rows[:1]) == [(0, [0])]
+    # a start never reaches the token before the first labelled one, even for identical prompts
+    twins = [row(a, [], [7, 8]), row(a, [], [9])]
+    assert start_groups(twins) == [(39, [0, 1])]
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])

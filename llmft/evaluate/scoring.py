@@ -20,15 +20,12 @@ from typing import Any
 
 from llmft.chat_format import (
     IGNORE_INDEX,
-    PadToLongest,
     encode_messages,
     render_generation_prompt,
-    token_batches,
     truncate,
     with_system,
 )
 from llmft.evaluate import shared_start, text_metrics
-from llmft.loss import masked_lm_loss
 from llmft.offline_generation import generate
 
 # predictions, references, sources -> (aggregate metrics, per-row scores)
@@ -36,23 +33,10 @@ TaskScorer = Callable[[list[str], list[str], list[str]], tuple[dict[str, float],
 
 
 def eval_loss(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int) -> float:
-    """Mean cross-entropy over labelled tokens: the loss training minimises, on held-out rows (a start
+    """Mean cross-entropy over labelled tokens: the loss training minimises, on held-out rows (starts
     the rows share computed once, `shared_start`)."""
-    import torch
-
     model.eval()
-    shared = shared_start.loss_sums(model, tokenizer.pad_token_id, examples, batch_size)
-    if shared is not None:
-        return shared[0] / shared[1] if shared[1] else math.nan
-    collate = PadToLongest(tokenizer.pad_token_id)
-    total_loss, total_tokens = 0.0, 0
-    with torch.inference_mode():
-        for group in token_batches([len(ex["input_ids"]) for ex in examples], batch_size):
-            batch = {k: v.to(model.device) for k, v in collate([examples[i] for i in group]).items()}
-            if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
-                continue
-            loss, count, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            total_loss, total_tokens = total_loss + float(loss), total_tokens + int(count)
+    total_loss, total_tokens = shared_start.loss_sums(model, tokenizer.pad_token_id, examples, batch_size)
     return total_loss / total_tokens if total_tokens else math.nan
 
 
@@ -69,8 +53,9 @@ class ModelScores:
 
 def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[dict[str, Any]],
                      score: TaskScorer, overlap_names: tuple[str, ...], max_new_tokens: int, batch_size: int,
-                     max_seq_length: int, desc: str) -> ModelScores:
-    """Greedy generations, the task's metrics, text overlap, eval loss and perplexity for one model.
+                     max_seq_length: int, desc: str, with_loss: bool = True) -> ModelScores:
+    """Greedy generations, the task's metrics, text overlap, eval loss and perplexity for one model
+    (`with_loss=False`: no eval loss, for a task that has it from its own forwards).
 
     Each row has `messages` (JSON: the conversation as encoded for training, input already fitted
     to the length budget, ending with the reference assistant turn) and `response`. Rows are
@@ -82,6 +67,8 @@ def score_generative(model: Any, tokenizer: Any, system: str | None, rows: list[
     prompts = [render_generation_prompt(tokenizer, conv[:-1]) for conv in conversations]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
     metrics, row_scores = _score_texts(outputs, conversations, rows, score, overlap_names)
+    if not with_loss:
+        return ModelScores(metrics=metrics, outputs=outputs, row_scores=row_scores)
     examples = [truncate(_own_turns_only(tokenizer, conv, int(r.get("context_messages") or 0)), max_seq_length)
                 for conv, r in zip(conversations, rows, strict=True)]
     metrics["eval_loss"] = eval_loss(model, tokenizer, examples, batch_size)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmft.chat_format import PadToLongest, token_batches
+from llmft.chat_format import PadToLongest
 from llmft.loss import sequence_logps
 
 # (model, batch, summed answer log-probs, answer token counts) -> (loss, chosen rewards, rejected rewards)
@@ -110,23 +110,3 @@ def preference_loss(model: Any, batch: dict[str, Any], terms: PairTerms) -> tupl
              "rewards/margin": float(margins.mean()), "rewards/accuracy": float((margins > 0).float().mean()),
              "logps/chosen": float(chosen.detach().mean()), "logps/rejected": float(rejected.detach().mean())}
     return loss, stats, outputs
-
-
-def pair_logps(model: Any, tokenizer: Any, pairs: list[dict[str, list[int]]], batch_size: int,
-               ) -> tuple[list[float], list[float]]:
-    """Summed answer log-probs of each pair's chosen and rejected conversation (no gradients)."""
-    import torch
-
-    collate = PreferenceBatches(tokenizer.pad_token_id)
-    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    # a pair is two rows (chosen, rejected) padded to the longer: the token budget counts both
-    lengths = [2 * max(len(p["input_ids"]), len(p["rejected_input_ids"])) for p in pairs]
-    model.eval()
-    with torch.inference_mode():
-        for group in token_batches(lengths, batch_size):
-            part = [pairs[i] for i in group]
-            batch = {k: v.to(model.device) for k, v in collate(part).items()}
-            logps, _, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            for i, c, r in zip(group, logps[:len(part)].tolist(), logps[len(part):].tolist(), strict=True):
-                chosen[i], rejected[i] = c, r
-    return chosen, rejected
