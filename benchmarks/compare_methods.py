@@ -22,8 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# the usual learning rate per method: adapters tolerate far larger steps than full weights
-LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "qlora": 1e-3, "prompt_tuning": 3e-2, "freeze": 1e-4, "full": 5e-5}
+# the supervised methods compared, each at its own learning rate (adapters tolerate far larger steps than full weights)
+SUPERVISED = ("lora", "dora", "qlora", "prompt_tuning", "freeze", "full")
 
 
 def _examples(seed: int) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
@@ -47,22 +47,22 @@ def worker(method: str, steps: int, seed: int) -> dict[str, Any]:
     from llmft.train.loop import train
 
     train_rows, validation_rows = _examples(seed)
-    cfg = load_config(None, [f"train.method={method}", f"train.max_steps={steps}", "train.eval_steps=null",
-                             f"train.learning_rate={LEARNING_RATES[method]}"]).train
+    # each method at its own learning rate (train.learning_rate: auto, llmft/train/methods.py)
+    cfg = load_config(None, [f"train.method={method}", f"train.max_steps={steps}", "train.eval_steps=null"]).train
     with tempfile.TemporaryDirectory() as out:
         result = train(resolve_base_model(EMBEDDED_MODEL), train_rows, validation_rows, cfg, Path(out),
                        init_text=INSTRUCTION, log_to_mlflow=False)
     return {"trainable_parameters": result.trainable_parameters, "total_parameters": result.total_parameters,
             "first_loss": result.first_loss, "last_loss": result.last_loss,
             "validation_loss": result.validation_loss, "tokens_per_s": result.tokens_per_second,
-            "learning_rate": LEARNING_RATES[method],
+            "learning_rate": cfg.rate,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--methods", default=",".join(LEARNING_RATES))
+    parser.add_argument("--methods", default=",".join(SUPERVISED))
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

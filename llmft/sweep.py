@@ -123,10 +123,10 @@ def suggest(trial: optuna.Trial, space: dict[str, SweepRange | list[Any]], base:
         if isinstance(dim, list):
             params[key] = trial.suggest_categorical(key, dim)
             continue
-        current: Any = base.model_dump()
+        current: Any = type(base)().model_dump()  # the key's kind from its default (the base may say auto)
         for part in key.removeprefix("train.").split("."):
             current = current[part]
-        if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(current, int) and not isinstance(current, bool):  # learning_rate's default auto: float
             params[key] = trial.suggest_int(key, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
         else:
             params[key] = trial.suggest_float(key, dim.low, dim.high, step=dim.step, log=dim.log)

@@ -24,6 +24,25 @@ def test_overrides_are_typed():
     assert cfg.eval.max_samples is None
 
 
+def test_learning_rate_auto_is_each_methods_own_and_a_number_overrides_it():
+    from llmft.sweep import apply_params
+    from llmft.train.methods import METHODS
+
+    cfg = load_config(ROOT / "configs" / "finetune.yaml")
+    assert cfg.train.learning_rate == "auto" and cfg.train.rate == pytest.approx(1e-3)
+    rates = {m: load_config(None, [f"train.method={m}"]).train.rate for m in METHODS}
+    assert rates == {m: method.learning_rate for m, method in METHODS.items()}
+    assert rates["dpo"] == pytest.approx(1e-4) and rates["full"] == pytest.approx(5e-5)
+    assert rates["lora"] == rates["orpo"] == pytest.approx(1e-3)
+    assert load_config(None, ["train.method=dpo", "train.learning_rate=3e-4"]).train.rate == pytest.approx(3e-4)
+    # a sweep trial that changes the method gets that method's rate (auto stays auto in the dump)
+    assert apply_params(cfg.train, {"train.method": "dpo"}).rate == pytest.approx(1e-4)
+    for bad in ("0", "-1e-3", "fast", "inf"):
+        with pytest.raises(ConfigError, match=r"train\.learning_rate.*positive learning rate.*or auto") as err:
+            load_config(None, [f"train.learning_rate={bad}"])
+        assert len(str(err.value).splitlines()) == 1
+
+
 def test_unknown_override_lists_valid_keys():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.max_stepz=3"])

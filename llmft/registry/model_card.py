@@ -69,7 +69,7 @@ def _training_section(training: TrainingResult, train: TrainConfig) -> list[str]
     lines = ["## Training", "",
              f"- {training.steps} steps{epochs}, loss {_fmt(training.first_loss)} → {_fmt(training.last_loss)}, "
              f"validation loss {_fmt(training.validation_loss)}",
-             f"- learning rate {train.learning_rate}, batch {train.batch_size} × {train.gradient_accumulation_steps} "
+             f"- learning rate {train.rate:g}, batch {train.batch_size} × {train.gradient_accumulation_steps} "
              f"accumulation, max sequence {train.max_seq_length}"]
     if training.budget_note:
         lines.append(f"- {training.budget_note}")

@@ -141,7 +141,7 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, steps: int, evaluating: 
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        learning_rate=cfg.learning_rate,
+        learning_rate=cfg.rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=int(cfg.warmup_ratio * steps),
         weight_decay=cfg.weight_decay,
