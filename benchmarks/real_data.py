@@ -53,9 +53,12 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "
                        "the base model's answer), DPO",
                        ("data.preference_pairs=self_play", "train.method=dpo")),
-    "chatterbot_dpo_lr1e-4": ("chatterbot_english", "the same DPO at a tenth of the default learning rate (the "
-                              "default's run forgot every probe answer)",
-                              ("data.preference_pairs=self_play", "train.method=dpo", "train.learning_rate=1e-4")),
+    "chatterbot_dpo_lr1e-4": ("chatterbot_english", "the same DPO at 1e-4", ("data.preference_pairs=self_play",
+                              "train.method=dpo", "train.learning_rate=1e-4")),
+    "chatterbot_dpo_lr1e-3": ("chatterbot_english", "the same DPO at the adapters' 1e-3",
+                              ("data.preference_pairs=self_play", "train.method=dpo", "train.learning_rate=1e-3")),
+    "chatterbot_dpo_lr1e-5": ("chatterbot_english", "the same DPO at 1e-5", ("data.preference_pairs=self_play",
+                              "train.method=dpo", "train.learning_rate=1e-5")),
     "chatterbot_orpo": ("chatterbot_english", "preference: the same self-play pairs, ORPO",
                         ("data.preference_pairs=self_play", "train.method=orpo")),
 }
