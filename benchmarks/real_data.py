@@ -57,8 +57,6 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
                               "train.method=dpo", "train.learning_rate=1e-4")),
     "chatterbot_dpo_lr1e-3": ("chatterbot_english", "the same DPO at the adapters' 1e-3",
                               ("data.preference_pairs=self_play", "train.method=dpo", "train.learning_rate=1e-3")),
-    "chatterbot_dpo_lr3e-5": ("chatterbot_english", "the same DPO at 3e-5", ("data.preference_pairs=self_play",
-                              "train.method=dpo", "train.learning_rate=3e-5")),
     "chatterbot_dpo_lr1e-5": ("chatterbot_english", "the same DPO at 1e-5", ("data.preference_pairs=self_play",
                               "train.method=dpo", "train.learning_rate=1e-5")),
     "chatterbot_orpo": ("chatterbot_english", "preference: the same self-play pairs, ORPO",

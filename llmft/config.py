@@ -152,7 +152,8 @@ class TrainConfig(Section):
                           "tweets from answering {} everywhere to entity-F1 0.31 (benchmarks/README.md); false: "
                           "every row weighs the same")
     learning_rate: float | Literal["auto"] = Field(
-        "auto", description="auto: the method's own (1e-3; dpo 1e-4: at 1e-3 its run forgot every probe answer)")
+        "auto", description="auto: the method's own (llmft/train/methods.py: adapters and orpo 1e-3, dpo 3e-5, "
+                "full 5e-5, freeze 1e-4, prompt_tuning 3e-2)")
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory")

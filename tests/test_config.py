@@ -32,11 +32,11 @@ def test_learning_rate_auto_is_each_methods_own_and_a_number_overrides_it():
     assert cfg.train.learning_rate == "auto" and cfg.train.rate == pytest.approx(1e-3)
     rates = {m: load_config(None, [f"train.method={m}"]).train.rate for m in METHODS}
     assert rates == {m: method.learning_rate for m, method in METHODS.items()}
-    assert rates["dpo"] == pytest.approx(1e-4) and rates["full"] == pytest.approx(5e-5)
+    assert rates["dpo"] == pytest.approx(3e-5) and rates["full"] == pytest.approx(5e-5)
     assert rates["lora"] == rates["orpo"] == pytest.approx(1e-3)
     assert load_config(None, ["train.method=dpo", "train.learning_rate=3e-4"]).train.rate == pytest.approx(3e-4)
     # a sweep trial that changes the method gets that method's rate (auto stays auto in the dump)
-    assert apply_params(cfg.train, {"train.method": "dpo"}).rate == pytest.approx(1e-4)
+    assert apply_params(cfg.train, {"train.method": "dpo"}).rate == pytest.approx(3e-5)
     for bad in ("0", "-1e-3", "fast", "inf"):
         with pytest.raises(ConfigError, match=r"train\.learning_rate.*positive learning rate.*or auto") as err:
             load_config(None, [f"train.learning_rate={bad}"])

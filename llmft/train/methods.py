@@ -217,8 +217,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     PromptTuningMethod("prompt_tuning", "learned virtual tokens before the prompt", selective_logits=False,
                        refuses_classifier=_PROMPT_TUNING_CLASSIFIER, peft_type="PROMPT_TUNING", learning_rate=3e-2),
     FreezeMethod("freeze", "only the last blocks, the final norm and the head train", learning_rate=1e-4),
-    # at 1e-3 DPO on chatterbot's self-play pairs forgot every forgetting-probe answer (benchmarks/README.md)
-    DPOMethod("dpo", "direct preference optimisation on an adapter", learning_rate=1e-4),
+    # DPO on chatterbot's self-play pairs (benchmarks/README.md): at 1e-3 and 1e-4 the forgetting probe fell
+    # from 0.667 to 0.000 and 0.100; at 1e-5 it held but the pairs were not learnt (0.74 against the few-shot
+    # base's 0.89); 3e-5 is where the two met (0.90, probe drop 0.117)
+    DPOMethod("dpo", "direct preference optimisation on an adapter", learning_rate=3e-5),
     ORPOMethod("orpo", "odds-ratio preference optimisation on an adapter"),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
