@@ -231,6 +231,19 @@ def test_gate_reasons_carry_the_collapse_warning():
     assert [r.split(":")[0] for r in decision.reasons] == ["PASS base", "PASS champion", "PASS forgetting"]
 
 
+def test_a_forgetting_refusal_adds_the_methods_own_advice():
+    from llmft.train.methods import get_method
+
+    advice = get_method("dpo").forgetting_advice
+    assert "train.method=orpo" in advice and not get_method("lora").forgetting_advice
+    forgot, _ = gate_baselines(_evaluation(0.2, tuned=0.9), 0.5, PromotionConfig(), forgetting_advice=advice)
+    assert not forgot.promoted and forgot.reasons[2].startswith("FAIL forgetting: probe accuracy drop +0.5000")
+    assert forgot.reasons[2].endswith(f"or allow more (promotion.max_forgetting); {advice}")
+    assert advice not in forgot.reasons[0] + forgot.reasons[1]
+    kept, _ = gate_baselines(_evaluation(0.2, tuned=0.9), 0.05, PromotionConfig(), forgetting_advice=advice)
+    assert kept.promoted and advice not in " ".join(kept.reasons)
+
+
 # ---- the stage function, on split DataFrames ----
 
 def test_stage_fits_on_the_users_training_rows_only():

@@ -119,11 +119,13 @@ def simple_wins_advice(unused_rows: int, epochs_seen: float | None = None) -> st
 
 
 def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: PromotionConfig,
-                   unused_rows: int = 0, epochs_seen: float | None = None) -> tuple[Decision, str]:
+                   unused_rows: int = 0, epochs_seen: float | None = None,
+                   forgetting_advice: str = "") -> tuple[Decision, str]:
     """The gate on an evaluation (`decide`) against the baseline `promotion.baseline` picks among the
     base zero-shot, the base few-shot and the simple non-LLM baseline, and which one that was. The
     base check's reason says what to try next when the simple baseline is the one that wins, and
-    carries the evaluation's warnings (a collapse to one answer)."""
+    carries the evaluation's warnings (a collapse to one answer); a failed forgetting check adds the
+    training method's own `forgetting_advice`."""
     metric, metrics = evaluation.primary_metric, evaluation.metrics
     values = {"zero_shot": (metrics.get("base") or {}).get(metric),
               "few_shot": (metrics.get("base_few_shot") or {}).get(metric),
@@ -146,6 +148,9 @@ def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: P
     for warning in evaluation.warnings:
         base_line += f"; warning: {warning}"
     decision.reasons[0] = base_line
+    if forgetting_advice:
+        decision.reasons = [f"{r}; {forgetting_advice}" if r.startswith("FAIL forgetting") else r
+                            for r in decision.reasons]
     return decision, used
 
 

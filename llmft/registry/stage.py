@@ -30,7 +30,7 @@ from llmft.registry.promotion import (
 from llmft.registry.prompts import link_to_run, register_training_prompt
 from llmft.tasks import get_task
 from llmft.tasks.base import TaskSpec
-from llmft.train.methods import is_adapter, load_trained
+from llmft.train.methods import get_method, is_adapter, load_trained
 from llmft.train.stage import log_training_summary
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def promote_candidate(registration: Registration, evaluation: Evaluation, forget
     the champion must still be the one this run started with (compare-and-set). Then the model card."""
     import mlflow
 
-    decision, used = gate_baselines(evaluation, forgetting.drop, promotion, dataset.unused, training.epochs_seen)
+    decision, used = gate_baselines(evaluation, forgetting.drop, promotion, dataset.unused, training.epochs_seen,
+                                    get_method(train.method).forgetting_advice)
     name, version = registration.name, registration.version
     with registry_lock(name):  # compare-and-set: nobody moves the champion between the check and the move
         moved = champion_still(name, champion_at_start)

@@ -75,6 +75,7 @@ class Method:
     refuses_classifier: str | None = None  # why it cannot train a classification head, when it cannot
     peft_type: str | None = None  # the adapter it saves (adapter_config.json's peft_type); None: a whole model
     learning_rate: float = 1e-3  # what train.learning_rate: auto gives
+    forgetting_advice: str = ""  # what else to try when its model forgot the probe (the gate's reason)
 
     def prepare(self, model: Any, cfg: TrainConfig, classifier: bool, base_path: str, init_text: str | None) -> Any:
         """Mark what trains; returns the model to hand to the trainer."""
@@ -220,7 +221,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # DPO on chatterbot's self-play pairs (benchmarks/README.md): at 1e-3 and 1e-4 the forgetting probe fell
     # from 0.667 to 0.000 and 0.100; at 1e-5 it held but the pairs were not learnt (0.74 against the few-shot
     # base's 0.89); 3e-5 is where the two met (0.90, probe drop 0.117)
-    DPOMethod("dpo", "direct preference optimisation on an adapter", learning_rate=3e-5),
+    DPOMethod("dpo", "direct preference optimisation on an adapter", learning_rate=3e-5,
+              forgetting_advice="or train.method=orpo, whose loss on the chosen answers keeps the model's own: on "
+                                "chatterbot's self-play pairs it kept the probe where DPO lost it at every "
+                                "learning rate that learnt the pairs"),
     ORPOMethod("orpo", "odds-ratio preference optimisation on an adapter"),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
