@@ -231,6 +231,18 @@ def test_start_groups_give_each_family_of_rows_its_own_start():
     assert start_groups(twins) == [(39, [0, 1])]
 
 
+def test_start_groups_hold_at_most_group_rows_rows(monkeypatch: pytest.MonkeyPatch):
+    """A large family is cut into groups of at most GROUP_ROWS rows, so grouping a whole test split stays
+    linear; every row is still in exactly one group."""
+    from llmft.evaluate import shared_start
+
+    monkeypatch.setattr(shared_start, "GROUP_ROWS", 4)
+    rows = [{"input_ids": [1] * 40 + [i, 5], "labels": [-100] * 41 + [5]} for i in range(10)]
+    groups = shared_start.start_groups(rows)
+    assert [len(members) for _, members in groups] == [4, 4, 2] and {start for start, _ in groups} == {40}
+    assert sorted(i for _, members in groups for i in members) == list(range(10))
+
+
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
 def test_preference_methods_train(method: str, tiny_model_path: str, tokenizer, tmp_path: Path):
     from llmft.tasks.preference import pair_example

@@ -23,6 +23,9 @@ from llmft.loss import masked_lm_loss, sequence_logps
 from llmft.serve.scheduler import PREFIX_MIN_TOKENS, common_start, expanded_cache, start_layers, supports
 
 Example = dict[str, list[int]]
+# rows one group may hold: a family larger than this is cut into several groups (each computes the start
+# once more), which keeps the grouping linear in the rows (an evaluation of the whole test split)
+GROUP_ROWS = 256
 
 
 def _shareable(example: Example) -> int:
@@ -59,7 +62,7 @@ def start_groups(examples: list[Example]) -> list[tuple[int, list[int]]]:
     for j in range(1, len(order) + 1):
         cost[j], cut[j], start_of[j] = cost[j - 1] + lengths[j - 1], j - 1, 0
         start, rest = shareable[j - 1], lengths[j - 1]
-        for i in range(j - 2, -1, -1):  # the group order[i:j], grown backwards
+        for i in range(j - 2, max(j - GROUP_ROWS, 0) - 1, -1):  # the group order[i:j], grown backwards
             start = min(start, shareable[i], adjacent[i])
             if start < PREFIX_MIN_TOKENS:
                 break  # a shorter start only gets shorter as the group grows
