@@ -44,6 +44,8 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
                             ("train.balance_empty_targets=true",)),
     "wnut16_ner_balanced_replay": ("wnut16_ner", "the same, balanced, with replay against forgetting",
                                    ("train.balance_empty_targets=true", "data.replay=0.1")),
+    "wnut16_ner_balanced_replay05": ("wnut16_ner", "the same, balanced, with half that replay",
+                                     ("train.balance_empty_targets=true", "data.replay=0.05")),
     "wnut16_ner_all_keys": ("wnut16_ner", "the same with every key in every answer (empty lists kept)",
                             ("data.empty_lists=keep",)),
     "wnut16_ner_all_keys_balanced": ("wnut16_ner", "every key kept, entity-free rows balanced",
