@@ -192,14 +192,10 @@ class TrainConfig(Section):
         """A positive finite rate or `auto`; one error naming the field, not a union report."""
         if value == "auto":
             return "auto"
-        number = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            number = None
         if number is None or not 0 < number < float("inf"):
             raise ValueError("give a positive learning rate (e.g. 2e-4), or auto for the method's own")
         return number

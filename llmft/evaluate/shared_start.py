@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from llmft.chat_format import IGNORE_INDEX, PadToLongest, token_batches
-from llmft.loss import masked_lm_loss, sequence_logps
+from llmft.loss import sequence_logps
 from llmft.serve.scheduler import PREFIX_MIN_TOKENS, common_start, expanded_cache, start_layers, supports
 
 Example = dict[str, list[int]]
@@ -57,7 +57,8 @@ def start_groups(examples: list[Example]) -> list[tuple[int, list[int]]]:
     shareable = [_shareable(examples[i]) for i in order]
     # tokens each sorted row shares with the next (a group's start is the least of these within it)
     adjacent = [common_start(examples[a]["input_ids"], examples[b]["input_ids"]) for a, b in pairwise(order)]
-    # cost[j]: fewest tokens for the first j sorted rows; cut[j]: where the last group begins (-1: alone)
+    # cost[j]: fewest tokens for the first j sorted rows; cut[j]: where its last group begins; start_of[j]:
+    # that group's start (0: the row computed plainly)
     cost, cut, start_of = [0] * (len(order) + 1), [0] * (len(order) + 1), [0] * (len(order) + 1)
     for j in range(1, len(order) + 1):
         cost[j], cut[j], start_of[j] = cost[j - 1] + lengths[j - 1], j - 1, 0
@@ -110,15 +111,8 @@ def _batches(model: Any, pad_id: int, examples: list[Example], batch_size: int,
 
 def loss_sums(model: Any, pad_id: int, examples: list[Example], batch_size: int) -> tuple[float, int]:
     """(summed token loss, labelled tokens) over the examples, shared starts computed once."""
-    total_loss, total_tokens = 0.0, 0
-    with torch.inference_mode():
-        for _, batch, extra in _batches(model, pad_id, examples, batch_size):
-            if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
-                continue
-            loss, count, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                            **extra)
-            total_loss, total_tokens = total_loss + float(loss), total_tokens + int(count)
-    return total_loss, total_tokens
+    scored = row_logps(model, pad_id, examples, batch_size)
+    return -sum(value for value, _ in scored), sum(count for _, count in scored)
 
 
 def row_logps(model: Any, pad_id: int, examples: list[Example], batch_size: int) -> list[tuple[float, int]]:

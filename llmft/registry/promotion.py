@@ -141,16 +141,13 @@ def gate_baselines(evaluation: Evaluation, forgetting_drop: float | None, cfg: P
     champion = metrics.get("champion")
     decision = decide(metric, evaluation.higher_is_better, (metrics["finetuned"] or {})[metric], value,
                       champion[metric] if champion else None, evaluation.champion_version, forgetting_drop, cfg,
-                      champion_note=evaluation.champion_note, baseline=label)
+                      champion_note=evaluation.champion_note, baseline=label, forgetting_advice=forgetting_advice)
     base_line = decision.reasons[0]  # one line per check: the advice and warnings belong to the base check
     if used == "simple" and base_line.startswith("FAIL"):
         base_line += "; " + simple_wins_advice(unused_rows, epochs_seen)
     for warning in evaluation.warnings:
         base_line += f"; warning: {warning}"
     decision.reasons[0] = base_line
-    if forgetting_advice:
-        decision.reasons = [f"{r}; {forgetting_advice}" if r.startswith("FAIL forgetting") else r
-                            for r in decision.reasons]
     return decision, used
 
 
@@ -161,8 +158,10 @@ FORGETTING_ADVICE = ("the model lost general answers it had: mix general rows ba
 
 def decide(metric: str, higher_is_better: bool, candidate: float, base: float, champion: float | None,
            champion_version: str | None, forgetting_drop: float | None, cfg: PromotionConfig,
-           champion_note: str = "no current champion", baseline: str = "base") -> Decision:
-    """`base` is the baseline's value on `metric`; `baseline` names it in the reason line."""
+           champion_note: str = "no current champion", baseline: str = "base",
+           forgetting_advice: str = "") -> Decision:
+    """`base` is the baseline's value on `metric`; `baseline` names it in the reason line;
+    `forgetting_advice` (the training method's own) follows the general advice when the probe fails."""
     word, sign = (">=", "+") if higher_is_better else ("<=", "-")
     need = base + cfg.min_delta if higher_is_better else base - cfg.min_delta
     checks = [(_at_least(candidate, need, higher_is_better), "base",
@@ -183,7 +182,8 @@ def decide(metric: str, higher_is_better: bool, candidate: float, base: float, c
         kept = forgetting_drop <= cfg.max_forgetting
         checks.append((kept, "forgetting",
                        f"probe accuracy drop {forgetting_drop:+.4f} <= max_forgetting {cfg.max_forgetting}"
-                       + ("" if kept else f"; {FORGETTING_ADVICE}")))
+                       + ("" if kept else f"; {FORGETTING_ADVICE}")
+                       + ("" if kept or not forgetting_advice else f"; {forgetting_advice}")))
     return Decision(promoted=all(ok for ok, _, _ in checks), reasons=[_verdict(*c) for c in checks])
 
 
