@@ -50,6 +50,8 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
                             ("data.empty_lists=keep",)),
     "wnut16_ner_all_keys_balanced": ("wnut16_ner", "every key kept, entity-free rows balanced",
                                      ("data.empty_lists=keep", "train.balance_empty_targets=true")),
+    "wnut16_ner_lr3e-4": ("wnut16_ner", "the same at a third of the adapters' learning rate (3e-4)",
+                          ("train.learning_rate=3e-4",)),
     "llamafactory_dpo": ("llamafactory_dpo", "preference: 300 real pairs in ShareGPT style (JSON array), DPO",
                          ("train.method=dpo",)),
     "chatterbot_dpo": ("chatterbot_english", "preference: self-play pairs (chosen = the corpus reply, rejected = "
