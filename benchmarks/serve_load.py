@@ -120,12 +120,13 @@ def _tracking_uri() -> str:
 
 
 def _start_server(model_uri: str, max_batch_size: int, max_tokens: int, engine: str = "continuous",
-                  share_prefixes: bool = True) -> tuple[subprocess.Popen, str]:
+                  share_prefixes: bool = True, precision: str = "auto") -> tuple[subprocess.Popen, str]:
     port = _free_port()
     # the server takes its limits as one JSON of deploy.* keys (it has no per-limit flags)
     limits = {"max_batch_size": max_batch_size, "max_tokens": max(max_tokens, 16), "max_queue": 4096,
               # one-at-a-time runs take minutes: measured, not timed out
-              "request_timeout_s": 3600, "engine": engine, "share_prefixes": share_prefixes}
+              "request_timeout_s": 3600, "engine": engine, "share_prefixes": share_prefixes,
+              "precision": precision}
     proc = subprocess.Popen([sys.executable, "-m", "llmft.serve.app", "--model-uri", model_uri, "--port", str(port),
                              "--limits", json.dumps(limits)],
                             env={**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri()}, stdout=subprocess.DEVNULL,
@@ -230,7 +231,8 @@ def _register_base(home: Path) -> str:
     return found.model_uri
 
 
-SERVERS = {"continuous": "ours continuous", "unshared": "ours continuous, whole prompts", "static": "ours static",
+SERVERS = {"continuous": "ours continuous", "fp32": "ours continuous fp32",
+           "unshared": "ours continuous, whole prompts", "static": "ours static",
            "mlflow": "mlflow models serve", "llamacpp-f16": "llama.cpp f16",
            "llamacpp-q8_0": "llama.cpp q8_0"}  # --servers choice -> name in the tables
 OTHERS = {"mlflow models serve": "mlflow", "llama.cpp f16": "llama.cpp f16",
@@ -280,6 +282,9 @@ def _run_servers(results: dict[str, Any], model_uri: str, client_levels: list[in
     starters: dict[str, tuple[Any, dict[str, Any], str]] = {
         "ours continuous": (lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous"), ours,
                             "/invocations"),
+        "ours continuous fp32": (  # deploy.precision=fp32: what auto picks on a CPU without native bf16
+            lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous", precision="fp32"), ours,
+            "/invocations"),
         "ours continuous, whole prompts": (  # the ablation: no shared prompt starts kept
             lambda: _start_server(model_uri, max_batch_size, max_tokens, "continuous", False), ours,
             "/invocations"),
@@ -301,6 +306,8 @@ def _run_servers(results: dict[str, Any], model_uri: str, client_levels: list[in
                 checked = llamacpp.check_prompts(base, gguf["tokenizer"], _prompts(most))
                 results["llamacpp"]["prompts_checked"] = checked
                 print(f"{name}: {checked} prompts rendered and tokenized as ours does", flush=True)
+            if name.startswith("ours"):  # what deploy.precision resolved to on this machine
+                results.setdefault("dtypes", {})[name] = _health(base).get("dtype")
             endpoint = f"{base}{path}"
             warm = load(endpoint, 1, 1, max_tokens, greedy)  # first-call costs (threads, caches) out of the numbers
             if warm["errors"]:
@@ -325,6 +332,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Model `{results['model_uri']}` (the embedded base model registered as a transformers llm/v1/chat "
              f"version), greedy, up to {results['max_tokens']} tokens per answer, our max_batch_size "
              f"{results['max_batch_size']}, OMP_NUM_THREADS={results['torch_threads']} for every server, "
+             + (f"ours in {', '.join(f'{d} ({n})' for n, d in results['dtypes'].items())}, "
+                if results.get("dtypes") else "") +
              f"{results['cpu_count']} CPU cores shared with other work "
              f"(load average {results['load_average_at_start']:.1f} at start).", "",
              "| server @ clients | requests | errors | wall s | requests/s | tokens/s | p50 s | p95 s | max s "
@@ -371,7 +380,8 @@ def main() -> None:
                              "on the same registered model")
     parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=["continuous", "static", "mlflow"],
                         help="with --compare-mlflow: which servers run (unshared: continuous without kept shared "
-                             "prompt starts, deploy.share_prefixes=false; llamacpp-*: llama.cpp's server on a GGUF "
+                             "prompt starts, deploy.share_prefixes=false; fp32: continuous with deploy.precision=fp32 "
+                             "where the default, auto, serves bf16; llamacpp-*: llama.cpp's server on a GGUF "
                              "exported from the same version, --parallel = --max-batch-size, threads = ours; needs "
                              "pip install 'llmft[bench]')")
     parser.add_argument("--merge", help="with --compare-mlflow: a previous --json whose other servers' rows are kept "

@@ -16,6 +16,7 @@ from llmft.config_serving import (
     ExportConfig,
     RetrainConfig,
 )
+from llmft.config_stages import EvalSettings, ProbeSettings, ReportSettings, RowDraw, ShotDraw
 from llmft.train.methods import METHOD_NAMES, get_method
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -367,6 +368,24 @@ class EvalConfig(Section):
                                                                "every model")
     slice_by: str | None = Field(None, description="a column of data.source: the primary metric per value of it "
                                                    "(bias check), and the worst slice, in the report and MLflow")
+
+    # each evaluation stage's part, frozen, for the steps (llmft/config_stages.py)
+    def scoring(self, max_seq_length: int) -> EvalSettings:
+        return EvalSettings(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                            max_seq_length=max_seq_length, few_shot_max_tokens=self.few_shot_max_tokens)
+
+    def row_draw(self) -> RowDraw:
+        return RowDraw(max_samples=self.max_samples, seed=self.sample_seed)
+
+    def shot_draw(self) -> ShotDraw:
+        return ShotDraw(k=self.few_shot_k, seed=self.sample_seed)
+
+    def probing(self) -> ProbeSettings:
+        return ProbeSettings(max_new_tokens=self.probe_max_new_tokens, batch_size=self.batch_size)
+
+    def reporting(self) -> ReportSettings:
+        return ReportSettings(primary_metric=self.primary_metric, slice_by=self.slice_by,
+                              genai_table_rows=self.genai_table_rows)
 
 
 class AugmentConfig(Section):

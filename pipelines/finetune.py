@@ -55,20 +55,18 @@ def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, b
     train, validation, test, split = prepared.train, prepared.validation, prepared.test, prepared.split
     base_key = f"{base_identity} code {code_version}"  # prompting, training and scoring live in the library
     trained, training = finetune(train, validation, split, task, cfg.model, train_cfg, base_key)
-    rows, sample = sample_test(test, task, cfg.eval)
-    shots = draw_shots(train, task, cfg.eval)
-    base = evaluate_base(rows, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length, base_key)
-    base_few = evaluate_base_few_shot(rows, shots, task, cfg.model, split, cfg.eval, cfg.train.max_seq_length,
-                                      base_key)
-    simple = evaluate_simple_baseline(train, validation, rows, task, split, cfg.eval, code_version)
-    current = evaluate_champion(rows, task, champion, split, cfg.eval, cfg.train.max_seq_length,
-                                cfg.model.trust_remote_code)
-    candidate = evaluate_candidate(trained, training, rows, task, cfg.model, cfg.eval, cfg.train.max_seq_length,
-                                   base_key)
-    evaluation = compare_models(candidate, rows, sample, base, base_few, current, task, cfg.eval,
-                                cfg.train.max_seq_length, simple)
-    base_answers = probe_base(task, cfg.model, cfg.eval, base_key)
-    candidate_answers = probe_candidate(trained, training, base_answers, cfg.model, cfg.eval, base_key)
+    scoring, probing = cfg.eval.scoring(cfg.train.max_seq_length), cfg.eval.probing()
+    rows, sample = sample_test(test, task, cfg.eval.row_draw())
+    shots = draw_shots(train, task, cfg.eval.shot_draw())
+    base = evaluate_base(rows, task, cfg.model, split, scoring, base_key)
+    base_few = evaluate_base_few_shot(rows, shots, task, cfg.model, split, scoring, base_key)
+    simple = evaluate_simple_baseline(train, validation, rows, task, split, cfg.eval.primary_metric, code_version)
+    current = evaluate_champion(rows, task, champion, split, scoring, cfg.eval.champion, cfg.model.trust_remote_code)
+    candidate = evaluate_candidate(trained, training, rows, task, cfg.model, scoring, base_key)
+    evaluation = compare_models(candidate, rows, sample, base, base_few, current, task, cfg.eval.reporting(), scoring,
+                                simple)
+    base_answers = probe_base(task, cfg.model, probing, base_key)
+    candidate_answers = probe_candidate(trained, training, base_answers, cfg.model, probing, base_key)
     forgetting = measure_forgetting(base_answers, candidate_answers, cfg.promotion.max_forgetting)
     registration = register(trained, training, evaluation, task, cfg.model, name, prepared.fingerprint)
     decision = promote(registration, evaluation, forgetting, training, prepared.dataset, task, cfg.promotion,

@@ -1,6 +1,8 @@
 """Evaluation steps. The base model's and the champion's scores, and the base model's probe answers,
 are their own cached steps: keyed by the evaluation rows, the model's identity and the settings, an
-unchanged one is served from ZenML's cache (the run summary lists them)."""
+unchanged one is served from ZenML's cache (the run summary lists them). Each step takes its stage's
+frozen settings (llmft/config_stages.py), never the whole `eval` section, so its cache is keyed by
+what it reads."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from llmft.config import EvalConfig, ModelConfig
+from llmft.config import ModelConfig
+from llmft.config_stages import EvalSettings, ProbeSettings, ReportSettings, RowDraw, ShotDraw
 from llmft.contracts import (
     ChampionRef,
     EvalSample,
@@ -27,83 +30,83 @@ from llmft.tasks.base import TaskSpec
 
 
 @step
-def sample_test(test_split: pd.DataFrame, task: TaskSpec, eval_cfg: EvalConfig) -> tuple[
+def sample_test(test_split: pd.DataFrame, task: TaskSpec, draw: RowDraw) -> tuple[
     Annotated[pd.DataFrame, "eval_rows"], Annotated[EvalSample, "eval_sample"]
 ]:
-    rows, sample = stage.draw_sample(test_split, task, eval_cfg)
+    rows, sample = stage.draw_sample(test_split, task, draw)
     return rows, sample
 
 
 @step
-def draw_shots(train_split: pd.DataFrame, task: TaskSpec, eval_cfg: EvalConfig) -> Annotated[pd.DataFrame,
-                                                                                             "few_shot_examples"]:
-    return stage.draw_shots(train_split, task, eval_cfg)
+def draw_shots(train_split: pd.DataFrame, task: TaskSpec, draw: ShotDraw) -> Annotated[pd.DataFrame,
+                                                                                      "few_shot_examples"]:
+    return stage.draw_shots(train_split, task, draw)
 
 
 @step
 def evaluate_base(eval_rows: pd.DataFrame, task: TaskSpec, model: ModelConfig, split_info: SplitInfo,
-                  eval_cfg: EvalConfig, max_seq_length: int,
-                  base_identity: str) -> Annotated[ModelEvaluation, "base_evaluation"]:
+                  scoring: EvalSettings, base_identity: str) -> Annotated[ModelEvaluation, "base_evaluation"]:
     """`base_identity` (weights' fingerprint and code version) is only here to key the cache."""
-    return stage.evaluate_base(eval_rows, task, model, split_info, eval_cfg, max_seq_length)
+    return stage.evaluate_base(eval_rows, task, model, split_info, scoring)
 
 
 @step
 def evaluate_base_few_shot(eval_rows: pd.DataFrame, few_shot_examples: pd.DataFrame, task: TaskSpec,
-                           model: ModelConfig, split_info: SplitInfo, eval_cfg: EvalConfig, max_seq_length: int,
+                           model: ModelConfig, split_info: SplitInfo, scoring: EvalSettings,
                            base_identity: str) -> Annotated[ModelEvaluation, "base_few_shot_evaluation"]:
     """Cached like `evaluate_base`: keyed by the rows, the shots, the settings and the base's identity."""
-    return stage.evaluate_base_few_shot(eval_rows, few_shot_examples, task, model, split_info, eval_cfg,
-                                        max_seq_length)
+    return stage.evaluate_base_few_shot(eval_rows, few_shot_examples, task, model, split_info, scoring)
 
 
 @step
 def evaluate_simple_baseline(train_split: pd.DataFrame, validation_split: pd.DataFrame, eval_rows: pd.DataFrame,
-                             task: TaskSpec, split_info: SplitInfo, eval_cfg: EvalConfig,
+                             task: TaskSpec, split_info: SplitInfo, primary_metric: str | None,
                              code_version: str) -> Annotated[ModelEvaluation, "simple_baseline_evaluation"]:
     """The task's non-LLM baseline (TF-IDF + logistic regression, Lead-k, ...), fitted on the training
     split. Cached: keyed by the splits, the rows, the settings and `code_version` (the fitting lives in
     the library)."""
-    return stage.evaluate_simple_baseline(train_split, validation_split, eval_rows, task, split_info, eval_cfg)
+    return stage.evaluate_simple_baseline(train_split, validation_split, eval_rows, task, split_info,
+                                          primary_metric)
 
 
 @step
 def evaluate_champion(eval_rows: pd.DataFrame, task: TaskSpec, champion: ChampionRef | None, split_info: SplitInfo,
-                      eval_cfg: EvalConfig, max_seq_length: int,
+                      scoring: EvalSettings, enabled: bool = True,
                       trust_remote_code: bool = False) -> Annotated[ModelEvaluation, "champion_evaluation"]:
-    return stage.evaluate_champion(eval_rows, task, champion, split_info, eval_cfg, max_seq_length, trust_remote_code)
+    """`enabled`: eval.champion."""
+    return stage.evaluate_champion(eval_rows, task, champion, split_info, scoring, enabled, trust_remote_code)
 
 
 @step
 def evaluate_candidate(trained_model: Path, training: TrainingResult, eval_rows: pd.DataFrame, task: TaskSpec,
-                       model: ModelConfig, eval_cfg: EvalConfig, max_seq_length: int,
+                       model: ModelConfig, scoring: EvalSettings,
                        base_identity: str) -> Annotated[ModelEvaluation, "candidate_evaluation"]:
     """Cached: a reused training (the same model artifact) on the same rows and settings scores the same."""
-    return stage.evaluate_candidate(trained_model, training, eval_rows, task, model, eval_cfg, max_seq_length)
+    return stage.evaluate_candidate(trained_model, training, eval_rows, task, model, scoring)
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)
 def compare_models(candidate_evaluation: ModelEvaluation, eval_rows: pd.DataFrame, eval_sample: EvalSample,
                    base_evaluation: ModelEvaluation, base_few_shot_evaluation: ModelEvaluation,
-                   champion_evaluation: ModelEvaluation, task: TaskSpec, eval_cfg: EvalConfig,
-                   max_seq_length: int,
+                   champion_evaluation: ModelEvaluation, task: TaskSpec, reporting: ReportSettings,
+                   scoring: EvalSettings,
                    simple_baseline_evaluation: ModelEvaluation | None = None) -> Annotated[Evaluation, "evaluation"]:
     """All of them side by side in this run's MLflow run (never cached: every run shows its comparison)."""
     return stage.compare(base_evaluation, base_few_shot_evaluation, candidate_evaluation, champion_evaluation,
-                         eval_rows, eval_sample, task, eval_cfg, max_seq_length, simple_baseline_evaluation)
+                         eval_rows, eval_sample, task, reporting, scoring, simple_baseline_evaluation)
 
 
 @step
-def probe_base(task: TaskSpec, model: ModelConfig, eval_cfg: EvalConfig,
+def probe_base(task: TaskSpec, model: ModelConfig, probing: ProbeSettings,
                base_identity: str) -> Annotated[ProbeRun, "base_probe"]:
-    return stage.probe_base(task, model, eval_cfg)
+    return stage.probe_base(task, model, probing)
 
 
 @step
 def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, model: ModelConfig,
-                    eval_cfg: EvalConfig, base_identity: str) -> Annotated[ProbeRun, "candidate_probe"]:
+                    probing: ProbeSettings, base_identity: str) -> Annotated[ProbeRun, "candidate_probe"]:
     """The candidate's probe answers; cached like its evaluation."""
-    return stage.probe_candidate(trained_model, training, base_probe, model, eval_cfg)
+    return stage.probe_candidate(trained_model, training, base_probe, model, probing)
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)

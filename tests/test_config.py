@@ -129,3 +129,33 @@ def test_shipped_configs_pin_no_labels_and_no_registry_name():
     for name in ("finetune.yaml", "classify.yaml", "gpu.yaml"):
         cfg = load_config(ROOT / "configs" / name)
         assert cfg.data.labels is None and cfg.registry.model_name is None, name
+
+
+def test_each_evaluation_step_takes_only_its_stages_frozen_settings():
+    """The steps' caches are keyed by what each reads: a setting of one stage leaves the others' settings
+    (and so their cache keys) unchanged, and no step takes the whole eval section."""
+    import inspect
+
+    from pydantic import ValidationError
+
+    import steps.evaluate as evaluate_steps
+    from llmft.config import EvalConfig
+
+    base = EvalConfig()
+    changed = {"champion": False, "slice_by": "source", "genai_table_rows": 3, "primary_metric": "rougeL",
+               "few_shot_k": 5, "max_samples": 7, "probe_max_new_tokens": 9, "few_shot_max_tokens": 512}
+    builders = {"scoring": lambda c: c.scoring(384), "row_draw": EvalConfig.row_draw,
+                "shot_draw": EvalConfig.shot_draw, "probing": EvalConfig.probing, "reporting": EvalConfig.reporting}
+    reads = {"scoring": {"few_shot_max_tokens"}, "row_draw": {"max_samples"}, "shot_draw": {"few_shot_k"},
+             "probing": {"probe_max_new_tokens"}, "reporting": {"slice_by", "genai_table_rows", "primary_metric"}}
+    for key, value in changed.items():
+        other = base.model_copy(update={key: value})
+        for name, build in builders.items():
+            assert (build(other) != build(base)) == (key in reads[name]), (key, name)
+    with pytest.raises(ValidationError):
+        base.scoring(384).max_new_tokens = 1  # frozen
+    for name, fn in vars(evaluate_steps).items():
+        entry = getattr(fn, "entrypoint", None)
+        if entry is not None:
+            kinds = {str(p.annotation) for p in inspect.signature(entry).parameters.values()}
+            assert not any("EvalConfig" in k for k in kinds), name

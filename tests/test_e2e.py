@@ -230,11 +230,13 @@ def test_bad_data_stops_before_training_and_registers_nothing(finetune_summary: 
 def test_an_unchanged_second_run_reuses_training_and_registers_nothing(finetune_summary: dict,
                                                                        run_env: dict[str, str], tmp_path: Path):
     """Same command, data, base model and code: the training and the candidate's scores come from
-    ZenML's cache, v1 is this very model and stays champion; the run still compares and records."""
+    ZenML's cache, v1 is this very model and stays champion; the run still compares and records. A
+    setting only the comparison reads (eval.genai_table_rows) leaves every scoring step cached: each
+    step is keyed by its own stage's settings, not the whole eval section."""
     first = finetune_summary
     out = tmp_path / "again.json"
     proc = run_py(run_env, "--pipeline", "finetune", *DEFAULT_RUN, "--set", "deploy.on_promotion=true",
-                  "--summary", str(out))
+                  "--set", "eval.genai_table_rows=3", "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(out.read_text())
     cached = {"finetune", "evaluate_candidate", "probe_candidate", "evaluate_base", "probe_base"}

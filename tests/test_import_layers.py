@@ -39,7 +39,7 @@ EXTRA_OF = {module: extra for extra, modules in EXTRAS.items() for module in mod
 
 # the config layer, at the bottom: every pipeline and the command line read it
 CONFIG_LAYER = {"llmft.contracts", "llmft.config", "llmft.config_base", "llmft.config_files", "llmft.config_serving",
-                "llmft.errors"}
+                "llmft.config_stages", "llmft.errors"}
 # what the config layer may import besides itself: `train.method`'s names and flags come from the METHODS registry
 # (one source), which loads models through llmft.model_loading; nothing of these imports the config back
 CONFIG_NEEDS = {"llmft", "llmft.train", "llmft.train.methods", "llmft.train.preference", "llmft.chat_format",

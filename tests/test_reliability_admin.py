@@ -39,7 +39,7 @@ class GatedLoader:
     def __init__(self, tiny: tuple[Any, Any]):
         self.tiny, self.entered, self.release, self.returned = tiny, threading.Event(), threading.Event(), 0
 
-    def __call__(self, uri: str, trust_remote_code: bool = False) -> Served:
+    def __call__(self, uri: str, trust_remote_code: bool = False, precision: str = "auto") -> Served:
         self.entered.set()
         assert self.release.wait(120)
         self.returned += 1

@@ -175,7 +175,8 @@ def test_main_starts_uvicorn_with_a_connection_limit(tiny: tuple[Any, Any], monk
     import uvicorn
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(server_app, "load_served", lambda uri, trust=False: Served(uri, None, False, *tiny))
+    monkeypatch.setattr(server_app, "load_served",
+                        lambda uri, trust=False, precision="auto": Served(uri, None, False, *tiny))
     monkeypatch.setattr(server_app, "smoke", lambda served, limits: "hello")
     monkeypatch.setattr(server_app, "create_app", lambda *a, **k: object())
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))

@@ -73,7 +73,7 @@ def test_the_serve_units_command_exists_and_takes_its_flags():
 
     seen: dict[str, object] = {}
 
-    def stop(model_uri: str, trust_remote_code: bool = False) -> None:
+    def stop(model_uri: str, trust_remote_code: bool = False, precision: str = "auto") -> None:
         seen["model_uri"] = model_uri
         raise SystemExit(0)
 

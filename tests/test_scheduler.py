@@ -5,12 +5,14 @@ traces from the server."""
 
 from __future__ import annotations
 
+import copy
 import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 from conftest import StepGate
 from conftest import wait_for as _wait_for
 
@@ -20,6 +22,7 @@ from llmft.config_serving import ServerLimits
 from llmft.generation import Sampling, complete_batch
 from llmft.serve.app import Served, create_app, parse_chat
 from llmft.serve.deploy import post_json
+from llmft.serve.loading import native_bf16, serving_dtype
 from llmft.serve.scheduler import PREFIX_MIN_TOKENS, DecodeBatch, Sequence, generate_continuous, supports
 
 LIMITS = ServerLimits(max_tokens=24, default_max_tokens=4, max_input_tokens=200, max_batch_size=3, batch_wait_ms=5,
@@ -174,6 +177,22 @@ def test_the_static_engine_is_still_selectable(served: Served):
 
 
 # ---- traces (deploy.tracing) ----
+
+def test_in_bf16_the_batch_decodes_and_answers_match_alone(served: Served):
+    """deploy.precision=bf16 (auto's choice on a CPU with AVX512-BF16 or AMX): the batched cache, its
+    padding and the kept starts in bf16 give each request the greedy answer it gets alone in bf16."""
+    assert serving_dtype("fp32") == torch.float32 and serving_dtype("bf16") == torch.bfloat16
+    assert serving_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
+    model = copy.deepcopy(served.model).to(torch.bfloat16)
+    prompts = [_prompt(served, q) for q in QUESTIONS]
+    budgets = [6, 10, 8, 12]
+    alone = [complete_batch(model, served.tokenizer, [p], [b])[0] for p, b in zip(prompts, budgets, strict=True)]
+    ids = [served.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    requests = [(i, b, Sampling()) for i, b in zip(ids, budgets, strict=True)]
+    together = generate_continuous(model, served.tokenizer, requests[::-1], join_after=[0, 2, 5, 9])
+    assert together == alone[::-1]
+    assert next(model.parameters()).dtype == torch.bfloat16
+
 
 def test_deploy_keys_reach_the_server_limits():
     limits = DeployConfig(tracing=True, engine="static", share_prefixes=False).server_limits()

@@ -252,15 +252,13 @@ def test_stage_fits_on_the_users_training_rows_only():
     rows = pd.DataFrame(TEST)
     spec = TaskSpec(name="classification", reason="test")
     split = SplitInfo(rows={"train": 14, "validation": 0, "test": 3}, unused=0, labels=["ham", "spam"])
-    from llmft.config import EvalConfig
-
-    found = evaluate_simple_baseline(mixed, pd.DataFrame(columns=["text", "label"]), rows, spec, split, EvalConfig())
+    found = evaluate_simple_baseline(mixed, pd.DataFrame(columns=["text", "label"]), rows, spec, split, None)
     assert found.available and found.role == "simple_baseline" and found.outputs == ["spam", "ham", "ham"]
     assert found.identity == "tf-idf + logistic regression (class-weighted)"
     assert found.note.startswith("tf-idf + logistic regression (class-weighted): 14 training rows")
     pairs = pd.DataFrame([_pair("a", "bb")])
     none = evaluate_simple_baseline(pairs, pairs, pairs, TaskSpec(name="preference", reason="t"), split,
-                                    EvalConfig(primary_metric="rougeL"))
+                                    "rougeL")
     assert not none.available and none.note.startswith("not applicable: the longer-answer rule")
 
 
@@ -289,7 +287,8 @@ def test_compare_logs_the_simple_baseline_and_warns_of_a_collapse(tmp_path):
         evaluation = compare(model("base", ["spam"] * 10), off.model_copy(update={"role": "base_few_shot"}),
                              model("finetuned", ["ham"] * 10), off, rows,
                              EvalSample(n=10, of=10, seed=None, how="whole test split"),
-                             TaskSpec(name="classification", reason="t"), cfg, 64, simple)
+                             TaskSpec(name="classification", reason="t"), cfg.reporting(), cfg.scoring(64),
+                             simple)
     assert evaluation.metrics["simple_baseline"]["macro_f1"] == 1.0 and evaluation.simple_baseline_method == "tf-idf"
     assert evaluation.warnings == ["collapse: 100% of the fine-tuned answers are 'ham' (10 of 10 rows), against 80% "
                                    "of the gold answers: it answers the majority, not the task"]

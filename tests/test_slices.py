@@ -166,7 +166,8 @@ def test_compare_logs_slices_to_mlflow_and_returns_them(tmp_path: Path):
     few = ModelEvaluation(role="base_few_shot", available=False, note="off")
     with mlflow.start_run() as run:
         evaluation = compare(classified("base", BASE), few, classified("finetuned", TUNED), unavailable, sample,
-                             EvalSample(n=8, of=8, seed=None, how="whole test split"), spec, cfg, 128)
+                             EvalSample(n=8, of=8, seed=None, how="whole test split"), spec, cfg.reporting(),
+                             cfg.scoring(128))
     assert evaluation.slices is not None and evaluation.slices.worst == "B"
     logged = mlflow.get_run(run.info.run_id).data
     assert logged.metrics["slice/B/finetuned/macro_f1"] == pytest.approx(2 / 3)
@@ -178,4 +179,5 @@ def test_compare_logs_slices_to_mlflow_and_returns_them(tmp_path: Path):
     unset = load_config(None, ["eval.genai_table_rows=0"]).eval
     with mlflow.start_run():
         assert compare(classified("base", BASE), few, classified("finetuned", TUNED), unavailable, sample,
-                       EvalSample(n=8, of=8, seed=None, how="whole test split"), spec, unset, 128).slices is None
+                       EvalSample(n=8, of=8, seed=None, how="whole test split"), spec, unset.reporting(),
+                       unset.scoring(128)).slices is None

@@ -57,7 +57,7 @@ def test_split_and_sample_and_training_rows(summarization):
     train, validation, test, info = stages.split_dataset(clean, run.spec, run.cfg.data)
     assert info.rows == {"train": len(train), "validation": len(validation), "test": len(test)}
     assert info.labels is None and sum(info.rows.values()) + info.unused == len(clean)
-    rows, sample = draw_sample(test, run.spec, run.cfg.eval.model_copy(update={"max_samples": 5}))
+    rows, sample = draw_sample(test, run.spec, run.cfg.eval.model_copy(update={"max_samples": 5}).row_draw())
     assert len(rows) == sample.n == 5 and sample.of == len(test) and sample.how == "seeded random sample"
     examples = training_examples(train, None)
     assert set(examples[0]) == {"input_ids", "labels"}

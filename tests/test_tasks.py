@@ -262,12 +262,14 @@ def test_scores_key_follows_rows_and_settings():
     rows = pd.DataFrame([{"messages": "[]", "response": "x", "text": "", "label": None},
                          {"messages": "[]", "response": "y", "text": "", "label": float("nan")}])
     spec = TaskSpec(name="chat", reason="r")
-    cfg = load_config(None).eval
-    key = scores_key(rows, spec, cfg, 384)
-    assert key == scores_key(rows.copy(), spec, cfg, 384)
-    assert key != scores_key(rows.iloc[:1], spec, cfg, 384)
-    assert key != scores_key(rows, spec, cfg.model_copy(update={"max_new_tokens": 8}), 384)
-    assert key != scores_key(rows, spec.model_copy(update={"instruction": "Be brief"}), cfg, 384)
+    scoring = load_config(None).eval.scoring(384)
+    key = scores_key(rows, spec, scoring)
+    assert key == scores_key(rows.copy(), spec, scoring)
+    assert key != scores_key(rows.iloc[:1], spec, scoring)
+    assert key != scores_key(rows, spec, scoring.model_copy(update={"max_new_tokens": 8}))
+    assert key != scores_key(rows, spec.model_copy(update={"instruction": "Be brief"}), scoring)
+    # the few-shot base's budget is not part of a model's own scores
+    assert key == scores_key(rows, spec, scoring.model_copy(update={"few_shot_max_tokens": 64}))
 
 
 def test_the_config_task_literal_lists_the_registry_names():

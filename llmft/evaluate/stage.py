@@ -20,7 +20,8 @@ import pandas as pd
 
 from llmft import plots
 from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
-from llmft.config import EvalConfig, ModelConfig
+from llmft.config import ModelConfig
+from llmft.config_stages import EvalSettings, ProbeSettings, ReportSettings, RowDraw, ShotDraw
 from llmft.contracts import (
     ChampionRef,
     EvalSample,
@@ -42,7 +43,7 @@ from llmft.locations import tracking_uri
 from llmft.registry import versions
 from llmft.resolve import code_version
 from llmft.tasks import get_task, primary_metric
-from llmft.tasks.base import EvalSettings, TaskSpec
+from llmft.tasks.base import TaskSpec
 from llmft.train.methods import load_trained
 
 log = logging.getLogger(__name__)
@@ -51,24 +52,19 @@ Loader = Callable[[], tuple[Any, Any]]
 SIMPLE_ROLE = "simple_baseline"
 
 
-def draw_sample(test_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> tuple[pd.DataFrame, EvalSample]:
+def draw_sample(test_split: pd.DataFrame, spec: TaskSpec, draw: RowDraw) -> tuple[pd.DataFrame, EvalSample]:
     """The evaluation rows: all of the test split, or a seeded (stratified) sample of eval.max_samples."""
     label_key = "label" if get_task(spec.name).classifier else None
-    rows, sample = sample_rows(test_split.to_dict(orient="records"), cfg.max_samples, cfg.sample_seed, label_key)
+    rows, sample = sample_rows(test_split.to_dict(orient="records"), draw.max_samples, draw.seed, label_key)
     return pd.DataFrame(rows, columns=list(test_split.columns)), sample
 
 
-def _settings(cfg: EvalConfig, max_seq_length: int) -> EvalSettings:
-    return EvalSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, max_seq_length=max_seq_length,
-                        few_shot_max_tokens=cfg.few_shot_max_tokens)
-
-
-def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig,
-                max_seq_length: int, labels: list[str] | None, note: str = "",
+def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, spec: TaskSpec,
+                scoring: EvalSettings, labels: list[str] | None, note: str = "",
                 version: str | None = None) -> ModelEvaluation:
     model, tokenizer = load()
     scores = get_task(spec.name).evaluate(model, tokenizer, sample.to_dict(orient="records"), spec.instruction,
-                                          _settings(cfg, max_seq_length), labels, desc=f"eval {role}")
+                                          scoring, labels, desc=f"eval {role}")
     del model
     return ModelEvaluation(role=role, identity=identity, version=version, note=note, metrics=scores.metrics,
                            outputs=scores.outputs, row_scores=scores.row_scores, extras=scores.extras)
@@ -77,7 +73,7 @@ def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, sp
 SHOT_COLUMNS = ["messages", "response", "text", "label"]
 
 
-def draw_shots(train_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> pd.DataFrame:
+def draw_shots(train_split: pd.DataFrame, spec: TaskSpec, draw: ShotDraw) -> pd.DataFrame:
     """The few-shot base's worked examples: eval.few_shot_k training rows (never test), seeded by
     eval.sample_seed, stratified by label for classification; the user's own rows only (replayed or
     synthetic training rows are not what the task looks like)."""
@@ -85,14 +81,12 @@ def draw_shots(train_split: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig) -> pd
     if "origin" in train_split.columns:
         train_split = train_split[train_split["origin"] == "data"]
     columns = [c for c in SHOT_COLUMNS if c in train_split.columns]
-    rows = few_shot.draw_shots(train_split[columns].to_dict(orient="records"), cfg.few_shot_k, cfg.sample_seed,
-                               label_key)
+    rows = few_shot.draw_shots(train_split[columns].to_dict(orient="records"), draw.k, draw.seed, label_key)
     return pd.DataFrame(rows, columns=columns)
 
 
 def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame | None, spec: TaskSpec,
-                           model: ModelConfig, split: SplitInfo, cfg: EvalConfig,
-                           max_seq_length: int) -> ModelEvaluation:
+                           model: ModelConfig, split: SplitInfo, scoring: EvalSettings) -> ModelEvaluation:
     """The pretrained (instruct) model prompted for the task on the evaluation rows: zero-shot
     without `shots`, else with them as earlier turns. A classifier's base is the language model told
     the label set and scored by each label's likelihood (never a randomly initialised head)."""
@@ -103,11 +97,11 @@ def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame 
     shot_rows = [] if shots is None else shots.to_dict(orient="records")
     llm, tokenizer = load_model(base), load_tokenizer(base)  # the causal LM, also for a classification task
     scores = task.evaluate_prompted(llm, tokenizer, sample.to_dict(orient="records"), spec.instruction,
-                                    _settings(cfg, max_seq_length), labels, shot_rows, desc=f"eval {role}")
+                                    scoring, labels, shot_rows, desc=f"eval {role}")
     del llm
     identity = base_identity(model.base, model.revision)
     if shot_rows and not scores.metrics:  # not one shot fits: the score would be zero-shot's again
-        budget = scores.extras["few_shot"].get("budget_tokens", max_seq_length)
+        budget = scores.extras["few_shot"].get("budget_tokens", scoring.max_seq_length)
         return ModelEvaluation(role=role, available=False, identity=identity, extras=scores.extras,
                                note=f"not applicable: none of the {len(shot_rows)} worked examples fits beside a row "
                                     f"in {budget:.0f} tokens (eval.few_shot_max_tokens, within the model's context)")
@@ -119,18 +113,18 @@ def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame 
                            outputs=scores.outputs, row_scores=scores.row_scores, extras=scores.extras)
 
 
-def evaluate_base(sample: pd.DataFrame, spec: TaskSpec, model: ModelConfig, split: SplitInfo, cfg: EvalConfig,
-                  max_seq_length: int) -> ModelEvaluation:
+def evaluate_base(sample: pd.DataFrame, spec: TaskSpec, model: ModelConfig, split: SplitInfo,
+                  scoring: EvalSettings) -> ModelEvaluation:
     """The base model zero-shot: the task's instruction, nothing else."""
-    return evaluate_prompted_base("base", sample, None, spec, model, split, cfg, max_seq_length)
+    return evaluate_prompted_base("base", sample, None, spec, model, split, scoring)
 
 
 def evaluate_base_few_shot(sample: pd.DataFrame, shots: pd.DataFrame, spec: TaskSpec, model: ModelConfig,
-                           split: SplitInfo, cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
+                           split: SplitInfo, scoring: EvalSettings) -> ModelEvaluation:
     """The base model with eval.few_shot_k worked examples from the training split before each row."""
     if shots.empty:
         return ModelEvaluation(role="base_few_shot", available=False, note="few-shot base off (eval.few_shot_k=0)")
-    return evaluate_prompted_base("base_few_shot", sample, shots, spec, model, split, cfg, max_seq_length)
+    return evaluate_prompted_base("base_few_shot", sample, shots, spec, model, split, scoring)
 
 
 def _user_rows(split: pd.DataFrame) -> list[dict[str, Any]]:
@@ -142,12 +136,12 @@ def _user_rows(split: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def evaluate_simple_baseline(train: pd.DataFrame, validation: pd.DataFrame, sample: pd.DataFrame, spec: TaskSpec,
-                             split: SplitInfo, cfg: EvalConfig) -> ModelEvaluation:
+                             split: SplitInfo, primary_metric_name: str | None) -> ModelEvaluation:
     """The task's simple non-LLM baseline (`simple_baselines`), fitted on the training split, a knob
     chosen on validation, scored on the evaluation rows by the task's own scorer."""
     task = get_task(spec.name)
     rows = sample.to_dict(orient="records")
-    primary = primary_metric(task, cfg.primary_metric, rows)
+    primary = primary_metric(task, primary_metric_name, rows)
     found = simple_baselines.simple_baseline(spec.name, _user_rows(train), _user_rows(validation), rows,
                                              spec.instruction, split.labels if task.classifier else None, primary)
     if isinstance(found, str):
@@ -176,7 +170,7 @@ def champion_comparable(champion: ChampionRef | None, spec: TaskSpec, labels: li
 SCORES_ARTIFACT = "evaluation/candidate_scores.json"
 
 
-def scores_key(sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig, max_seq_length: int) -> str:
+def scores_key(sample: pd.DataFrame, spec: TaskSpec, scoring: EvalSettings) -> str:
     """What determines a model's scores besides the model: the rows, the task and instruction, the
     generation settings and the project's code (greedy decoding is deterministic)."""
     import hashlib
@@ -185,8 +179,8 @@ def scores_key(sample: pd.DataFrame, spec: TaskSpec, cfg: EvalConfig, max_seq_le
     digest = hashlib.sha256()
     for row in sample[["messages", "response", "text", "label"]].itertuples(index=False):
         digest.update("\x1f".join(str(value) for value in row).encode() + b"\x1e")
-    settings = {"task": spec.model_dump(), "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-                "max_seq_length": max_seq_length, "code": code_version()}
+    settings = {"task": spec.model_dump(), "max_new_tokens": scoring.max_new_tokens, "batch_size": scoring.batch_size,
+                "max_seq_length": scoring.max_seq_length, "code": code_version()}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:24]
 
@@ -212,37 +206,37 @@ def _scores_from_its_own_run(champion: ChampionRef, key: str) -> ModelEvaluation
 
 
 def evaluate_champion(sample: pd.DataFrame, spec: TaskSpec, champion: ChampionRef | None, split: SplitInfo,
-                      cfg: EvalConfig, max_seq_length: int, trust_remote_code: bool = False) -> ModelEvaluation:
-    """The registry's champion measured on this run's rows, never numbers from other rows."""
+                      scoring: EvalSettings, enabled: bool = True, trust_remote_code: bool = False) -> ModelEvaluation:
+    """The registry's champion measured on this run's rows, never numbers from other rows (`enabled`:
+    eval.champion)."""
     labels = split.labels if get_task(spec.name).classifier else None
-    why_not = champion_comparable(champion, spec, labels, cfg.champion)
+    why_not = champion_comparable(champion, spec, labels, enabled)
     if why_not is not None or champion is None:
         return ModelEvaluation(role="champion", available=False, note=why_not or "no current champion")
     import mlflow
 
 
     mlflow.set_tracking_uri(tracking_uri())  # no experiment tracker on this (cached) step
-    reused = _scores_from_its_own_run(champion, scores_key(sample, spec, cfg, max_seq_length))
+    reused = _scores_from_its_own_run(champion, scores_key(sample, spec, scoring))
     if reused is not None:
         return reused
     return score_model("champion", f"models:/{champion.name}/{champion.version}",
                        lambda: versions.load_components(champion.name, champion.version, trust_remote_code), sample,
-                       spec, cfg, max_seq_length, labels, version=champion.version,
+                       spec, scoring, labels, version=champion.version,
                        note=f"champion v{champion.version} re-evaluated on this run's rows")
 
 
 def evaluate_candidate(trained_model: Path, training: TrainingResult, sample: pd.DataFrame, spec: TaskSpec,
-                       model: ModelConfig, cfg: EvalConfig, max_seq_length: int) -> ModelEvaluation:
+                       model: ModelConfig, scoring: EvalSettings) -> ModelEvaluation:
 
     base = resolve_base_model(model)
     return score_model("finetuned", str(trained_model), lambda: load_trained(base, trained_model, training.labels),
-                       sample, spec, cfg, max_seq_length, training.labels, note=f"{training.method}, {training.steps} "
-                                                                                "steps")
+                       sample, spec, scoring, training.labels, note=f"{training.method}, {training.steps} steps")
 
 
 def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: ModelEvaluation,
-            champion: ModelEvaluation, sample: pd.DataFrame, drawn: EvalSample, spec: TaskSpec, cfg: EvalConfig,
-            max_seq_length: int, simple: ModelEvaluation | None = None) -> Evaluation:
+            champion: ModelEvaluation, sample: pd.DataFrame, drawn: EvalSample, spec: TaskSpec,
+            reporting: ReportSettings, scoring: EvalSettings, simple: ModelEvaluation | None = None) -> Evaluation:
     """All of them side by side; metrics, predictions table and plots go to the active MLflow run.
     With eval.slice_by, also the primary metric per slice of the rows (the bias check). `simple` is
     the non-LLM baseline (`evaluate_simple_baseline`)."""
@@ -251,23 +245,23 @@ def compare(base: ModelEvaluation, base_few_shot: ModelEvaluation, candidate: Mo
 
     task = get_task(spec.name)
     rows = sample.to_dict(orient="records")
-    primary = primary_metric(task, cfg.primary_metric, rows)
+    primary = primary_metric(task, reporting.primary_metric, rows)
     simple = simple or ModelEvaluation(role=SIMPLE_ROLE, available=False, note="not measured")
     models = [m for m in (base, base_few_shot, simple, candidate, champion) if m.available]
     for m in models:
         _log_model_metrics(m, drawn.n)
-    table, slices = _predictions_table(rows, sample, models, task, cfg.slice_by, primary)
+    table, slices = _predictions_table(rows, sample, models, task, reporting.slice_by, primary)
     mlflow.log_table(table, "evaluation/predictions.json")
     # the simple baseline's answers are in the predictions table; a GenAI table (a trace per row) would
     # only cost time
     genai_runs = log_genai_evaluations([m for m in models if m.role != SIMPLE_ROLE], table["input"],
-                                       table["reference"], cfg.genai_table_rows, spec.name)
+                                       table["reference"], reporting.genai_table_rows, spec.name)
     mlflow.set_tags({f"evaluation.genai_run.{role}": run_id for role, run_id in genai_runs.items()})
     rates = [k for k in candidate.metrics if k not in ("eval_loss", "perplexity")]
     mlflow.log_figure(plots.metric_comparison({m.role: m.metrics for m in models}, rates),
                       "plots/metric_comparison.png")
     mlflow.log_dict(drawn.model_dump(), "evaluation/sample.json")
-    mlflow.log_dict({"key": scores_key(sample, spec, cfg, max_seq_length), "evaluation": candidate.model_dump()},
+    mlflow.log_dict({"key": scores_key(sample, spec, scoring), "evaluation": candidate.model_dump()},
                     SCORES_ARTIFACT)
     mlflow.set_tags({"evaluation.champion": champion.note, "evaluation.sample": f"{drawn.n} of {drawn.of} test rows, "
                                                                                  f"{drawn.how}",
@@ -366,32 +360,32 @@ def _last_user(row: dict[str, Any]) -> str:
 
 # ---- forgetting probe ----
 
-def probe(load: Loader, cfg: EvalConfig, desc: str) -> ProbeRun:
+def probe(load: Loader, settings: ProbeSettings, desc: str) -> ProbeRun:
 
     model, tokenizer = load()
-    result = run_probe(model, tokenizer, load_probe(), cfg.probe_max_new_tokens, cfg.batch_size, desc=desc)
+    result = run_probe(model, tokenizer, load_probe(), settings.max_new_tokens, settings.batch_size, desc=desc)
     del model
     return ProbeRun(applicable=True, accuracy=result.accuracy, outputs=result.outputs, correct=result.correct)
 
 
-def probe_base(spec: TaskSpec, model: ModelConfig, cfg: EvalConfig) -> ProbeRun:
+def probe_base(spec: TaskSpec, model: ModelConfig, settings: ProbeSettings) -> ProbeRun:
     """The base model's probe answers (without the task instruction, as a user would chat with it)."""
     if not get_task(spec.name).probe_applies:
         return ProbeRun(applicable=False, reason="a classifier has no generative head: the forgetting probe does "
                                                  "not apply")
 
     base = resolve_base_model(model)
-    return probe(lambda: (load_model(base), load_tokenizer(base)), cfg, "probe base")
+    return probe(lambda: (load_model(base), load_tokenizer(base)), settings, "probe base")
 
 
 def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, model: ModelConfig,
-                    cfg: EvalConfig) -> ProbeRun:
+                    settings: ProbeSettings) -> ProbeRun:
     """The candidate on the same probe as the base (not applicable where the base's was not)."""
     if not base_probe.applicable:
         return base_probe
 
     base = resolve_base_model(model)
-    return probe(lambda: load_trained(base, trained_model, training.labels), cfg, "probe finetuned")
+    return probe(lambda: load_trained(base, trained_model, training.labels), settings, "probe finetuned")
 
 
 def forgetting(base_probe: ProbeRun, tuned: ProbeRun, max_forgetting: float) -> Forgetting:

@@ -142,6 +142,7 @@ class ModelServer:
         current, batcher = self.batcher.served, self.batcher
         info = {"status": "ok", "pid": os.getpid(), "model_uri": current.model_uri, "version": current.version,
                 "task": current.task, "classifier": current.classifier,
+                "dtype": str(current.model.dtype).removeprefix("torch."),
                 "loaded_at": current.loaded_at, "uptime_s": self.state.uptime_s(),
                 "limits": self.limits.model_dump(), "queued": batcher.queue_depth(),
                 "bodies_in_flight_bytes": self.bodies.used, "rejected_bodies_in_flight": self.bodies.refused,
@@ -262,7 +263,7 @@ class ModelServer:
                                                               str(self.admin_token).encode("utf-8"))
 
     def _load_and_swap(self, uri: str, deadline: float | None) -> tuple[Served | None, Served, str]:
-        candidate = load_served(uri, self.trust_remote_code)
+        candidate = load_served(uri, self.trust_remote_code, self.limits.precision)
         answer = smoke(candidate, self.limits)
         if self.loads.expired(deadline):  # the deploy that asked has given up and kept the old version
             return None, candidate, answer

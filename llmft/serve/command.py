@@ -27,7 +27,7 @@ from llmft.serve.loading import Served
 
 log = logging.getLogger("llmft.serve.app")
 
-Loader = Callable[[str, bool], Served]  # (model URI, trust_remote_code) -> the loaded model
+Loader = Callable[[str, bool, str], Served]  # (model URI, trust_remote_code, deploy.precision) -> the loaded model
 Smoke = Callable[[Served, ServerLimits], str]  # a loaded model's answer to the smoke request
 AppFactory = Callable[..., Any]  # create_app(served, limits, admin_token, registry_name, trust_remote_code)
 
@@ -61,7 +61,7 @@ def serve(argv: list[str] | None, load: Loader, smoke: Smoke, make_app: AppFacto
     if args.admin_token_file:
         with open(args.admin_token_file, encoding="utf-8") as fh:
             token = fh.read().strip()
-    served = load(args.model_uri, args.trust_remote_code)
+    served = load(args.model_uri, args.trust_remote_code, limits.precision)
     log.info("loaded %s (v%s, %s); smoke: %s", served.model_uri, served.version, served.task, smoke(served, limits))
     uvicorn.run(make_app(served, limits, token, registry_name, args.trust_remote_code), host=args.host,
                 port=args.port, log_level="warning", backlog=2048, timeout_keep_alive=30,

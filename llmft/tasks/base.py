@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from llmft.chat_format import encode_to_fit, with_system
+from llmft.config_stages import EvalSettings
 from llmft.data.shapes import Example
 from llmft.evaluate import text_metrics
 from llmft.evaluate.few_shot import fit_shots, prepare_shots, shot_budget, usage
@@ -35,14 +36,6 @@ class TaskSpec(BaseModel):
 
     def announce(self) -> str:
         return f"task: {self.name} ({self.reason}; set task=... to override)"
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    max_new_tokens: int
-    batch_size: int
-    max_seq_length: int
-    few_shot_max_tokens: int | None = None  # the few-shot prompt's budget (None: max_seq_length)
 
 
 def no_shot_fits(used: list[int], k: int, budget: int) -> ModelScores | None:
@@ -129,8 +122,8 @@ class Task(ABC):
         prompted = [{**r, "messages": json.dumps(f.conversation, ensure_ascii=False),
                      "context_messages": f.context_messages} for r, f in zip(rows, fitted, strict=True)]
         # the prompt may now be longer than the row's own length: eval loss must not cut the row's answer
-        scores = self.evaluate(model, tokenizer, prompted, system, replace(settings, max_seq_length=budget), labels,
-                               desc)
+        scores = self.evaluate(model, tokenizer, prompted, system,
+                               settings.model_copy(update={"max_seq_length": budget}), labels, desc)
         scores.extras["few_shot"] = usage(used, len(shots), budget)
         scores.extras["few_shot_used"] = used
         return scores
