@@ -207,3 +207,28 @@ def test_promote_and_serve(team: TeamStack, finetuned: dict):
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"].strip()
     proc = run_py(team.client_env, "--pipeline", "deploy", "--stop", timeout=120)
     assert proc.returncode == 0 and "stopped server" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_second_finetune_and_an_export_read_only_the_server(team: TeamStack, finetuned: dict):
+    """After the first version is champion (test_promote_and_serve), a second finetune re-measures it
+    from the server, not from a project-local store; the export reads the champion from the server and
+    records itself there. No project-local `mlflow.db` appears at any point."""
+    home = Path(team.client_env["LLMFT_HOME"])
+    champion = _get(team, "/api/2.0/mlflow/registered-models/alias", name=MODEL, alias="champion")["model_version"]
+    out = team.root / "finetune-2.json"
+    proc = run_py(team.client_env, "--pipeline", "finetune", *ARGS, "--set", "train.seed=43", "--summary", str(out),
+                  timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    second = json.loads(out.read_text())
+    assert second["tracking_uri"] == team.mlflow_uri
+    assert second["champion_evaluated"] == champion["version"] and second["metrics"]["champion"] is not None
+    assert int(second["registered_model"]["version"]) == int(finetuned["registered_model"]["version"]) + 1
+    exported = team.root / "exported"
+    proc = run_py(team.client_env, "--pipeline", "export", *ARGS, "--set", f"export.output_dir={exported}",
+                  "--set", "export.quants=[q8_0]", "--set", "export.modelfile_quant=q8_0", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert any(exported.glob("*.q8_0.gguf"))
+    now = _get(team, "/api/2.0/mlflow/model-versions/get", name=MODEL, version=champion["version"])["model_version"]
+    assert "export.uri" in {t["key"] for t in now["tags"]}  # the export's record is on the server's version
+    assert not (home / "mlflow.db").exists() and not list(home.rglob("mlflow.db"))
+    assert team.admin_password not in proc.stdout + proc.stderr
