@@ -75,7 +75,8 @@ def main() -> None:
     if info.task is None or get_task(info.task).classifier:
         raise SystemExit(f"{args.model_uri}: a generative task's version is needed (task tag: {info.task})")
     rows = split_rows(args.rows, args.limit)
-    settings = EvalSettings(args.max_new_tokens, args.batch_size, args.max_seq_length)
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            max_seq_length=args.max_seq_length)
     results: dict[str, dict[str, Any]] = {}
     for name, dtype in PRECISIONS.items():
         model = fp32 if dtype == torch.float32 else copy.deepcopy(fp32).to(dtype)
