@@ -184,7 +184,8 @@ def test_deploy_serves_champion(finetune_summary: dict, run_env: dict[str, str],
     endpoint = deployed["endpoint"]
     assert endpoint == "http://127.0.0.1:5055/invocations"
     out = tmp_path / "deploy.json"
-    proc = run_py(run_env, "--pipeline", "deploy", *TINY, "--summary", str(out), timeout=400)
+    # the run's own deploy settings (port 5055): the same server, not a second one on TINY's port
+    proc = run_py(run_env, "--pipeline", "deploy", *DEFAULT_RUN, "--summary", str(out), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["action"] == "already serving v1" and summary["model_version"] == "1"
