@@ -28,8 +28,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from llmft.precision import native_bf16  # noqa: E402
 from llmft.registry.versions import load_registered  # noqa: E402
-from llmft.serve.loading import native_bf16, registry_info  # noqa: E402
+from llmft.serve.loading import registry_info  # noqa: E402
 from llmft.tasks import get_task  # noqa: E402
 from llmft.tasks.base import EvalSettings  # noqa: E402
 

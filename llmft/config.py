@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmft.config_base import ConfigError as ConfigError  # (re-exported: most callers import it from here)
-from llmft.config_base import Section
+from llmft.config_base import Precision, Section
 from llmft.config_serving import (
     ComputeConfig,
     DeployConfig,
@@ -351,8 +351,12 @@ class EvalConfig(Section):
     max_samples: int | None = Field(100, ge=1, description="cap on test rows scored (a seeded sample, stratified by "
                                                           "label); null = the whole test split")
     max_new_tokens: int = Field(72, ge=1)
-    batch_size: int = Field(16, ge=1, description="rows decoding together (continuous batching where the model "
+    batch_size: int = Field(32, ge=1, description="rows decoding together (continuous batching where the model "
                                                   "allows, else left-padded batches)")
+    precision: Precision = Field("fp32", description="the dtype every model is scored in (base, few-shot, "
+                                                     "candidate, champion, probes); fp32: the trained weights exactly; "
+                                                     "auto: bf16 where the CPU has it natively (as deploy.precision "
+                                                     "serves), about 2x faster, a few greedy answers differ")
     sample_seed: int = Field(0, description="seed of the capped evaluation sample (eval.max_samples)")
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")
@@ -372,7 +376,8 @@ class EvalConfig(Section):
     # each evaluation stage's part, frozen, for the steps (llmft/config_stages.py)
     def scoring(self, max_seq_length: int) -> EvalSettings:
         return EvalSettings(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                            max_seq_length=max_seq_length, few_shot_max_tokens=self.few_shot_max_tokens)
+                            max_seq_length=max_seq_length, few_shot_max_tokens=self.few_shot_max_tokens,
+                            precision=self.precision)
 
     def row_draw(self) -> RowDraw:
         return RowDraw(max_samples=self.max_samples, seed=self.sample_seed)
@@ -381,7 +386,8 @@ class EvalConfig(Section):
         return ShotDraw(k=self.few_shot_k, seed=self.sample_seed)
 
     def probing(self) -> ProbeSettings:
-        return ProbeSettings(max_new_tokens=self.probe_max_new_tokens, batch_size=self.batch_size)
+        return ProbeSettings(max_new_tokens=self.probe_max_new_tokens, batch_size=self.batch_size,
+                             precision=self.precision)
 
     def reporting(self) -> ReportSettings:
         return ReportSettings(primary_metric=self.primary_metric, slice_by=self.slice_by,

@@ -3,6 +3,8 @@ for a bad config."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 from llmft.errors import UserFacingError
@@ -14,3 +16,7 @@ class ConfigError(UserFacingError, ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# the dtype a model answers in (deploy.precision, eval.precision; llmft/precision.py resolves auto)
+Precision = Literal["auto", "fp32", "bf16"]

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from llmft.config_base import ConfigError, Section
+from llmft.config_base import ConfigError, Precision, Section
 
 
 class ServerLimits(Section):
@@ -35,7 +35,7 @@ class ServerLimits(Section):
     engine: Literal["continuous", "static"] = Field(
         "continuous", description="continuous: requests join and leave the running batch between decoding steps; "
                                   "static: each batch runs until its longest request ends")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="the served model's weights and arithmetic; auto: bf16 where the CPU computes it natively "
                             "(AVX512-BF16 or AMX: about 2x the requests/s of fp32 on a 135M model), fp32 elsewhere")
     share_prefixes: bool = Field(True, description="continuous: a prompt start that requests share (the system "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmft.config_base import Precision
+
 
 class StageSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -19,6 +21,7 @@ class EvalSettings(StageSettings):
     batch_size: int = Field(ge=1)
     max_seq_length: int = Field(ge=1, description="train.max_seq_length: rows are cut as for training")
     few_shot_max_tokens: int | None = Field(None, description="the few-shot prompt's budget (None: max_seq_length)")
+    precision: Precision = Field("fp32", description="eval.precision: the dtype every scored model answers in")
 
 
 class RowDraw(StageSettings):
@@ -40,6 +43,7 @@ class ProbeSettings(StageSettings):
 
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    precision: Precision = "fp32"
 
 
 class ReportSettings(StageSettings):

@@ -143,11 +143,13 @@ def test_each_evaluation_step_takes_only_its_stages_frozen_settings():
 
     base = EvalConfig()
     changed = {"champion": False, "slice_by": "source", "genai_table_rows": 3, "primary_metric": "rougeL",
-               "few_shot_k": 5, "max_samples": 7, "probe_max_new_tokens": 9, "few_shot_max_tokens": 512}
+               "few_shot_k": 5, "max_samples": 7, "probe_max_new_tokens": 9, "few_shot_max_tokens": 512,
+               "precision": "bf16"}
     builders = {"scoring": lambda c: c.scoring(384), "row_draw": EvalConfig.row_draw,
                 "shot_draw": EvalConfig.shot_draw, "probing": EvalConfig.probing, "reporting": EvalConfig.reporting}
-    reads = {"scoring": {"few_shot_max_tokens"}, "row_draw": {"max_samples"}, "shot_draw": {"few_shot_k"},
-             "probing": {"probe_max_new_tokens"}, "reporting": {"slice_by", "genai_table_rows", "primary_metric"}}
+    reads = {"scoring": {"few_shot_max_tokens", "precision"}, "row_draw": {"max_samples"}, "shot_draw": {"few_shot_k"},
+             "probing": {"probe_max_new_tokens", "precision"},
+             "reporting": {"slice_by", "genai_table_rows", "primary_metric"}}
     for key, value in changed.items():
         other = base.model_copy(update={key: value})
         for name, build in builders.items():

@@ -20,9 +20,9 @@ from llmft.base_model import load_model
 from llmft.config import DeployConfig
 from llmft.config_serving import ServerLimits
 from llmft.generation import Sampling, complete_batch
+from llmft.precision import inference_dtype, native_bf16
 from llmft.serve.app import Served, create_app, parse_chat
 from llmft.serve.deploy import post_json
-from llmft.serve.loading import native_bf16, serving_dtype
 from llmft.serve.scheduler import PREFIX_MIN_TOKENS, DecodeBatch, Sequence, generate_continuous, supports
 
 LIMITS = ServerLimits(max_tokens=24, default_max_tokens=4, max_input_tokens=200, max_batch_size=3, batch_wait_ms=5,
@@ -181,8 +181,8 @@ def test_the_static_engine_is_still_selectable(served: Served):
 def test_in_bf16_the_batch_decodes_and_answers_match_alone(served: Served):
     """deploy.precision=bf16 (auto's choice on a CPU with AVX512-BF16 or AMX): the batched cache, its
     padding and the kept starts in bf16 give each request the greedy answer it gets alone in bf16."""
-    assert serving_dtype("fp32") == torch.float32 and serving_dtype("bf16") == torch.bfloat16
-    assert serving_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
+    assert inference_dtype("fp32") == torch.float32 and inference_dtype("bf16") == torch.bfloat16
+    assert inference_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
     model = copy.deepcopy(served.model).to(torch.bfloat16)
     prompts = [_prompt(served, q) for q in QUESTIONS]
     budgets = [6, 10, 8, 12]

@@ -40,6 +40,7 @@ from llmft.evaluate.genai_tables import log_genai_evaluations
 from llmft.evaluate.sampling import sample_rows
 from llmft.evaluate.slices import left_out_line, metric_key, slice_names, slice_report, worst_line
 from llmft.locations import tracking_uri
+from llmft.precision import for_inference
 from llmft.registry import versions
 from llmft.resolve import code_version
 from llmft.tasks import get_task, primary_metric
@@ -63,6 +64,7 @@ def score_model(role: str, identity: str, load: Loader, sample: pd.DataFrame, sp
                 scoring: EvalSettings, labels: list[str] | None, note: str = "",
                 version: str | None = None) -> ModelEvaluation:
     model, tokenizer = load()
+    model = for_inference(model, scoring.precision)
     scores = get_task(spec.name).evaluate(model, tokenizer, sample.to_dict(orient="records"), spec.instruction,
                                           scoring, labels, desc=f"eval {role}")
     del model
@@ -95,7 +97,8 @@ def evaluate_prompted_base(role: str, sample: pd.DataFrame, shots: pd.DataFrame 
     base = resolve_base_model(model)
     labels = split.labels if task.classifier else None
     shot_rows = [] if shots is None else shots.to_dict(orient="records")
-    llm, tokenizer = load_model(base), load_tokenizer(base)  # the causal LM, also for a classification task
+    # the causal LM, also for a classification task
+    llm, tokenizer = for_inference(load_model(base), scoring.precision), load_tokenizer(base)
     scores = task.evaluate_prompted(llm, tokenizer, sample.to_dict(orient="records"), spec.instruction,
                                     scoring, labels, shot_rows, desc=f"eval {role}")
     del llm
@@ -363,6 +366,7 @@ def _last_user(row: dict[str, Any]) -> str:
 def probe(load: Loader, settings: ProbeSettings, desc: str) -> ProbeRun:
 
     model, tokenizer = load()
+    model = for_inference(model, settings.precision)
     result = run_probe(model, tokenizer, load_probe(), settings.max_new_tokens, settings.batch_size, desc=desc)
     del model
     return ProbeRun(applicable=True, accuracy=result.accuracy, outputs=result.outputs, correct=result.correct)

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from mlflow import MlflowClient
 
+from llmft.precision import for_inference
 from llmft.registry.prompts import trained_instruction
 from llmft.registry.versions import load_registered
 
@@ -70,28 +70,12 @@ def registry_info(model_uri: str, chat_template: str) -> RegistryInfo:
     return info
 
 
-def native_bf16() -> bool:
-    """Does this CPU compute bf16 matrix products in hardware (AVX512-BF16 or AMX)? Elsewhere torch
-    emulates bf16, slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
-
-
-def serving_dtype(precision: str) -> torch.dtype:
-    """The dtype `deploy.precision` serves in: auto is bf16 where the CPU has it natively, else fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if native_bf16() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-
-
 def load_served(model_uri: str, trust_remote_code: bool = False, precision: str = "auto") -> Served:
     """Load a registered model in `precision` (deploy.precision); one whose classes are not part of
     transformers (code that would run here) is refused unless the user set model.trust_remote_code
     (server --trust-remote-code)."""
     parts = load_registered(model_uri, trust_remote_code)
-    model, tokenizer = parts["model"].to(serving_dtype(precision)).eval(), parts["tokenizer"]
+    model, tokenizer = for_inference(parts["model"], precision), parts["tokenizer"]
     info = registry_info(model_uri, tokenizer.chat_template or "")
     if type(model).__name__.endswith("ForSequenceClassification"):
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
