@@ -9,7 +9,8 @@ then registers the ZenML stack with `infra/team/register_stack.sh`.
     python scripts/team_stack_check.py up     # start, register, print the exports, wait for Ctrl-C
 
 `tests/test_team_stack.py` uses `team_stack()` to run a finetune, promote and deploy against it.
-Needs the `team` extra: pip install -e ".[team]".
+Needs the `team` extra: pip install -e ".[team]", in an environment of its own without constraints.txt
+(zenml[server] wants fastapi<0.139, below the pinned test environment's).
 """
 
 from __future__ import annotations
