@@ -19,6 +19,7 @@ from llmft.train.budget import (
     checkpoint_max_steps,
     epoch_steps,
     example_tokens,
+    measure_tokens_per_second,
     plan_training,
     time_passes,
     timing_batch,
@@ -33,6 +34,35 @@ def _train_cfg(*overrides: str):
 
 
 # ---- the schema ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("precision", "autocast"), [("fp32", False), ("bf16", True)])
+def test_the_speed_is_timed_in_the_arithmetic_training_will_use(precision: str, autocast: bool):
+    """On a CPU the Trainer trains bf16 under autocast; the timing passes must too, or a bf16 run plans
+    fp32's slower speed and stops at a fraction of its budget."""
+    import contextlib
+
+    import torch
+
+    seen = []
+
+    class Timed:  # the parts of a Trainer the measurement uses
+        model = torch.nn.Linear(4, 1)
+
+        def _prepare_inputs(self, batch):
+            return batch
+
+        def compute_loss_context_manager(self):
+            return contextlib.nullcontext()
+
+        def compute_loss(self, model, inputs):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return model(torch.ones(len(inputs), 4)).sum()
+
+    examples = [{"input_ids": [0] * 8} for _ in range(4)]
+    cfg = _train_cfg(f"train.precision={precision}")
+    speed = measure_tokens_per_second(Timed(), lambda batch: batch, examples, cfg)
+    assert speed > 0 and seen == [autocast, autocast]
+
 
 def test_all_rows_by_default_and_auto_steps_accepted():
     cfg = load_config(None)

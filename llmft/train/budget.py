@@ -193,8 +193,10 @@ def measure_tokens_per_second(trainer: Any, collator: Callable[[list[dict[str, A
     model.train()
     cuda = torch.cuda.is_available()
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    autocast = (torch.autocast("cuda", dtype=half) if cuda and half is not None  # the Trainer's, not yet active
-                else contextlib.nullcontext())
+    # the Trainer's autocast, not yet active: on a GPU, and for bf16 on a CPU too (timed without it, a bf16
+    # run on a CPU with AVX512-BF16 planned fp32's speed and stopped at half its budget)
+    autocast = (torch.autocast("cuda" if cuda else "cpu", dtype=half)
+                if half is not None and (cuda or half is torch.bfloat16) else contextlib.nullcontext())
 
     def one_pass() -> None:
         inputs = trainer._prepare_inputs(collator(batch))
