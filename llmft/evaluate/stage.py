@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from llmft import plots
 from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
@@ -40,7 +41,7 @@ from llmft.evaluate.genai_tables import log_genai_evaluations
 from llmft.evaluate.sampling import sample_rows
 from llmft.evaluate.slices import left_out_line, metric_key, slice_names, slice_report, worst_line
 from llmft.locations import tracking_uri
-from llmft.precision import for_inference
+from llmft.precision import for_inference, inference_dtype
 from llmft.registry import versions
 from llmft.resolve import code_version
 from llmft.tasks import get_task, primary_metric
@@ -175,15 +176,18 @@ SCORES_ARTIFACT = "evaluation/candidate_scores.json"
 
 def scores_key(sample: pd.DataFrame, spec: TaskSpec, scoring: EvalSettings) -> str:
     """What determines a model's scores besides the model: the rows, the task and instruction, the
-    generation settings and the project's code (greedy decoding is deterministic)."""
+    generation settings, the dtype they were computed in and the project's code (greedy decoding is
+    deterministic)."""
     import hashlib
-
 
     digest = hashlib.sha256()
     for row in sample[["messages", "response", "text", "label"]].itertuples(index=False):
         digest.update("\x1f".join(str(value) for value in row).encode() + b"\x1e")
     settings = {"task": spec.model_dump(), "max_new_tokens": scoring.max_new_tokens, "batch_size": scoring.batch_size,
                 "max_seq_length": scoring.max_seq_length, "code": code_version()}
+    dtype = inference_dtype(scoring.precision)  # what auto resolved to on this machine
+    if dtype != torch.float32:  # fp32 scores keep the key they had before eval.precision existed
+        settings["dtype"] = str(dtype)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:24]
 
