@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from llmft import plots
 from llmft.base_model import base_identity, load_model, load_tokenizer, resolve_base_model
@@ -184,10 +183,8 @@ def scores_key(sample: pd.DataFrame, spec: TaskSpec, scoring: EvalSettings) -> s
     for row in sample[["messages", "response", "text", "label"]].itertuples(index=False):
         digest.update("\x1f".join(str(value) for value in row).encode() + b"\x1e")
     settings = {"task": spec.model_dump(), "max_new_tokens": scoring.max_new_tokens, "batch_size": scoring.batch_size,
-                "max_seq_length": scoring.max_seq_length, "code": code_version()}
-    dtype = inference_dtype(scoring.precision)  # what auto resolved to on this machine
-    if dtype != torch.float32:  # fp32 scores keep the key they had before eval.precision existed
-        settings["dtype"] = str(dtype)
+                "max_seq_length": scoring.max_seq_length, "code": code_version(),
+                "dtype": str(inference_dtype(scoring.precision))}  # what auto resolved to on this machine
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:24]
 
