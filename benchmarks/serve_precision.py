@@ -28,13 +28,13 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from llmft.precision import native_bf16  # noqa: E402
+from llmft.precision import for_inference, native_bf16  # noqa: E402
 from llmft.registry.versions import load_registered  # noqa: E402
 from llmft.serve.loading import registry_info  # noqa: E402
 from llmft.tasks import get_task  # noqa: E402
 from llmft.tasks.base import EvalSettings  # noqa: E402
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")  # deploy.precision / eval.precision values, resolved by llmft.precision
 
 
 def split_rows(path: Path, limit: int) -> list[dict[str, Any]]:
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
 
     parts = load_registered(args.model_uri)
-    fp32, tokenizer = parts["model"].float().eval(), parts["tokenizer"]
+    fp32, tokenizer = for_inference(parts["model"], "fp32"), parts["tokenizer"]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     info = registry_info(args.model_uri, tokenizer.chat_template or "")
@@ -79,8 +79,8 @@ def main() -> None:
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             max_seq_length=args.max_seq_length)
     results: dict[str, dict[str, Any]] = {}
-    for name, dtype in PRECISIONS.items():
-        model = fp32 if dtype == torch.float32 else copy.deepcopy(fp32).to(dtype)
+    for name in PRECISIONS:
+        model = fp32 if name == "fp32" else for_inference(copy.deepcopy(fp32), name)
         results[name] = measure(model, tokenizer, info.task, info.instruction, rows, settings)
         print(f"{name}: {results[name]['rows_per_s']} rows/s, {results[name]['metrics']}", flush=True)
     reference = results["fp32"]["outputs"]
