@@ -417,6 +417,10 @@ class PromotionConfig(Section):
     beat_champion: bool = Field(True, description="candidate must also match or beat the re-measured champion")
     max_forgetting: float = Field(
         0.1, ge=0.0, le=1.0, description="largest allowed drop in general-knowledge probe accuracy vs the base")
+    forgetting_guard: bool = Field(
+        True, description="a candidate over max_forgetting has its trained update scaled back toward the base (to the "
+                          "largest share, 0.9 down to 0.2, whose answers to a second set of general questions stay "
+                          "within it), then probed again; false: the gate refuses it as trained")
     baseline: Literal["best", "prompted", "simple", "zero_shot", "few_shot"] = Field(
         "best", description="what the candidate must beat: best = the strongest of the base zero-shot, the base "
                             "few-shot and the simple non-LLM baseline (TF-IDF + logistic regression, Lead-k, ...); "

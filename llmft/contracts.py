@@ -124,6 +124,10 @@ class TrainingResult(BaseModel):
     # loss weight per label (classification) or per group of rows (extraction: entity-free or not), from
     # train.class_weights
     class_weights: dict[str, float] | None = None
+    # the share of the trained update kept by the forgetting guard (llmft/evaluate/forgetting_guard.py; None:
+    # all of it) and what the guard did
+    update_share: float | None = None
+    guard_note: str | None = None
 
 
 class EvalSample(BaseModel):

@@ -137,3 +137,26 @@ def slice_metric(report: Any) -> Any:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)  # clear of the bars
     fig.tight_layout()
     return fig
+
+
+def guard_scan(base: float, by_share: dict[float, float], bound: float, chosen: float | None) -> Any:
+    """The forgetting guard's guard-question accuracy per share of the trained update, against the bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    shares = sorted(by_share)
+    ax.plot(shares, [by_share[s] for s in shares], marker="o", label="share of the update")
+    ax.axhline(base, color="C2", linestyle="--", label="base model")
+    ax.axhline(base - bound, color="C3", linestyle=":", label="base - promotion.max_forgetting")
+    if chosen is not None:
+        ax.plot([chosen], [by_share[chosen]], marker="*", markersize=14, color="C1", linestyle="", label="kept")
+    ax.set_xlabel("share of the trained update")
+    ax.set_ylabel("guard questions answered")
+    ax.set_title("Forgetting guard")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -54,7 +54,7 @@ def finetune_summary(run: Any, tracking_uri: str, wall_seconds: float) -> RunSum
     registered: Registration = _load(run, "register", "registration")
     promotion: PromotionDecision = _load(run, "promote", "promotion")
     dataset: DatasetInfo = _load(run, "export_dataset", "dataset")
-    training: TrainingResult = _load(run, "finetune", "training")
+    training: TrainingResult = _load(run, "guard_forgetting", "guarded_training")  # the candidate as gated
     forgetting: Forgetting = _load(run, "measure_forgetting", "forgetting")
     deployment: Deployment = _load(run, "deploy_if_promoted", "deployment")
     champion: ModelEvaluation = _load(run, "evaluate_champion", "champion_evaluation")
@@ -224,12 +224,13 @@ def training_lines(train: TrainSummary | Mapping[str, Any] | None) -> list[str]:
         line += f"; the weights of step {t.kept_step} kept (lowest validation loss, train.keep_best)"
     if t.budget_note:
         line += f"; {t.budget_note}"
+    lines = [line, *([t.guard_note] if t.guard_note else [])]
     weights = t.class_weights
     if not weights:
-        return [line]
+        return lines
     shown = ", ".join(f"{name} {w:.3g}" for name, w in list(weights.items())[:12])
     more = f" (+{len(weights) - 12} more)" if len(weights) > 12 else ""
-    return [line, f"class weights (train.class_weights): {shown}{more}"]
+    return [*lines, f"class weights (train.class_weights): {shown}{more}"]
 
 
 BASELINE_WORDS = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "simple": "the simple baseline"}

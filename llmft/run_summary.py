@@ -56,6 +56,8 @@ class TrainSummary(BaseModel):
     budget_note: str | None = None
     class_weights: dict[str, float] | None = None
     kept_step: int | None = None
+    update_share: float | None = None  # the forgetting guard's share of the trained update (None: all of it)
+    guard_note: str | None = None
 
 
 class RunSummary(BaseModel):

@@ -1,7 +1,7 @@
-"""fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> evaluate (base zero-shot, base
-few-shot, the simple non-LLM baseline, champion and candidate, each cached) -> compare + forgetting probe
-(base and candidate cached) -> register (challenger) -> promote (gate against the best baseline, the simple
-one included) -> deploy if promoted (deploy.on_promotion)
+"""fingerprint -> ingest -> gate/tokenize -> split -> export -> fine-tune -> forgetting probe (base cached,
+candidate) and guard (a candidate over the bound scaled back toward the base) -> evaluate (base zero-shot, base
+few-shot, the simple non-LLM baseline, champion and candidate, each cached) -> compare -> register (challenger)
+-> promote (gate against the best baseline, the simple one included) -> deploy if promoted (deploy.on_promotion)
 -> export if promoted (export.after_promotion).
 
 Unchanged data, settings, base model and code: the fine-tune step and the candidate's scores come from
@@ -28,6 +28,7 @@ from steps.evaluate import (
     evaluate_candidate,
     evaluate_champion,
     evaluate_simple_baseline,
+    guard_forgetting,
     measure_forgetting,
     probe_base,
     probe_candidate,
@@ -56,6 +57,11 @@ def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, b
     base_key = f"{base_identity} code {code_version}"  # prompting, training and scoring live in the library
     trained, training = finetune(train, validation, split, task, cfg.model, train_cfg, base_key)
     scoring, probing = cfg.eval.scoring(cfg.train.max_seq_length), cfg.eval.probing()
+    base_answers = probe_base(task, cfg.model, probing, base_key)
+    trained_answers = probe_candidate(trained, training, base_answers, cfg.model, probing, base_key)
+    trained, training, candidate_answers = guard_forgetting(trained, training, base_answers, trained_answers,
+                                                            cfg.model, probing, cfg.promotion.max_forgetting,
+                                                            cfg.promotion.forgetting_guard, base_key)
     rows, sample = sample_test(test, task, cfg.eval.row_draw())
     shots = draw_shots(train, task, cfg.eval.shot_draw())
     base = evaluate_base(rows, task, cfg.model, split, scoring, base_key)
@@ -65,8 +71,6 @@ def train_to_deploy(cfg: Config, task: TaskSpec, champion: ChampionRef | None, b
     candidate = evaluate_candidate(trained, training, rows, task, cfg.model, scoring, base_key)
     evaluation = compare_models(candidate, rows, sample, base, base_few, current, task, cfg.eval.reporting(), scoring,
                                 simple)
-    base_answers = probe_base(task, cfg.model, probing, base_key)
-    candidate_answers = probe_candidate(trained, training, base_answers, cfg.model, probing, base_key)
     forgetting = measure_forgetting(base_answers, candidate_answers, cfg.promotion.max_forgetting)
     registration = register(trained, training, evaluation, task, cfg.model, name, prepared.fingerprint)
     decision = promote(registration, evaluation, forgetting, training, prepared.dataset, task, cfg.promotion,

@@ -24,7 +24,7 @@ from llmft.contracts import (
     SplitInfo,
     TrainingResult,
 )
-from llmft.evaluate import stage
+from llmft.evaluate import forgetting_guard, stage
 from llmft.stack import TRACKER_NAME
 from llmft.tasks.base import TaskSpec
 
@@ -107,6 +107,22 @@ def probe_candidate(trained_model: Path, training: TrainingResult, base_probe: P
                     probing: ProbeSettings, base_identity: str) -> Annotated[ProbeRun, "candidate_probe"]:
     """The candidate's probe answers; cached like its evaluation."""
     return stage.probe_candidate(trained_model, training, base_probe, model, probing)
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def guard_forgetting(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, candidate_probe: ProbeRun,
+                     model: ModelConfig, probing: ProbeSettings, max_forgetting: float, enabled: bool,
+                     base_identity: str) -> tuple[
+    Annotated[Path, "guarded_model"], Annotated[TrainingResult, "guarded_training"],
+    Annotated[ProbeRun, "guarded_probe"]
+]:
+    """promotion.forgetting_guard: the candidate unchanged, or (over promotion.max_forgetting) its update
+    scaled back toward the base and probed again. Cached like the candidate's probe."""
+    out, result, probed, scan = forgetting_guard.guard(trained_model, training, base_probe, candidate_probe, model,
+                                                       probing, max_forgetting, enabled)
+    if scan is not None:
+        forgetting_guard.log_scan(scan, max_forgetting)
+    return out, result, probed
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=False)

@@ -77,6 +77,7 @@ def _outputs() -> dict[tuple[str, str], Any]:
                                                     previous_champion="1", champion="2"),
         ("export_dataset", "dataset"): dataset,
         ("finetune", "training"): training,
+        ("guard_forgetting", "guarded_training"): training,  # the candidate as gated (unchanged here)
         ("measure_forgetting", "forgetting"): Forgetting(applicable=True, questions=20, base=0.5, finetuned=0.45,
                                                          drop=0.05, max_allowed=0.1),
         ("deploy_if_promoted", "deployment"): Deployment(deployed=True, action="started",

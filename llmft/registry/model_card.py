@@ -46,6 +46,8 @@ def render(name: str, version: str, spec: TaskSpec, base_model: str, dataset: Da
                      f"(allowed {forgetting.max_allowed}).")
     else:
         lines.append(forgetting.reason or "not run")
+    if training.guard_note:
+        lines.append(training.guard_note + " (promotion.forgetting_guard).")
     lines += ["", "## Promotion gate", ""] + [f"- {r}" for r in decision.reasons]
     lines += _limitations(task.classifier, max_new_tokens, dataset.source)
     return "\n".join(lines) + "\n"
