@@ -355,10 +355,11 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(72, ge=1)
     batch_size: int = Field(32, ge=1, description="rows decoding together (continuous batching where the model "
                                                   "allows, else left-padded batches)")
-    precision: Precision = Field("fp32", description="the dtype every model is scored in (base, few-shot, "
-                                                     "candidate, champion, probes); fp32: the trained weights exactly; "
-                                                     "auto: bf16 where the CPU has it natively (as deploy.precision "
-                                                     "serves), about 2x faster, a few greedy answers differ")
+    precision: Precision = Field("auto", description="the dtype every model is scored in (base, few-shot, "
+                                                     "candidate, champion, probes); auto: bf16 where the CPU has it "
+                                                     "natively, as deploy.precision: auto serves it (the gate reads "
+                                                     "the model that will answer), fp32 elsewhere; fp32: the trained "
+                                                     "weights exactly, about 2x slower where bf16 is native")
     sample_seed: int = Field(0, description="seed of the capped evaluation sample (eval.max_samples)")
     primary_metric: str | None = Field(None, description="metric the promotion gate compares; null = the task's")
     champion: bool = Field(True, description="re-evaluate the current champion on this run's test split")

@@ -270,8 +270,10 @@ def test_scores_key_follows_rows_and_settings():
     assert key != scores_key(rows, spec.model_copy(update={"instruction": "Be brief"}), scoring)
     # the few-shot base's budget is not part of a model's own scores
     assert key == scores_key(rows, spec, scoring.model_copy(update={"few_shot_max_tokens": 64}))
-    # scores computed in bf16 are not fp32's (a champion scored in one is re-measured in the other)
-    assert key != scores_key(rows, spec, scoring.model_copy(update={"precision": "bf16"}))
+    # scores computed in bf16 are not fp32's (a champion scored in one is re-measured in the other); auto is
+    # keyed by the dtype it resolves to here
+    fp32, bf16 = (scores_key(rows, spec, scoring.model_copy(update={"precision": p})) for p in ("fp32", "bf16"))
+    assert fp32 != bf16 and key in (fp32, bf16)
 
 
 def test_the_config_task_literal_lists_the_registry_names():
