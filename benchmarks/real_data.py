@@ -153,6 +153,8 @@ def markdown(rows: list[dict], steps: str) -> str:
         if "error" not in r:
             lines.append(f"- **{r['corpus']}**: " + "; ".join(r["promotion_reasons"]))
             lines += [f"  - warning: {w}" for w in r["warnings"]]
+            guard = (r.get("train") or {}).get("guard_note")
+            lines += [f"  - {guard}"] if guard else []
     return "\n".join(lines) + "\n"
 
 
