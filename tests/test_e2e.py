@@ -244,7 +244,7 @@ def test_an_unchanged_second_run_reuses_training_and_registers_nothing(finetune_
                   "--set", "eval.genai_table_rows=3", "--summary", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(out.read_text())
-    cached = {"finetune", "evaluate_candidate", "probe_candidate", "evaluate_base", "probe_base"}
+    cached = {"finetune", "evaluate_candidate", "probe_candidate", "guard_forgetting", "evaluate_base", "probe_base"}
     assert cached <= set(s["cached_steps"])
     assert {"compare_models", "measure_forgetting", "register", "promote"} <= set(s["step_seconds"])
     assert s["training_reused_from_run"] == first["mlflow_run_id"] != s["mlflow_run_id"]
