@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from llmft.base_model import load_model, load_tokenizer
-from llmft.config import ModelConfig
+from llmft.config import ModelConfig, TrainConfig
 from llmft.config_stages import ProbeSettings
 from llmft.contracts import ProbeRun, TrainingResult
 from llmft.evaluate import forgetting_guard
@@ -26,6 +26,7 @@ from llmft.evaluate.forgetting_guard import (
     not_scalable,
     save_scaled,
 )
+from llmft.registry.stage import forgetting_advice
 from llmft.train.methods import load_trained
 
 SETTINGS = ProbeSettings(max_new_tokens=4, batch_size=16, precision="fp32")
@@ -153,3 +154,11 @@ def test_a_candidate_over_the_bound_is_scaled_saved_and_probed_again(
     torch.testing.assert_close(dict(scaled.named_parameters())[name],
                                base[name] + 0.7 * (dict(whole.named_parameters())[name] - base[name]),
                                atol=1e-6, rtol=1e-5)
+
+
+def test_a_refusal_for_forgetting_says_what_the_guard_did() -> None:
+    noted = _training().model_copy(update={"guard_note": "forgetting guard: no share of the update down to 0.2 ..."})
+    assert forgetting_advice(TrainConfig(), noted) == "forgetting guard: no share of the update down to 0.2 ..."
+    assert forgetting_advice(TrainConfig(), _training()) == ""
+    dpo = forgetting_advice(TrainConfig(method="dpo"), noted)
+    assert dpo.startswith("or train.method=orpo") and dpo.endswith("down to 0.2 ...")

@@ -100,6 +100,12 @@ def register_candidate(trained_model: Path, training: TrainingResult, evaluation
     return Registration(**version.as_dict(), prompt_uri=prompt.uri)
 
 
+def forgetting_advice(train: TrainConfig, training: TrainingResult) -> str:
+    """What a failed forgetting check adds to its reason: the method's own advice, then what the forgetting
+    guard did (no share within the bound, or a share that the probe still found over it)."""
+    return "; ".join(part for part in (get_method(train.method).forgetting_advice, training.guard_note) if part)
+
+
 def promote_candidate(registration: Registration, evaluation: Evaluation, forgetting: Forgetting,
                       training: TrainingResult, dataset: DatasetInfo, spec: TaskSpec, promotion: PromotionConfig,
                       train: TrainConfig, champion_at_start: str | None, base_model: str,
@@ -110,7 +116,7 @@ def promote_candidate(registration: Registration, evaluation: Evaluation, forget
     import mlflow
 
     decision, used = gate_baselines(evaluation, forgetting.drop, promotion, dataset.unused, training.epochs_seen,
-                                    get_method(train.method).forgetting_advice)
+                                    forgetting_advice(train, training))
     name, version = registration.name, registration.version
     with registry_lock(name):  # compare-and-set: nobody moves the champion between the check and the move
         moved = champion_still(name, champion_at_start)
