@@ -140,8 +140,8 @@ def test_a_candidate_over_the_bound_is_scaled_saved_and_probed_again(
     monkeypatch.setenv("LLMFT_HOME", str(tmp_path / "home"))
     # the guard questions, answered by share: the base 0.6, 0.45 at 0.9 and 0.8, 0.55 from 0.7 down
     monkeypatch.setattr(forgetting_guard, "guard_accuracy",
-                        lambda model, tok, n, b, desc: {"guard 0": 0.6, "guard 0.9": 0.45,
-                                                        "guard 0.8": 0.45}.get(desc, 0.55))
+                        lambda model, tok, questions, settings, desc: {"guard 0": 0.6, "guard 0.9": 0.45,
+                                                                      "guard 0.8": 0.45}.get(desc, 0.55))
     out, training, probed, scan = guard(adapter, _training(), _probe(0.5), _probe(0.1),
                                         ModelConfig(base=tiny_model_path), SETTINGS, 0.1, True)
     assert scan is not None and scan.chosen == 0.7 and list(scan.by_share) == [0.9, 0.8, 0.7]

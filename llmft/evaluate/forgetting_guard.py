@@ -33,7 +33,7 @@ from llmft.evaluate.forgetting import load_probe, run_probe
 from llmft.evaluate.stage import probe
 from llmft.locations import scratch_dir
 from llmft.precision import for_inference
-from llmft.train.methods import load_trained
+from llmft.train.methods import is_adapter, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,9 @@ def choose_share(base: float, measure: Callable[[float], float], bound: float,
 
 def not_scalable(trained_dir: Path) -> str | None:
     """Why the saved model's update cannot be scaled by a share, or None when it can."""
-    config_file = trained_dir / "adapter_config.json"
-    if not config_file.is_file():
+    if not is_adapter(trained_dir):
         return None  # a whole model
-    config = json.loads(config_file.read_text())
+    config = json.loads((trained_dir / "adapter_config.json").read_text())
     if config.get("peft_type") != "LORA":
         return f"a {config.get('peft_type')} adapter is not linear in a share of its update"
     if config.get("use_dora"):
@@ -116,14 +115,15 @@ class UpdateScaler:
         return self.model
 
 
-def guard_accuracy(model: Any, tokenizer: Any, max_new_tokens: int, batch_size: int, desc: str) -> float:
-    return run_probe(model, tokenizer, load_probe(GUARD_FILE), max_new_tokens, batch_size, desc=desc).accuracy
+def guard_accuracy(model: Any, tokenizer: Any, questions: list[dict[str, Any]], settings: ProbeSettings,
+                   desc: str) -> float:
+    return run_probe(model, tokenizer, questions, settings.max_new_tokens, settings.batch_size, desc=desc).accuracy
 
 
 def save_scaled(trained_dir: Path, share: float, out: Path, scaler: UpdateScaler) -> Path:
     """The model at `share` of its update, saved in the form `trained_dir` has (an adapter stays an
     adapter: its lora_B matrices times `share`)."""
-    if (trained_dir / "adapter_config.json").is_file():
+    if is_adapter(trained_dir):
         shutil.copytree(trained_dir, out, dirs_exist_ok=True)
         tensors = load_file(str(trained_dir / ADAPTER_WEIGHTS))
         scaled = {k: (v * share if ".lora_B." in k else v) for k, v in tensors.items()}
@@ -152,8 +152,9 @@ def guard(trained_model: Path, training: TrainingResult, base_probe: ProbeRun, c
         return trained_model, training.model_copy(update={"guard_note": note}), candidate_probe, None
     base_path = resolve_base_model(model)
     scan, out = scan_and_save(base_path, trained_model, training.labels, settings, max_forgetting)
-    log.warning(scan.line(max_forgetting))
-    noted = training.model_copy(update={"guard_note": scan.line(max_forgetting)})
+    note = scan.line(max_forgetting)
+    log.warning(note)
+    noted = training.model_copy(update={"guard_note": note})
     if out is None:
         return trained_model, noted, candidate_probe, scan
     probed = probe(lambda: load_trained(base_path, out, training.labels), settings, "probe guarded")
@@ -167,10 +168,10 @@ def scan_and_save(base_path: str, trained_model: Path, labels: list[str] | None,
     tuned, tokenizer = load_trained(base_path, trained_model, labels)
     scaler = UpdateScaler(load_model(base_path), tuned)
     for_inference(tuned, "auto")
+    questions = load_probe(GUARD_FILE)
 
     def measure(share: float) -> float:
-        return guard_accuracy(scaler.set(share), tokenizer, settings.max_new_tokens, settings.batch_size,
-                              f"guard {share:g}")
+        return guard_accuracy(scaler.set(share), tokenizer, questions, settings, f"guard {share:g}")
 
     scan = choose_share(measure(0.0), measure, bound)
     if scan.chosen is None:
