@@ -1,5 +1,6 @@
-"""The trade-off the forgetting guard walks: one trained LoRA adapter scaled to shares of its update, each
-share's forgetting probe, guard questions and task metric on the run's own test rows.
+"""The trade-off the forgetting guard walks: one trained LoRA adapter scaled to shares of its update (the
+guard's own `UpdateScaler`), each share's forgetting probe, guard questions and task metric on the run's
+own test rows, scored in fp32 with the shipped config's evaluation settings.
 
     python benchmarks/forgetting_guard_tradeoff.py --home PROJECT_HOME --shares 1,0.75,0.5,0.35 \
         --out benchmarks/results-forgetting-guard-tradeoff-cpu-2core
@@ -17,24 +18,19 @@ import time
 from pathlib import Path
 
 import torch
-from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmft.base_model import load_model, load_tokenizer  # noqa: E402
+from serve_precision import split_rows  # noqa: E402
+
+from llmft.base_model import load_model  # noqa: E402
 from llmft.config_files import load_config  # noqa: E402
 from llmft.evaluate.forgetting import load_probe, run_probe  # noqa: E402
-from llmft.evaluate.forgetting_guard import GUARD_FILE  # noqa: E402
+from llmft.evaluate.forgetting_guard import GUARD_FILE, UpdateScaler  # noqa: E402
 from llmft.evaluate.sampling import sample_rows  # noqa: E402
 from llmft.tasks import get_task  # noqa: E402
-
-
-def split_rows(home: Path, split: str) -> list[dict]:
-    folder = next((home / "datasets").iterdir())
-    rows = [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines() if line.strip()]
-    return [{"messages": json.dumps(r["messages"]), "response": r["messages"][-1]["content"]} for r in rows]
+from llmft.train.methods import load_trained  # noqa: E402
 
 
 def main() -> None:
@@ -50,21 +46,23 @@ def main() -> None:
     torch.set_num_threads(2)
     adapter = next(args.home.glob("mlartifacts/*/artifacts/adapter"))
     base = args.base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    tokenizer = load_tokenizer(base)
-    model = PeftModel.from_pretrained(load_model(base), str(adapter)).eval()
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    scaling = [dict(m.scaling) for m in layers]
-    rows, _ = sample_rows(split_rows(args.home, "test"), args.rows, 0, None)
+    trained, tokenizer = load_trained(base, adapter)
+    scaler = UpdateScaler(load_model(base), trained.eval())
+    test_file = next((args.home / "datasets").iterdir()) / "test.jsonl"
+    rows, _ = sample_rows(split_rows(test_file, limit=len(test_file.read_text().splitlines())), args.rows, 0, None)
     system = json.loads(rows[0]["messages"])[0]["content"]
-    settings = load_config(None).eval.scoring(384).model_copy(update={"precision": "fp32"})
+    cfg = load_config(None)
+    settings = cfg.eval.scoring(cfg.train.max_seq_length).model_copy(update={"precision": "fp32"})
+    probing = cfg.eval.probing()
     task, probe, guard = get_task(args.task), load_probe(), load_probe(GUARD_FILE)
     results = []
     for share in [float(s) for s in args.shares.split(",")]:
-        for layer, start in zip(layers, scaling, strict=True):
-            layer.scaling.update({k: v * share for k, v in start.items()})
+        model = scaler.set(share)
         began = time.perf_counter()
-        probed = run_probe(model, tokenizer, probe, 24, 32, desc=f"probe {share:g}")
-        guarded = run_probe(model, tokenizer, guard, 24, 32, desc=f"guard {share:g}")
+        probed = run_probe(model, tokenizer, probe, probing.max_new_tokens, probing.batch_size,
+                           desc=f"probe {share:g}")
+        guarded = run_probe(model, tokenizer, guard, probing.max_new_tokens, probing.batch_size,
+                            desc=f"guard {share:g}")
         scores = task.evaluate(model, tokenizer, rows, system, settings, None, desc=f"{args.metric} {share:g}")
         results.append({"share": share, "probe": probed.accuracy, "guard": guarded.accuracy,
                         args.metric: scores.metrics[args.metric], "seconds": time.perf_counter() - began})
