@@ -170,11 +170,13 @@ class TrainConfig(Section):
     logging_steps: int = Field(1, ge=1)
     eval_steps: int | None = Field(20, ge=1, description="validation loss every N steps; null: only at the end")
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="stop after N evaluations without validation-loss improvement; best weights kept")
+        None, ge=1, description="stop after N evaluations without improvement of the validation loss (a "
+                                "classifier's: macro-F1); best weights kept")
     early_stopping_min_delta: float = Field(0.0, ge=0.0)
-    keep_best: bool = Field(True, description="when training ends, put back the trainable weights of the validation "
-                                              "with the lowest loss (every train.eval_steps), as early stopping "
-                                              "does; false: the final step's weights")
+    keep_best: bool = Field(True, description="when training ends, put back the trainable weights of the best "
+                                              "validation (every train.eval_steps), as early stopping does: the "
+                                              "highest macro-F1 for a classifier, else the lowest loss; false: the "
+                                              "final step's weights")
     save_steps: int = Field(20, ge=1, description="checkpoint every N steps, for resuming a killed run")
     resume: bool = Field(True, description="continue from this run's last checkpoint if one exists")
     reuse: bool = Field(True, description="an earlier run's training with the same data, settings, base model and "

@@ -120,7 +120,9 @@ class TrainingResult(BaseModel):
     plan: str | None = None  # the plan line printed before training (rows, epochs, steps, tokens, minutes)
     epochs_seen: float | None = None  # training examples trained on / training rows
     budget_note: str | None = None  # why the time budget (train.max_minutes) cut training, when it did
-    kept_step: int | None = None  # the step whose weights were kept (train.keep_best: lowest validation loss)
+    kept_step: int | None = None  # the step whose weights were kept (train.keep_best)
+    # why: "lowest validation loss 1.2030", "highest validation macro-F1 0.5410" (a classifier); None: the final step
+    kept_by: str | None = None
     # loss weight per label (classification) or per group of rows (extraction: entity-free or not), from
     # train.class_weights
     class_weights: dict[str, float] | None = None

@@ -221,7 +221,7 @@ def training_lines(train: TrainSummary | Mapping[str, Any] | None) -> list[str]:
         return []
     line = f"training: {t.steps} steps, {t.epochs_seen:.2f} epochs of the training rows"
     if t.kept_step is not None and t.kept_step != t.steps:
-        line += f"; the weights of step {t.kept_step} kept (lowest validation loss, train.keep_best)"
+        line += f"; the weights of step {t.kept_step} kept ({t.kept_by or 'lowest validation loss'}, train.keep_best)"
     if t.budget_note:
         line += f"; {t.budget_note}"
     lines = [line, *([t.guard_note] if t.guard_note else [])]

@@ -56,6 +56,7 @@ class TrainSummary(BaseModel):
     budget_note: str | None = None
     class_weights: dict[str, float] | None = None
     kept_step: int | None = None
+    kept_by: str | None = None  # why those weights: "highest validation macro-F1 0.5410"
     update_share: float | None = None  # the forgetting guard's share of the trained update (None: all of it)
     guard_note: str | None = None
 

@@ -107,3 +107,21 @@ def test_weights_reach_the_summary_and_mlflow(tmp_path: Path):
         mlflow.set_tracking_uri("")
     assert params["train.class_weight_values"] == '{"ham": 0.625, "spam": 2.5}'
     assert params["train.steps_planned"] == "2"
+
+
+def test_a_classifier_keeps_the_weights_of_its_best_validation_macro_f1(tiny_model_path: str, tokenizer,
+                                                                        tmp_path: Path):
+    """Validation reports macro-F1 from the head's logits at every evaluation; the kept step is its best."""
+    examples = _examples(tokenizer)
+    cfg = load_config(None, ["train.max_steps=6", "train.batch_size=4", "train.learning_rate=5e-3",
+                             "train.warmup_ratio=0", "train.eval_steps=1"]).train
+    result = train(tiny_model_path, examples, examples, cfg, tmp_path / "out", labels=LABELS, log_to_mlflow=False)
+    evals = [h for h in result.history if "eval_loss" in h]
+    assert len(evals) >= 6 and all(0.0 <= h["eval_macro_f1"] <= 1.0 and "eval_accuracy" in h for h in evals)
+    during = evals[:6]
+    best = max(h["eval_macro_f1"] for h in during)
+    first_best = next(h for h in during if h["eval_macro_f1"] == best)
+    assert result.kept_step == first_best["step"]
+    assert result.kept_by == f"highest validation macro-F1 {best:.4f}"
+    # here the loss kept falling after macro-F1 peaked: the lowest loss would have kept a later step
+    assert min(during, key=lambda h: h["eval_loss"])["step"] > result.kept_step

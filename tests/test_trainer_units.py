@@ -26,7 +26,15 @@ from llmft.train.methods import (
     get_method,
 )
 from llmft.train.preference import PreferenceBatches
-from llmft.train.trainer import EarlyStopping, LLMTrainer, Metrics, Progress, TokenCounter
+from llmft.train.trainer import (
+    VALIDATION_MACRO_F1,
+    EarlyStopping,
+    LLMTrainer,
+    Metrics,
+    Progress,
+    TokenCounter,
+    classifier_validation_metrics,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +153,43 @@ def test_early_stopping_stops_after_patience_and_restores_the_best() -> None:
     never = EarlyStopping(patience=None)
     never.on_evaluate(None, SimpleNamespace(global_step=1), control, metrics={"eval_loss": 1.0}, model=model)
     assert never.kept(7) == (7, "the final step") and not never.stopped
+
+
+def test_a_classifier_keeps_its_highest_validation_macro_f1_not_its_lowest_loss() -> None:
+    """Drug reviews: the lowest validation loss was a checkpoint answering one class for every row. A
+    classifier's kept weights are those of its best validation macro-F1, whatever its loss did."""
+    model = torch.nn.Linear(2, 1)
+    keep = EarlyStopping(patience=None, keep_best=True, watched=VALIDATION_MACRO_F1)
+    control = SimpleNamespace(should_training_stop=False)
+    for step, (loss, f1) in enumerate([(1.3, 0.2), (1.2, 0.12), (1.4, 0.55), (1.5, 0.50)], start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        keep.on_evaluate(None, SimpleNamespace(global_step=step), control,
+                         metrics={"eval_loss": loss, "eval_macro_f1": f1}, model=model)
+    assert keep.kept(4) == (3, "highest validation macro-F1 0.5500 (restored when training ended)")
+    assert keep.kept_by() == "highest validation macro-F1 0.5500"
+    keep.restore_best(model)
+    assert model.weight.tolist() == [[3.0, 3.0]]
+    patient = EarlyStopping(patience=1, min_delta=0.01, watched=VALIDATION_MACRO_F1)
+    for step, f1 in enumerate([0.5, 0.505], start=1):  # not better by more than min_delta: stop
+        patient.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"eval_macro_f1": f1},
+                            model=model)
+    assert patient.stopped and patient.best_step == 1
+
+
+def test_classifier_validation_metrics_score_the_logits_as_the_evaluation_does() -> None:
+    import numpy as np
+
+    from llmft.tasks.classification import score
+
+    logits = np.array([[2.0, 0.1, 0.0], [0.0, 1.0, 0.2], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    gold = np.array([0, 1, 1, 2])
+    got = classifier_validation_metrics(SimpleNamespace(predictions=(logits,), label_ids=gold))
+    expected = score(["a", "b", "a", "c"], ["a", "b", "b", "c"], ["a", "b", "c"])
+    assert got == pytest.approx({"macro_f1": expected["macro_f1"], "accuracy": 0.75})
+    collapsed = classifier_validation_metrics(SimpleNamespace(predictions=np.tile([1.0, 0.0, 0.0], (4, 1)),
+                                                              label_ids=gold))
+    assert collapsed["macro_f1"] == pytest.approx((2 * 0.25 / 1.25) / 3)  # one class: its F1 only, over 3
 
 
 def test_keep_best_restores_the_lowest_validation_loss_without_stopping() -> None:

@@ -51,7 +51,16 @@ from llmft.train.budget import (
 from llmft.train.checkpoint_models import CheckpointModels
 from llmft.train.fast_dropout import replace_lora_dropout
 from llmft.train.methods import Method, get_method, parameter_counts, save_trained
-from llmft.train.trainer import EarlyStopping, LLMTrainer, Metrics, Progress, TokenCounter
+from llmft.train.trainer import (
+    VALIDATION_LOSS,
+    VALIDATION_MACRO_F1,
+    EarlyStopping,
+    LLMTrainer,
+    Metrics,
+    Progress,
+    TokenCounter,
+    classifier_validation_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +139,10 @@ def checkpoint_folder(cfg: TrainConfig, output_dir: Path, checkpoint_dir: Path |
 
 
 def training_arguments(cfg: TrainConfig, run_dir: Path, steps: int, evaluating: bool,
-                       saving: bool) -> TrainingArguments:
+                       saving: bool, classifier: bool = False) -> TrainingArguments:
     """The Trainer's arguments: `steps` (provisional: the plan replaces them once the speed is measured),
-    validation every `train.eval_steps` when `evaluating`, a checkpoint every `train.save_steps` when `saving`."""
+    validation every `train.eval_steps` when `evaluating`, a checkpoint every `train.save_steps` when `saving`;
+    a `classifier`'s validation keeps its logits, for its macro-F1."""
     return TrainingArguments(
         output_dir=str(run_dir),
         max_steps=steps,
@@ -156,7 +166,8 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, steps: int, evaluating: 
         save_total_limit=1,  # checkpoints never pile up: only the latest is kept
         save_only_model=False,  # optimizer, scheduler and RNG states too, so a resume continues exactly
         report_to="none",
-        prediction_loss_only=True,
+        prediction_loss_only=not classifier,
+        label_names=["labels"] if classifier else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
         train_sampling_strategy="group_by_length",  # little padding, no fixed lengths
@@ -176,9 +187,11 @@ def build_trainer(model: Any, args: TrainingArguments, cfg: TrainConfig, method:
     (with MLflow) and one progress bar in place of the Trainer's."""
     counter = TokenCounter()
     metrics = Metrics(counter, log_to_mlflow)
-    early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.keep_best)
+    early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.keep_best,
+                          VALIDATION_MACRO_F1 if classifier else VALIDATION_LOSS)
     trainer = LLMTrainer(model=model, args=args, train_dataset=train_examples,
                          eval_dataset=validation_examples or None, data_collator=collator,
+                         compute_metrics=classifier_validation_metrics if classifier else None,
                          callbacks=[metrics, early, *(extra_callbacks or [])], counter=counter, method=method,
                          cfg=cfg, class_weights=class_weights,
                          selective_logits=method.selective_logits and not classifier)
@@ -270,6 +283,7 @@ def summarise(ran: Ran, cfg: TrainConfig, method: Method, train_rows: int, label
         trainable_parameters=parameters[0], total_parameters=parameters[1],
         num_processes=world_size, planned_steps=ran.plan.steps, plan="\n".join(ran.plan.lines()),
         epochs_seen=round(epochs_seen, 4), budget_note=note, kept_step=ran.early.kept(int(ran.output.global_step))[0],
+        kept_by=ran.early.kept_by(),
         class_weights={name: round(w, 4) for name, w in zip(labels, class_weights, strict=True)}
         if labels is not None and class_weights is not None else None,
         history=history)
@@ -299,7 +313,8 @@ def train(base_path: str, train_examples: list[dict[str, Any]], validation_examp
     evaluating = bool(validation_examples) and cfg.eval_steps is not None
     provisional = plan_training(cfg, [example_tokens(e) for e in train_examples], len(validation_examples), None,
                                 cfg.num_processes)  # the speed is not known yet
-    args = training_arguments(cfg, run_dir, provisional.steps, evaluating, saving=checkpoint_dir is not None)
+    args = training_arguments(cfg, run_dir, provisional.steps, evaluating, saving=checkpoint_dir is not None,
+                              classifier=classifier)
     trainer, metrics, early = build_trainer(model, args, cfg, method, collator, train_examples, validation_examples,
                                             classifier=classifier, class_weights=class_weights,
                                             log_to_mlflow=log_to_mlflow, extra_callbacks=extra_callbacks)

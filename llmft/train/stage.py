@@ -100,8 +100,9 @@ def finetune(train_split: pd.DataFrame, validation_split: pd.DataFrame, split: S
     onset = overfitting_onset(result.history)
     if onset is not None and train.keep_best:
         log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; the "
-                    "weights of the lowest validation loss were kept (train.keep_best); "
-                    "train.early_stopping_patience would stop training there", onset)
+                    "weights of step %s were kept (%s, train.keep_best); "
+                    "train.early_stopping_patience would stop training there", onset, result.kept_step,
+                    result.kept_by or "the final step")
     elif onset is not None:
         log.warning("overfitting: validation loss rose from step %d on while training loss kept falling; "
                     "set train.keep_best (or fewer train.max_steps) to keep the best weights", onset)

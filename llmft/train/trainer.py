@@ -7,7 +7,8 @@ importable and testable alone.
   row-weighted or plain masked LM loss on labelled positions only (selective logits), or the
   Trainer's own loss (prompt tuning's virtual tokens, a classifier without class weights).
 - `Metrics`: per-step loss, learning rate, grad norm and tokens/s, to the history and MLflow.
-- `EarlyStopping`: stop after `patience` evaluations without improvement; put the best weights back.
+- `EarlyStopping`: stop after `patience` evaluations without improvement; put the best weights back. It
+  watches the validation loss, or a classifier's validation macro-F1 (`classifier_validation_metrics`).
 - `Progress`: one progress bar with the latest losses.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from transformers import Trainer, TrainerCallback
 
 from llmft.config import TrainConfig
 from llmft.loss import class_weighted_loss, masked_lm_loss, row_weighted_lm_loss
+from llmft.tasks.classification import score as classification_scores
 from llmft.train.methods import Method
 
 log = logging.getLogger(__name__)
@@ -78,15 +81,48 @@ class Metrics(TrainerCallback):
                                 for k, v in metrics.items()}, step=state.global_step)
 
 
+@dataclass(frozen=True)
+class Watched:
+    """The validation number that picks the kept weights (and early stopping's patience counts)."""
+
+    key: str  # as the Trainer reports it
+    name: str  # as messages name it
+    higher_is_better: bool
+
+    def improves(self, value: float, best: float | None, min_delta: float) -> bool:
+        if best is None:
+            return True
+        return value > best + min_delta if self.higher_is_better else value < best - min_delta
+
+
+VALIDATION_LOSS = Watched("eval_loss", "validation loss", higher_is_better=False)
+# a classifier's primary metric: its validation loss can keep falling while its answers collapse to one class
+# (and a class-weighted loss can stay above a uniform guess's while the answers are already useful)
+VALIDATION_MACRO_F1 = Watched("eval_macro_f1", "validation macro-F1", higher_is_better=True)
+
+
+def classifier_validation_metrics(eval_prediction: Any) -> dict[str, float]:
+    """A classification head's validation accuracy and macro-F1 from its logits (the Trainer's
+    `compute_metrics`), computed as the evaluation computes them."""
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    gold = [int(g) for g in eval_prediction.label_ids]
+    names = [str(i) for i in range(logits.shape[-1])]
+    scores = classification_scores([names[int(i)] for i in logits.argmax(-1)], [names[g] for g in gold], names)
+    return {"macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"]}
+
+
 class EarlyStopping(TrainerCallback):
-    """Stop after `patience` evaluations without an improvement of more than `min_delta` (None: never);
-    with `keep_best` (or a patience) the trainable weights of the lowest validation loss are held (on
+    """Stop after `patience` evaluations without an improvement of `watched` by more than `min_delta`
+    (None: never); with `keep_best` (or a patience) the trainable weights of its best value are held (on
     the CPU) and `restore_best` puts them back."""
 
-    def __init__(self, patience: int | None, min_delta: float = 0.0, keep_best: bool = False) -> None:
+    def __init__(self, patience: int | None, min_delta: float = 0.0, keep_best: bool = False,
+                 watched: Watched = VALIDATION_LOSS) -> None:
         self.patience = patience
         self.min_delta = min_delta
         self.keep_best = keep_best or patience is not None
+        self.watched = watched
         self.best: float | None = None
         self.best_state: dict[str, Any] | None = None
         self.bad_evals = 0
@@ -96,22 +132,29 @@ class EarlyStopping(TrainerCallback):
     def kept(self, final_step: int) -> tuple[int, str]:
         """The step whose weights training ends with, and why."""
         if self.best_state is not None and self.best_step is not None:
-            return self.best_step, f"lowest validation loss {self.best:.4f} (restored when training ended)"
+            return self.best_step, f"{self.kept_by()} (restored when training ended)"
         return final_step, "the final step"
+
+    def kept_by(self) -> str | None:
+        """Why the kept weights were kept, e.g. "lowest validation loss 0.8000"; None: the final step's."""
+        if self.best_state is None or self.best is None:
+            return None
+        return f"{'highest' if self.watched.higher_is_better else 'lowest'} {self.watched.name} {self.best:.4f}"
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     model: Any = None, **kwargs: Any) -> None:
-        loss = (metrics or {}).get("eval_loss")
-        if loss is None or not self.keep_best:
+        value = (metrics or {}).get(self.watched.key)
+        if value is None or not self.keep_best:
             return
-        if self.best is None or loss < self.best - self.min_delta:
-            self.best, self.bad_evals, self.best_step = loss, 0, state.global_step
+        if self.watched.improves(value, self.best, self.min_delta):
+            self.best, self.bad_evals, self.best_step = value, 0, state.global_step
             self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
                                if p.requires_grad}
             return
         self.bad_evals += 1
         if self.patience is not None and self.bad_evals >= self.patience:
-            log.info("early stopping at step %d: validation loss %.4f, best %.4f", state.global_step, loss, self.best)
+            log.info("early stopping at step %d: %s %.4f, best %.4f", state.global_step, self.watched.name, value,
+                     self.best)
             self.stopped = control.should_training_stop = True
 
     def restore_best(self, model: Any) -> None:
@@ -127,7 +170,7 @@ class Progress(TrainerCallback):
     """One bar for training: steps, ETA, the latest loss and learning rate, the last validation loss
     (the Trainer's own bar prints every log as a raw dict under it)."""
 
-    SHOWN = (("loss", "loss"), ("learning_rate", "lr"), ("eval_loss", "val_loss"))
+    SHOWN = (("loss", "loss"), ("learning_rate", "lr"), ("eval_loss", "val_loss"), ("eval_macro_f1", "val_f1"))
 
     def __init__(self) -> None:
         self.bar: Any = None
