@@ -37,6 +37,8 @@ ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "trec_questions": ("trec_questions", "messy (50 fine labels, rare classes, 65% duplicates)", ()),
     "movie_dialog": ("movie_dialog", "dialog (64k statement/reply pairs)", ()),
     "drugscom_reviews": ("drugscom_reviews", "sentiment (TSV, HTML entities, unnamed index, 3 classes)", ()),
+    "drugscom_reviews_lr2e-4": ("drugscom_reviews", "the same at a fifth of the adapters' learning rate (2e-4)",
+                                ("train.learning_rate=2e-4",)),
     "amazon_review_snippets": ("amazon_review_snippets", "sentiment (3 classes from 20 raters' mean, lower-cased "
                                "product-review sentences)", ()),
     "wnut16_ner": ("wnut16_ner", "extraction (tweets -> JSON lists of 10 entity types, 62% entity-free)", ()),

@@ -1,5 +1,6 @@
 """Checkpoints as MLflow 3 LoggedModels: each save is a model in the run's "Models" tab with its
-step and the losses known at that step; when training ends each is tagged kept or not, and why.
+step and the losses (a classifier's validation macro-F1 too) known at that step; when training ends
+each is tagged kept or not, and why.
 
 The checkpoint folders themselves are only for resuming and are removed after training, so the
 LoggedModels carry metadata and metrics, not weights: the weights that were kept are the
@@ -38,7 +39,8 @@ class CheckpointModels(TrainerCallback):
         model = mlflow.initialize_logged_model(name=f"checkpoint-{step}", source_run_id=run.info.run_id,
                                                model_type="checkpoint", tags={"llmft.step": str(step)})
         metrics = {"train_loss": _last(state.log_history, "loss", step),
-                   "validation_loss": _last(state.log_history, "eval_loss", step)}
+                   "validation_loss": _last(state.log_history, "eval_loss", step),
+                   "validation_macro_f1": _last(state.log_history, "eval_macro_f1", step)}  # a classifier's
         metrics = {k: v for k, v in metrics.items() if v is not None}
         if metrics:
             mlflow.log_metrics(metrics, step=step, model_id=model.model_id)
