@@ -168,7 +168,8 @@ class TrainConfig(Section):
                             "fp32's tokens/s on 2 cores)")
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
-    eval_steps: int | None = Field(20, ge=1, description="validation loss every N steps; null: only at the end")
+    eval_steps: int | None = Field(
+        20, ge=1, description="validation loss (a classifier's macro-F1 too) every N steps; null: only at the end")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without improvement of the validation loss (a "
                                 "classifier's: macro-F1); best weights kept")
